@@ -1,0 +1,1 @@
+"""Korean domain chatbot builder."""
