@@ -33,6 +33,38 @@ def cmd_push_data(args) -> None:
     print(f"{result.repo_id}: {state} -> {result.url}")
 
 
+def cmd_train(args) -> None:
+    from builder.config import load_config
+    from builder.train import train
+
+    cfg = load_config(args.config, args.set)
+    if args.backend:
+        cfg.train.backend = args.backend
+    run_dir = train(args.prepared_dir, args.out, cfg, resume=args.resume)
+    print(f"next: builder merge {run_dir}")
+
+
+def cmd_inspect(args) -> None:
+    from builder.config import load_config
+    from builder.train import inspect_example
+
+    print(inspect_example(args.prepared_dir, load_config(args.config, args.set), args.index))
+
+
+def cmd_merge(args) -> None:
+    from builder.merge import merge
+
+    merged = merge(args.run_dir, dtype=args.dtype)
+    print(f"next: builder chat {args.run_dir}   (merged model: {merged})")
+
+
+def cmd_plan(args) -> None:
+    from builder.config import load_config
+    from builder.plan import format_plan, plan
+
+    print(format_plan(plan(load_config(args.config, args.set), device=args.device)))
+
+
 def cmd_embedded(args) -> None:
     from builder.embedded import ensure_embedded_model
 
@@ -61,6 +93,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="OWNER/NAME of the dataset repo")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.set_defaults(run=cmd_push_data)
+
+    def config_flags(p):
+        p.add_argument("--config", help="YAML config (see configs/); defaults otherwise")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. train.lr=1e-4 (repeatable)")
+
+    p = commands.add_parser("train", help="fine-tune with LoRA/QLoRA on a prepared folder")
+    p.add_argument("prepared_dir", help="a folder written by `builder prepare`")
+    p.add_argument("--out", required=True, help="the run folder to write")
+    config_flags(p)
+    p.add_argument("--backend", choices=["unsloth", "hf"], help="force a backend")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser("inspect", help="show one tokenized example: masked prompt vs trained answer")
+    p.add_argument("prepared_dir")
+    config_flags(p)
+    p.add_argument("--index", type=int, default=0, help="which training row")
+    p.set_defaults(run=cmd_inspect)
+
+    p = commands.add_parser("merge", help="merge a run's adapter into a 16-bit model (RUN_DIR/merged)")
+    p.add_argument("run_dir")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="dtype of the saved merged weights (hf backend)")
+    p.set_defaults(run=cmd_merge)
+
+    p = commands.add_parser("plan", help="model shape, trainable LoRA parameters, memory estimate")
+    config_flags(p)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where it would train")
+    p.set_defaults(run=cmd_plan)
 
     p = commands.add_parser("embedded", help="convert the embedded gemma-3-270m once, print its folder")
     p.set_defaults(run=cmd_embedded)

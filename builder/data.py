@@ -359,6 +359,9 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
 def save_dataset(train: list[Row], test: list[Row], path: Path) -> None:
     from datasets import Dataset, DatasetDict
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
 
     def to_dataset(rows: list[Row]):
         return Dataset.from_dict({c: [getattr(r, c) for r in rows] for c in ALPACA_COLUMNS})

@@ -1,0 +1,30 @@
+# The two commands:  make demo  (set up + run the pipeline on the embedded model)
+#                    make test  (set up + run the tests)
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+RUN     := runs/demo
+
+.PHONY: demo test browser-deps clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	# the CPU build of torch first, so nothing pulls the CUDA wheels
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -c constraints/cpu.txt -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m builder prepare data/sample_faq.csv --out runs/data
+	@echo "next: builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml"
+
+# Debian's chromium drives the browser test (never a downloaded browser)
+browser-deps:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: $(STAMP) browser-deps
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs .venv

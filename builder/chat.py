@@ -1,0 +1,372 @@
+"""Chat with a trained run: answers stream token by token and stop where the answer ends.
+
+    builder chat RUN_DIR                        # terminal chat; exit, quit or 종료 ends it
+    builder ask RUN_DIR "배송은 며칠 걸리나요?"     # one answer, streamed
+
+    from builder.chat import Chatbot
+    bot = Chatbot.load("runs/NAME")             # merged/ when present, else base model + adapter/
+    for delta in bot.stream("배송은 며칠 걸리나요?"):
+        print(delta, end="", flush=True)
+
+The prompt is the run's own template (template.yaml), encoded exactly as training encoded it
+(the tokenizer adds `<bos>`). Generation stops at any end token (the generation config's list,
+the tokenizer's EOS, `<end_of_turn>` / `<|eot_id|>` / `<|end_of_text|>`) and at any of the
+template's stop markers ("### 질문", ...): an under-trained model often opens the next block
+instead of ending. What the user sees is `visible_answer(text)` of the text generated so far;
+the stream yields how that grows, so a joined stream is the final answer by construction.
+"""
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+
+from builder.errors import UserError
+from builder.prompts import Template, parse_template
+
+END_TOKEN_NAMES = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>")
+# decode() gives U+FFFD for a character whose bytes are not all generated yet (byte fallback)
+REPLACEMENT_CHAR = "\ufffd"
+EXIT_WORDS = ("exit", "quit", "종료")
+GOODBYE = "대화를 마칩니다. 안녕히 가세요."
+
+
+# The cut rules: pure functions on text, shared by streamed and one-shot answers
+
+
+def partial_marker_length(text: str, stop_markers: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is the start of a stop marker (0 if none)."""
+    longest = 0
+    for marker in stop_markers:
+        for size in range(min(len(marker), len(text)), longest, -1):
+            if text.endswith(marker[:size]):
+                longest = size
+                break
+    return longest
+
+
+def visible_answer(text: str, stop_markers: Sequence[str]) -> str:
+    """What can be shown of a (possibly still growing) generated text.
+
+    Cut before the first stop marker; hold back a trailing half-decoded character (it becomes
+    Hangul once its last byte arrives) and a trailing start of a marker ("###" may become
+    "### 질문"); strip whitespace. For a text that only grows, each result is a prefix of
+    the next one: that is what makes streaming by deltas safe.
+    """
+    found = [i for i in (text.find(marker) for marker in stop_markers) if i >= 0]
+    text = text[: min(found, default=len(text))].rstrip(REPLACEMENT_CHAR)
+    text = text[: len(text) - partial_marker_length(text, stop_markers)]
+    return text.strip()
+
+
+def answer_deltas(
+    token_ids: Iterable[int],
+    decode: Callable[[list[int]], str],
+    stop_markers: Sequence[str],
+    end_ids: set[int],
+) -> Iterator[str]:
+    """Text deltas of an answer whose token ids arrive one at a time.
+
+    The whole answer is decoded at every token (not token by token): a multi-byte character
+    split over byte tokens, or a space merged into the next token, then decodes right.
+    """
+    ids: list[int] = []
+    shown = ""
+    for token_id in token_ids:
+        if token_id in end_ids:
+            break
+        ids.append(token_id)
+        text = decode(ids)
+        answer = visible_answer(text, stop_markers)
+        if len(answer) > len(shown) and answer.startswith(shown):
+            yield answer[len(shown):]
+            shown = answer
+        if any(marker in text for marker in stop_markers):
+            break
+
+
+# What generate() calls back: a streamer and a stopping criterion (duck-typed, so this module
+# imports without transformers)
+
+
+class _TokenQueue:
+    """A generate() streamer that hands each new token id to the reading thread.
+
+    generate calls put() once with the prompt, then once per new token (batch of one), and
+    end() when it is done.
+    """
+
+    def __init__(self):
+        self.ids: list[int] = []  # every generated id, end token included; read after join
+        self._queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        token_id = int(value.reshape(-1)[0])
+        self.ids.append(token_id)
+        self._queue.put(token_id)
+
+    def end(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[int]:
+        while (token_id := self._queue.get()) is not None:
+            yield token_id
+
+
+class _StopCriteria:
+    """Stop at an end id, at a stop marker in the text so far, or when an event is set."""
+
+    def __init__(self, prompt_length, decode, stop_markers, end_ids, events):
+        self.prompt_length = prompt_length
+        self.decode = decode
+        self.stop_markers = stop_markers
+        self.end_ids = end_ids
+        self.events = events
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        generated = input_ids[0, self.prompt_length:].tolist()
+        stop = (
+            (bool(generated) and generated[-1] in self.end_ids)
+            or any(event.is_set() for event in self.events)
+            or any(marker in self.decode(generated) for marker in self.stop_markers)
+        )
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+# The chatbot
+
+
+class Chatbot:
+    """A model, its tokenizer and the run's template, ready to answer questions."""
+
+    def __init__(self, model, tokenizer, template: Template, end_ids: set[int]):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.end_ids = end_ids
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_ids)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, use: str = "auto", device: str | None = None) -> "Chatbot":
+        """Load a run folder: merged/ (use="auto" prefers it), or meta.json's base model + adapter/."""
+        run_dir = Path(run_dir)
+        model_dir, adapter_dir = _pick_weights(run_dir, use)
+        template = _read_template(run_dir)
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype_for(model_dir, device))
+        tokenizer_dir = model_dir
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_dir)
+            if (adapter_dir / "tokenizer_config.json").is_file():
+                tokenizer_dir = adapter_dir  # training saves the tokenizer it used next to the adapter
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        model.to(device).eval()
+        return cls(model, tokenizer, template, end_token_ids(model.generation_config, tokenizer))
+
+    def stream(
+        self,
+        question: str,
+        context: str = "",
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 0.9,
+        stop_event: threading.Event | None = None,
+        logits_processor: list | None = None,
+        generated_ids: list[int] | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer as text deltas while it is generated.
+
+        temperature 0 is greedy. Setting `stop_event` ends the answer after the current token.
+        `logits_processor` is passed to generate (the tests force an end token with it);
+        `generated_ids`, if given, receives every generated token id (the bench counts them).
+        """
+        halt = threading.Event()  # set when the reader leaves early, so generate stops too
+        events = [halt] + ([stop_event] if stop_event is not None else [])
+        tokens = _TokenQueue()
+        kwargs = self._generate_kwargs(
+            question, context, max_new_tokens, temperature, top_p, events, logits_processor
+        )
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                self.model.generate(**kwargs, streamer=tokens)
+            except BaseException as err:  # handed to the reader, which re-raises it
+                errors.append(err)
+            finally:
+                tokens.end()
+
+        worker = threading.Thread(target=work, name="chat-generate", daemon=True)
+        worker.start()
+        try:
+            yield from answer_deltas(tokens, self._decode, self.template.stop_markers, self.end_ids)
+        finally:
+            halt.set()
+            worker.join()
+            if generated_ids is not None:
+                generated_ids.extend(tokens.ids)
+        if errors:
+            raise errors[0]
+
+    def answer(self, question: str, context: str = "", **options) -> str:
+        """The whole answer as one string: the joined stream."""
+        return "".join(self.stream(question, context, **options))
+
+    def generate_text(
+        self,
+        question: str,
+        context: str = "",
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 0.9,
+        logits_processor: list | None = None,
+    ) -> str:
+        """The answer from one generate() call without a streamer, cut by the same rules."""
+        kwargs = self._generate_kwargs(
+            question, context, max_new_tokens, temperature, top_p, [], logits_processor
+        )
+        output = self.model.generate(**kwargs)
+        ids = output[0, kwargs["input_ids"].shape[1]:].tolist()
+        ends = [i for i, token_id in enumerate(ids) if token_id in self.end_ids]
+        ids = ids[: ends[0]] if ends else ids
+        return visible_answer(self._decode(ids), self.template.stop_markers)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate_kwargs(self, question, context, max_new_tokens, temperature, top_p, events,
+                         logits_processor) -> dict:
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        prompt = self.template.render(question, context)
+        # exactly like training: the tokenizer adds <bos> in front of the rendered prompt
+        encoded = self.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
+        input_ids = encoded["input_ids"].to(self.device)
+        stop = _StopCriteria(
+            input_ids.shape[1], self._decode, self.template.stop_markers, self.end_ids, events
+        )
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=encoded["attention_mask"].to(self.device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(self.end_ids),
+            pad_token_id=self.pad_id,
+            stopping_criteria=StoppingCriteriaList([stop]),
+            logits_processor=LogitsProcessorList(logits_processor or []),
+        )
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(do_sample=False)
+        return kwargs
+
+
+def end_token_ids(generation_config, tokenizer) -> set[int]:
+    """Every id that ends an answer: generation config's eos (int or list), the tokenizer's
+    EOS, and the end-of-turn tokens of gemma / Llama-3 when the vocabulary has them."""
+    configured = generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    for name in END_TOKEN_NAMES:
+        token_id = tokenizer.convert_tokens_to_ids(name)
+        if token_id != tokenizer.unk_token_id:  # an unknown name maps to <unk>, not to an end token
+            ids.add(token_id)
+    ids.discard(None)
+    return ids
+
+
+def _pick_weights(run_dir: Path, use: str) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder or None) for `use`, or a UserError that says what to run."""
+    if use not in ("auto", "merged", "adapter"):
+        raise ValueError(f"use must be 'auto', 'merged' or 'adapter', not {use!r}")
+    if not run_dir.is_dir():
+        raise UserError(
+            f"{run_dir}: no such run folder; make one with `builder train DATA_DIR --out {run_dir}`"
+        )
+    merged_dir, adapter_dir = run_dir / "merged", run_dir / "adapter"
+    has_merged = (merged_dir / "config.json").is_file()
+    if use == "merged" or (use == "auto" and has_merged):
+        if not has_merged:
+            raise UserError(f"{run_dir}: no merged model in merged/; make it with `builder merge {run_dir}`")
+        return merged_dir, None
+    if not (adapter_dir / "adapter_config.json").is_file():
+        if use == "adapter":
+            raise UserError(f"{run_dir}: no LoRA adapter in adapter/; train one with "
+                            f"`builder train DATA_DIR --out {run_dir}`")
+        raise UserError(f"{run_dir}: neither merged/ nor adapter/ is there; train with "
+                        f"`builder train DATA_DIR --out {run_dir}`, then `builder merge {run_dir}`")
+    meta_path = run_dir / "meta.json"
+    try:
+        base_path = json.loads(meta_path.read_text(encoding="utf-8")).get("base_model_path")
+    except (OSError, ValueError):
+        raise UserError(f"{meta_path}: missing or not JSON; re-run `builder train` for this run") from None
+    if not base_path or not Path(base_path).is_dir():
+        raise UserError(f"{meta_path}: base model folder {base_path!r} not found; the adapter needs "
+                        f"it (or use the merged model: `builder merge {run_dir}`)")
+    return Path(base_path), adapter_dir
+
+
+def _read_template(run_dir: Path) -> Template:
+    path = run_dir / "template.yaml"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {run_dir} was not written by `builder train`")
+    return parse_template(path.read_text(encoding="utf-8"), str(path))
+
+
+def _dtype_for(model_dir: Path, device):
+    """bf16 on CUDA; on CPU the folder's dtype, but fp32 for half precision (bf16 matmuls run
+    about 2.5x slower than fp32 on CPU, FACTS.md)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    saved = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return torch.float32 if saved in ("bfloat16", "float16") else getattr(torch, saved)
+
+
+# The terminal door's loop
+
+
+def chat_loop(bot: Chatbot, read: Callable[[str], str] = input, write: Callable = print) -> None:
+    """Ask, stream the answer, repeat. `write` is called like print: write(text, end=, flush=).
+
+    exit / quit / 종료, Ctrl-D or Ctrl-C at the prompt end the chat; Ctrl-C while an answer
+    streams stops only that answer.
+    """
+    write(f"질문을 입력하세요. 끝내려면 {' / '.join(EXIT_WORDS)}")
+    while True:
+        try:
+            question = read("질문> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("")
+            break
+        if not question:
+            continue
+        if question.lower() in EXIT_WORDS:
+            break
+        try:
+            with closing(bot.stream(question)) as deltas:  # closing joins the generate thread
+                for delta in deltas:
+                    write(delta, end="", flush=True)
+        except KeyboardInterrupt:
+            write(" (중단됨)", end="")
+        write("")
+    write(GOODBYE)

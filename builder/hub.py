@@ -1,0 +1,339 @@
+"""Publishing to the Hugging Face Hub: a prepared data folder or a trained model, with its card.
+
+    push_dataset("runs/data", "OWNER/NAME")                  # Parquet splits + CSVs + dataset card
+    push_model("runs/NAME", "OWNER/NAME", what="merged")     # merged/ (or adapter/) + model card
+
+This module owns the token lookup (the token is never printed, logged, written or put in an
+error), the repo id check, the upload folder (Parquet shards written deterministically, so the
+same data re-pushed makes no new commit), both cards, and turning every network or auth failure
+into a `UserError` that says what to do. huggingface_hub reads HF_ENDPOINT when it is imported,
+so it is imported inside the functions.
+"""
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import UserError
+
+# OWNER/NAME: letters, digits, "-", "_", "."; no "--" or ".." (the Hub's rule); name <= 96 chars.
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+PREPARED_FILES = ("train.csv", "test.csv", "dataset", "report.json")
+SPLITS = ("train", "test")
+COLUMNS = {
+    "instruction": "the customer's question (질문)",
+    "input": "optional context for the question (참고); often empty",
+    "output": "the shop's answer (답변)",
+}
+QUESTION = "배송은 얼마나 걸리나요?"  # the sample question in the model card
+HUB_IDS = {"embedded:gemma-3-270m": "google/gemma-3-270m"}  # the embedded model's Hub original
+NO_TOKEN = (
+    "no Hugging Face token found: set HF_TOKEN (a write token from "
+    "https://huggingface.co/settings/tokens) or run `hf auth login`"
+)
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    url: str
+    commit: str | None  # the repo's head after the push
+    changed: bool  # False when the repo already held exactly these files
+
+
+def resolve_token(token: str | None = None) -> str | None:
+    """The explicit token, else $HF_TOKEN, else the saved `hf auth login` token, else None."""
+    if token:
+        return token
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def check_repo_id(repo_id: str) -> str:
+    bad = "--" in repo_id or ".." in repo_id or repo_id.endswith((".git", "."))
+    if not REPO_ID.match(repo_id or "") or bad:
+        raise UserError(
+            f"{repo_id!r} is not a Hub repo id: expected OWNER/NAME, e.g. my-shop/faq-ko "
+            "(letters, digits, '-', '_' and '.'; no '--' or '..')"
+        )
+    return repo_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to the Hub
+
+
+@contextmanager
+def _hub_errors(repo_id: str, token: str):
+    """Turn huggingface_hub/httpx failures into UserErrors whose message never holds the token."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        yield
+    except Exception as error:
+        cause = error
+        while cause is not None and not isinstance(cause, (HfHubHTTPError, httpx2.HTTPError)):
+            cause = cause.__cause__ or cause.__context__  # LFS uploads wrap errors in RuntimeError
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, HfHubHTTPError) and status in (401, 403):
+            message = "the Hugging Face token was refused: set HF_TOKEN or run `hf auth login`"
+            message += f" (with a token that may write to {repo_id.split('/')[0]}/)"
+        elif isinstance(cause, RepositoryNotFoundError):
+            message = f"{repo_id} was not found on {constants.ENDPOINT}"
+        elif isinstance(cause, HfHubHTTPError):
+            detail = cause.server_message or cause
+            message = f"the Hub refused the upload to {repo_id} ({status}): {detail}"
+        elif isinstance(cause, httpx2.HTTPError):
+            reason = type(cause).__name__
+            message = f"cannot reach {constants.ENDPOINT}: check the network ({reason})"
+        elif isinstance(error, ValueError) and "README.md" in str(error):
+            message = f"the Hub rejected the card's metadata: {error}"
+        else:
+            raise
+        raise UserError(message.replace(token, "***")) from None
+
+
+def _commit(repo_id: str, repo_type: str, files: dict, message: str, private: bool, token: str,
+            stale: str) -> PushResult:
+    """Create or reuse the repo and put `files` ({path in repo: local Path or bytes}) in one commit.
+
+    Remote files matching the glob `stale` that are not in `files` are deleted in the same commit
+    (old shards). Unchanged files are skipped by huggingface_hub; if nothing changed, no commit.
+    """
+    import fnmatch
+
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+    api = HfApi(token=token)
+    with _hub_errors(repo_id, token):
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        head = api.repo_info(repo_id, repo_type=repo_type).sha
+        remote = api.list_repo_files(repo_id, repo_type=repo_type)
+        old = [p for p in remote if fnmatch.fnmatch(p, stale) and p not in files]
+        operations = [CommitOperationDelete(p) for p in old]
+        operations += [CommitOperationAdd(p, str(f) if isinstance(f, Path) else f)
+                       for p, f in files.items()]
+        info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type)
+    return PushResult(repo_id=repo_id, url=str(url), commit=info.oid, changed=info.oid != head)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+def dataset_card(repo_id: str, report: dict) -> str:
+    """README.md for a prepared data folder: YAML for the Hub and load_dataset, then the facts."""
+    import yaml
+
+    split = report.get("split", {})
+    total = sum(split.values()) or report.get("rows_kept", 0)
+    size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K"
+    meta = {
+        "language": ["ko"],
+        "license": "unknown",
+        "task_categories": ["question-answering", "text-generation"],
+        "size_categories": [size],
+        "pretty_name": repo_id.split("/")[1],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": s, "path": f"data/{s}-*"} for s in SPLITS]}],
+    }
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    columns = "\n".join(f"| `{c}` | {meaning} |" for c, meaning in COLUMNS.items())
+    splits = "\n".join(f"| {s} | {split.get(s, '?')} |" for s in SPLITS)
+    return f"""---
+{front}---
+
+# {repo_id}
+
+Korean FAQ pairs for fine-tuning a shop's chatbot, validated and split by `builder prepare`.
+
+## Source
+
+| | |
+|---|---|
+| file | `{report.get("source_file", "?")}` |
+| sha256 | `{report.get("source_sha256", "?")}` |
+| rows read / kept | {report.get("rows_read", "?")} / {report.get("rows_kept", "?")} |
+
+## Splits
+
+| split | rows |
+|---|---|
+{splits}
+
+Split at random with seed {report.get("seed", "?")} and test_size {report.get("test_size", "?")}.
+
+## Columns
+
+| column | meaning |
+|---|---|
+{columns}
+
+Files: `data/{{train,test}}-00000-of-00001.parquet` (what `load_dataset` reads) and the same rows
+as UTF-8 CSV in `train.csv` and `test.csv`.
+
+## Load
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("{repo_id}")
+print(ds["train"][0])
+```
+"""
+
+
+def push_dataset(prepared_dir, repo_id: str, *, private: bool = False,
+                 token: str | None = None) -> PushResult:
+    """Upload a prepared data folder as a dataset repo in one commit; a no-op if nothing changed."""
+    check_repo_id(repo_id)
+    prepared_dir = Path(prepared_dir)
+    for name in PREPARED_FILES:
+        if not (prepared_dir / name).exists():
+            raise UserError(
+                f"{prepared_dir / name} is missing: {prepared_dir} is not a prepared data folder; "
+                "make one with `builder prepare FAQ_FILE --out DIR`"
+            )
+    token = resolve_token(token)
+    if not token:
+        raise UserError(NO_TOKEN)
+
+    from datasets import load_from_disk
+
+    report = json.loads((prepared_dir / "report.json").read_text(encoding="utf-8"))
+    dataset = load_from_disk(str(prepared_dir / "dataset"))
+    with tempfile.TemporaryDirectory(prefix="builder-push-") as staging:
+        staging = Path(staging)
+        files: dict = {}
+        for split in SPLITS:
+            path_in_repo = f"data/{split}-00000-of-00001.parquet"
+            (staging / path_in_repo).parent.mkdir(parents=True, exist_ok=True)
+            dataset[split].to_parquet(str(staging / path_in_repo))  # same rows -> same bytes
+            files[path_in_repo] = staging / path_in_repo
+        for name in ("train.csv", "test.csv"):
+            files[name] = prepared_dir / name
+        files["README.md"] = dataset_card(repo_id, report).encode()
+        sizes = report.get("split", {})
+        message = (f"Upload {report.get('source_file', 'FAQ')} "
+                   f"({sizes.get('train')} train / {sizes.get('test')} test)")
+        return _commit(repo_id, "dataset", files, message, private, token, stale="data/*")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _run_template(run_dir: Path, name: str | None):
+    """The template the run trained with: its copy in the run folder, else the shipped one."""
+    from builder.prompts import load_template, parse_template
+
+    try:
+        if (run_dir / "template.yaml").is_file():
+            text = (run_dir / "template.yaml").read_text(encoding="utf-8")
+            return parse_template(text, "template.yaml")
+        return load_template(name) if name else None
+    except UserError:
+        return None
+
+
+def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") -> str:
+    """README.md for a run's merged model or adapter, from what the run folder recorded."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    meta = _read_json(run_dir / "meta.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    evaluation = _read_json(run_dir / "eval" / "report.json").get("summary", {})
+    eos = _read_json(run_dir / "merged" / "generation_config.json").get("eos_token_id")
+    eos = eos if eos is not None else meta.get("end_token_ids")
+    config = run_dir / "config.yaml"
+    base = meta.get("base_model")
+    base_id = HUB_IDS.get(base, base)
+    template = _run_template(run_dir, meta.get("template"))
+
+    front = {"language": ["ko"], "library_name": "transformers" if what == "merged" else "peft",
+             "pipeline_tag": "text-generation", "tags": ["korean", "faq", "chatbot", "lora"]}
+    if base_id and REPO_ID.match(base_id):  # the Hub only accepts repo ids here, not local paths
+        front["base_model"] = base_id
+    kind = "16-bit model with the LoRA adapter merged in" if what == "merged" else "LoRA adapter"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# {repo_id}", "",
+             f"A Korean FAQ chatbot: a {kind}, fine-tuned from `{base}` by `builder train`.", ""]
+
+    facts = {"base model": base, "backend": meta.get("backend"),
+             "prompt template": meta.get("template"), "template sha256": meta.get("template_sha256"),
+             "data sha256": meta.get("data_sha256"), "end tokens (eos_token_id)": eos}
+    facts.update((key.replace("_", " "), metrics.get(key)) for key in (
+        "train_rows", "val_rows", "tokens_trained", "best_step", "best_eval_loss", "stopped_early",
+        "wall_time_s"))
+    lines += ["## Training", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in facts.items() if v is not None] + [""]
+    if evaluation:
+        lines += ["## Evaluation (test split)", "", "| metric | base | tuned |", "|---|---|---|"]
+        lines += [f"| {m} | {v.get('base')} | {v.get('tuned')} |" for m, v in evaluation.items()]
+        lines.append("")
+    if meta.get("versions"):
+        lines += ["## Versions", "", *[f"- {k} {v}" for k, v in meta["versions"].items()], ""]
+    if config.is_file():
+        lines += ["## Config", "", "```yaml", config.read_text(encoding="utf-8").rstrip(), "```"]
+        lines.append("")
+
+    # How to chat: the training template, and stop at the end tokens (else it runs on)
+    if what == "merged":
+        load = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+                f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")']
+    else:
+        load = ["from peft import PeftModel",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f'tokenizer = AutoTokenizer.from_pretrained("{base_id}")',
+                f'base = AutoModelForCausalLM.from_pretrained("{base_id}")',
+                f'model = PeftModel.from_pretrained(base, "{repo_id}")']
+    prompt = template.render(QUESTION) if template else f"{QUESTION}\n"
+    stop = f", eos_token_id={eos!r}" if eos is not None else ""
+    how = (f"Prompts use the `{meta.get('template', '?')}` template the model was trained with; "
+           "generation stops at the end tokens.")
+    lines += ["## Chat", "", how, "", "```python", *load,
+              f"prompt = {prompt!r}",
+              'inputs = tokenizer(prompt, return_tensors="pt")',
+              f"output = model.generate(**inputs, max_new_tokens=200{stop})",
+              'answer = output[0][inputs["input_ids"].shape[1]:]',
+              "print(tokenizer.decode(answer, skip_special_tokens=True))", "```", ""]
+    return "\n".join(lines)
+
+
+def push_model(run_dir, repo_id: str, *, what: str = "merged", private: bool = False,
+               token: str | None = None) -> PushResult:
+    """Upload run_dir/merged/ (or run_dir/adapter/) with a generated model card in one commit."""
+    if what not in ("merged", "adapter"):
+        raise UserError(f"what must be 'merged' or 'adapter', not {what!r}")
+    check_repo_id(repo_id)
+    run_dir = Path(run_dir)
+    folder = run_dir / what
+    if not folder.is_dir() or not any(folder.iterdir()):
+        make = (f"builder merge {run_dir}" if what == "merged"
+                else f"builder train DATA_DIR --out {run_dir}")
+        raise UserError(f"{folder} is missing: make it with `{make}`")
+    token = resolve_token(token)
+    if not token:
+        raise UserError(NO_TOKEN)
+
+    card = model_card(run_dir, what, repo_id=repo_id)
+    files: dict = {p.relative_to(folder).as_posix(): p
+                   for p in sorted(folder.rglob("*")) if p.is_file()}
+    files["README.md"] = card.encode()  # replaces the stub card peft writes into adapter/
+    message = f"Upload {what} model from {run_dir.name}"
+    return _commit(repo_id, "model", files, message, private, token, stale="*.safetensors")

@@ -1,0 +1,114 @@
+"""The merge stage: a run's LoRA adapter folded into the base model, saved as 16-bit safetensors.
+
+    builder merge runs/demo          # -> runs/demo/merged/
+
+The merge is computed in fp32 and saved in bf16 by default (16-bit: half the size, what the
+Hub and GPUs want). On CPU, `builder.chat` upcasts it to fp32 on load, because bf16 matrix
+work on CPU is about 2.5x slower. `generation_config.json` lists every end token the model can
+end an answer with, so generation stops there. Re-running with the same adapter does nothing.
+On the Unsloth path, Unsloth's own merged-16-bit save is used.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from builder.errors import UserError
+
+
+def adapter_fingerprint(adapter_dir: Path) -> str:
+    from builder.train import file_sha256
+
+    return file_sha256(*sorted(adapter_dir.glob("adapter_*")))
+
+
+def read_run(run_dir: Path) -> dict:
+    if not (run_dir / "meta.json").is_file():
+        raise UserError(
+            f"{run_dir} is not a run folder (no meta.json). Train one with: "
+            f"builder train PREPARED_DIR --out {run_dir}"
+        )
+    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+        raise UserError(
+            f"{run_dir} has no finished adapter (adapter/). Finish the run with: "
+            f"builder train PREPARED_DIR --out {run_dir} --resume"
+        )
+    return json.loads((run_dir / "meta.json").read_text())
+
+
+def write_generation_config(merged_dir: Path, end_ids: list[int], tokenizer) -> None:
+    """Every end token, so `generate` stops on whichever the model emits."""
+    from transformers import GenerationConfig
+
+    path = merged_dir / "generation_config.json"
+    config = GenerationConfig.from_pretrained(merged_dir) if path.exists() else GenerationConfig()
+    config.eos_token_id = list(end_ids)
+    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    if tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    config.save_pretrained(merged_dir)
+
+
+def merge_hf(meta: dict, adapter_dir: Path, out: Path, dtype: str) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    target = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    model.to(target).save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out)
+
+
+def merge_unsloth(meta: dict, adapter_dir: Path, out: Path) -> None:
+    import unsloth  # noqa: F401  (before transformers)
+    from unsloth import FastLanguageModel
+
+    cfg = meta["config"]
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(adapter_dir),
+        max_seq_length=cfg["model"]["max_seq_length"],
+        load_in_4bit=cfg["model"]["load_in_4bit"],
+    )
+    model.save_pretrained_merged(str(out), tokenizer, save_method="merged_16bit")
+
+
+def merge(run_dir: str | Path, *, dtype: str = "bf16", log=print) -> Path:
+    """Write RUN_DIR/merged/ (complete or absent); returns it."""
+    run_dir = Path(run_dir)
+    meta = read_run(run_dir)
+    adapter_dir, merged_dir = run_dir / "adapter", run_dir / "merged"
+    fingerprint = adapter_fingerprint(adapter_dir)
+    record = merged_dir / "merge.json"
+    if record.is_file() and json.loads(record.read_text()).get("adapter_sha256") == fingerprint:
+        log(f"already merged: {merged_dir}")
+        return merged_dir
+
+    from transformers import AutoTokenizer
+
+    from builder.models import cuda_available
+
+    use_unsloth = meta["backend"] == "unsloth" and cuda_available()
+    staging = Path(tempfile.mkdtemp(prefix=".merged-", dir=run_dir))
+    try:
+        log(f"merging {adapter_dir} into {meta['base_model']} ({'unsloth' if use_unsloth else 'hf'}) ...")
+        if use_unsloth:
+            merge_unsloth(meta, adapter_dir, staging)
+            dtype = "16-bit (unsloth merged_16bit)"
+        else:
+            merge_hf(meta, adapter_dir, staging, dtype)
+        write_generation_config(staging, meta["end_token_ids"], AutoTokenizer.from_pretrained(staging))
+        (staging / "merge.json").write_text(json.dumps({
+            "adapter_sha256": fingerprint,
+            "base_model": meta["base_model"],
+            "dtype": dtype,
+            "end_token_ids": meta["end_token_ids"],
+        }, indent=2))
+        shutil.rmtree(merged_dir, ignore_errors=True)
+        staging.rename(merged_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"merged model ({dtype}) -> {merged_dir}; end tokens {meta['end_token_ids']}")
+    return merged_dir

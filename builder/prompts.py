@@ -1,0 +1,74 @@
+"""Prompt templates: plain YAML files in prompts/, rendering a row, and the template hash.
+
+A template has a `prompt` (and a `prompt_with_input` for rows with context) that ends where the
+answer starts, plus `stop_markers`: text that, once generated, means the model began a new
+block. Training appends the model's EOS token to every answer; the run folder keeps a copy of
+the template file (`template.yaml`) so chat and eval render exactly what training saw.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from builder.errors import UserError
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    prompt: str
+    prompt_with_input: str
+    stop_markers: tuple[str, ...]
+    text: str  # the file as written, kept in the run folder
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def render(self, instruction: str, input: str = "") -> str:
+        """The prompt for one question; the answer is generated (or trained) right after it."""
+        if input.strip():
+            return self.prompt_with_input.format(instruction=instruction, input=input)
+        return self.prompt.format(instruction=instruction)
+
+
+def parse_template(text: str, source: str) -> Template:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"{source}: not valid YAML ({err})") from None
+    missing = [k for k in ("name", "prompt", "prompt_with_input", "stop_markers") if k not in (data or {})]
+    if missing:
+        raise UserError(f"{source}: missing {', '.join(missing)}")
+    for key in ("prompt", "prompt_with_input"):
+        if "{instruction}" not in data[key]:
+            raise UserError(f"{source}: {key} has no {{instruction}} placeholder")
+    if "{input}" not in data["prompt_with_input"]:
+        raise UserError(f"{source}: prompt_with_input has no {{input}} placeholder")
+    return Template(
+        name=data["name"],
+        prompt=data["prompt"],
+        prompt_with_input=data["prompt_with_input"],
+        stop_markers=tuple(data["stop_markers"]),
+        text=text,
+    )
+
+
+def available_templates() -> list[str]:
+    return sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
+
+
+def load_template(name_or_path: str | Path) -> Template:
+    """A shipped template by name ('alpaca', 'korean') or a template file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROMPTS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"unknown prompt template {str(name_or_path)!r}; shipped: {', '.join(available_templates())}"
+        )
+    return parse_template(path.read_text(encoding="utf-8"), path.name)

@@ -1,0 +1,392 @@
+"""The training stage: LoRA/QLoRA supervised fine-tuning on a prepared FAQ folder.
+
+    builder train runs/data --out runs/demo --config configs/embedded-cpu.yaml
+    builder inspect runs/data --config configs/embedded-cpu.yaml
+
+Each row becomes `template prompt + answer + EOS`; only the answer and EOS carry labels. A
+validation split is carved from train, evaluated every `eval_steps`, early stopping watches it
+and the best checkpoint is restored at the end. The run folder gets `adapter/`, `loss.png`,
+`metrics.json`, `config.yaml`, `meta.json`, `template.yaml` and `checkpoints/`.
+Backends: Unsloth on CUDA, transformers + peft + trl elsewhere (builder.models).
+"""
+
+import hashlib
+import json
+import random
+import time
+from importlib import metadata
+from pathlib import Path
+
+from builder.config import Config, config_from_dict
+from builder.errors import UserError
+from builder.prompts import Template, load_template
+
+IGNORE = -100
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: rows -> token ids with a loss mask
+
+
+def load_prepared(prepared_dir: str | Path):
+    """The DatasetDict written by `builder prepare`, with a clear error for anything else."""
+    prepared_dir = Path(prepared_dir)
+    if not (prepared_dir / "report.json").is_file() or not (prepared_dir / "dataset").is_dir():
+        raise UserError(
+            f"{prepared_dir} is not a prepared data folder (no report.json / dataset/). "
+            f"Make one with: builder prepare FAQ_FILE --out {prepared_dir}"
+        )
+    from datasets import load_from_disk
+
+    return load_from_disk(str(prepared_dir / "dataset"))
+
+
+def tokenize_row(tokenizer, template: Template, row: dict, max_length: int, eos_id: int) -> dict:
+    """One FAQ row -> input_ids and completion_mask (1 = answer token that is trained)."""
+    prompt = template.render(row["instruction"], row.get("input") or "")
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [eos_id]
+    # Too long: keep at least half the length for the answer, then cut the prompt's start
+    # (after BOS) so the question's end, nearest the answer, stays.
+    answer_ids = answer_ids[: max(max_length // 2, max_length - len(prompt_ids))]
+    prompt_budget = max_length - len(answer_ids)
+    if len(prompt_ids) > prompt_budget:
+        prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - prompt_budget + 1 :]
+    return {
+        "input_ids": prompt_ids + answer_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(answer_ids),
+    }
+
+
+def split_validation(train_rows, cfg: Config):
+    """Carve the validation split from train: val_fraction, at least min_val_rows."""
+    n = len(train_rows)
+    n_val = max(cfg.train.min_val_rows, round(n * cfg.train.val_fraction))
+    if n - n_val < 2:
+        raise UserError(
+            f"only {n} training rows: too few to hold out {n_val} for validation. "
+            "Add rows to the FAQ or lower train.min_val_rows / train.val_fraction."
+        )
+    order = list(range(n))
+    random.Random(cfg.train.seed).shuffle(order)
+    return train_rows.select(sorted(order[n_val:])), train_rows.select(sorted(order[:n_val]))
+
+
+def tokenize_split(rows, tokenizer, template, cfg: Config, eos_id: int):
+    return rows.map(
+        lambda row: tokenize_row(tokenizer, template, row, cfg.model.max_seq_length, eos_id),
+        remove_columns=rows.column_names,
+        desc="tokenizing",
+    )
+
+
+def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
+    """One tokenized training example with masked prompt tokens and trained answer tokens apart."""
+    from transformers import AutoTokenizer
+
+    from builder.models import resolve_base_model
+
+    rows = load_prepared(prepared_dir)["train"]
+    if not 0 <= index < len(rows):
+        raise UserError(f"--index must be between 0 and {len(rows) - 1}")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.name))
+    template = load_template(cfg.train.template)
+    example = tokenize_row(tokenizer, template, rows[index], cfg.model.max_seq_length,
+                           tokenizer.eos_token_id)
+    pieces = [tokenizer.convert_ids_to_tokens(i) for i in example["input_ids"]]
+    masked = [p for p, m in zip(pieces, example["completion_mask"]) if not m]
+    trained = [p for p, m in zip(pieces, example["completion_mask"]) if m]
+    n_prompt, n_answer = len(masked), len(trained)
+    return "\n".join([
+        f"template: {template.name} ({template.sha256[:12]}), model: {cfg.model.name}",
+        f"row {index}: {rows[index]['instruction']!r}",
+        "",
+        f"MASKED prompt tokens (label -100, no loss): {n_prompt}",
+        "  " + " ".join(f"[{p}]" for p in masked),
+        "",
+        f"TRAINED answer tokens (labels = ids, loss): {n_answer}",
+        "  " + " ".join(f"<<{p}>>" for p in trained),
+        "",
+        f"total {n_prompt + n_answer} tokens; {n_answer / (n_prompt + n_answer):.0%} carry loss",
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer pieces
+
+
+def make_trainer_class(base_class, answer_only_logits: bool):
+    """SFTTrainer that counts trained answer tokens and (on request) scores only answer positions.
+
+    The LM head of gemma-3-270m (640 x 262,144) is most of a token's forward work; prompt
+    positions carry no labels, so projecting only the answer positions gives the same loss for a
+    fraction of the compute. TRL does this itself on CUDA, but scores every position on CPU.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class FaqTrainer(base_class):
+        answer_tokens_trained = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            if model.training:
+                self.answer_tokens_trained += int((labels[:, 1:] != IGNORE).sum())
+            if not answer_only_logits:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+            hidden = causal_lm.model(**forward, use_cache=False).last_hidden_state[:, :-1]
+            targets = labels[:, 1:]
+            mask = targets != IGNORE
+            logits = causal_lm.lm_head(hidden[mask]).float()
+            softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            total = F.cross_entropy(logits, targets[mask], reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+            loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return FaqTrainer
+
+
+def make_progress_callback(run_dir: Path):
+    """Writes progress.json and redraws loss.png on each log, for the app's live view."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            progress = {"step": state.global_step, "max_steps": state.max_steps,
+                        "epoch": state.epoch, "log_history": state.log_history}
+            (run_dir / "progress.json").write_text(json.dumps(progress))
+            if logs and "eval_loss" in logs:
+                plot_loss(state.log_history, run_dir / "loss.png")
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            if (run_dir / "STOP").exists():  # the app's stop button
+                control.should_training_stop = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if (run_dir / "STOP").exists():
+                control.should_training_stop = True
+
+    return Progress()
+
+
+def plot_loss(log_history: list[dict], path: Path, best_step: int | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange")
+    if best_step is not None:
+        ax.axvline(best_step, color="gray", linestyle="--", label=f"best step {best_step}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (answer tokens)")
+    ax.set_title("Training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def library_versions() -> dict:
+    names = ["torch", "transformers", "peft", "trl", "datasets", "accelerate", "unsloth", "bitsandbytes"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def file_sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def sft_config(cfg: Config, run_dir: Path, prec: str, backend: str):
+    from trl import SFTConfig
+
+    t = cfg.train
+    # eval and save on the same steps: the best checkpoint must exist to be restored
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        optim=t.optimizer,
+        bf16=prec == "bf16",
+        fp16=prec == "fp16",
+        # Unsloth runs its own (offloaded) checkpointing, set on the model
+        gradient_checkpointing=t.gradient_checkpointing == "true"
+        or (backend == "hf" and t.gradient_checkpointing == "unsloth"),
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.eval_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=t.logging_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        completion_only_loss=True,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        # padding-free without packing does not enforce max_length; rows are cut in tokenize_row
+        max_length=None if t.padding_free else cfg.model.max_seq_length,
+        dataset_num_proc=None,
+        use_cpu=prec == "fp32" and backend == "hf" and not _cuda(),
+        save_only_model=False,
+    )
+
+
+def _cuda() -> bool:
+    from builder.models import cuda_available
+
+    return cuda_available()
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not list((run_dir / "checkpoints").glob("checkpoint-*")):
+            raise UserError(f"{run_dir}: nothing to resume (no checkpoints/checkpoint-*); run without --resume")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir} exists and is not a run folder; choose another --out")
+        if not (run_dir / "adapter").exists():
+            raise UserError(
+                f"{run_dir} holds an unfinished run: continue it with --resume, or delete the folder"
+            )
+
+
+def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print,
+          callbacks=()) -> Path:
+    """Fine-tune cfg.model on a prepared folder; returns the run folder."""
+    from builder.models import end_token_ids, load_hf, load_unsloth, pick_backend, precision, resolve_base_model
+
+    prepared_dir, run_dir = Path(prepared_dir), Path(run_dir)
+    dataset = load_prepared(prepared_dir)
+    check_run_dir(run_dir, resume)
+    if resume:  # a resumed run continues with the config it started with
+        cfg = config_from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
+    backend = pick_backend(cfg)
+    template = load_template(cfg.train.template)
+
+    # Load model (Unsloth's import must precede trl's)
+    model_path = resolve_base_model(cfg.model.name, log=log)
+    log(f"loading {cfg.model.name} with the {backend} backend ...")
+    model, tokenizer = (load_unsloth if backend == "unsloth" else load_hf)(cfg, model_path)
+    from trl import SFTTrainer
+    from transformers import EarlyStoppingCallback
+
+    prec = precision(cfg, _cuda())
+    answer_only = cfg.train.answer_only_logits and backend == "hf"
+
+    # Datasets
+    train_rows, val_rows = split_validation(dataset["train"], cfg)
+    eos_id = tokenizer.eos_token_id
+    train_set = tokenize_split(train_rows, tokenizer, template, cfg, eos_id)
+    val_set = tokenize_split(val_rows, tokenizer, template, cfg, eos_id)
+
+    # Record what this run uses before training, so a killed run can be resumed and audited
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "STOP").unlink(missing_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    (run_dir / "template.yaml").write_text(template.text, encoding="utf-8")
+    meta = {
+        "base_model": cfg.model.name,
+        "base_model_path": model_path,
+        "backend": backend,
+        "precision": prec,
+        "answer_only_logits": answer_only,
+        "template": template.name,
+        "template_sha256": template.sha256,
+        "data_dir": str(prepared_dir.resolve()),
+        "data_sha256": file_sha256(prepared_dir / "train.csv", prepared_dir / "test.csv"),
+        "rows": {"train": len(train_rows), "validation": len(val_rows), "test": len(dataset["test"])},
+        "end_token_ids": end_token_ids(tokenizer),
+        "seed": cfg.train.seed,
+        "versions": library_versions(),
+        "config": cfg.to_dict(),
+    }
+    (run_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+
+    # Train
+    trainer_class = make_trainer_class(SFTTrainer, answer_only)
+    trainer = trainer_class(
+        model=model,
+        args=sft_config(cfg, run_dir, prec, backend),
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        callbacks=[
+            EarlyStoppingCallback(cfg.train.early_stopping_patience, cfg.train.early_stopping_threshold),
+            make_progress_callback(run_dir),
+            *callbacks,
+        ],
+    )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    wall = time.perf_counter() - started
+
+    # Save the adapter (the best checkpoint was restored) and the record of the run
+    state = trainer.state
+    trainer.model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "adapter")
+    best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
+    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+    stopped_by_user = (run_dir / "STOP").exists()
+    metrics = {
+        "best_step": best_step,
+        "best_eval_loss": state.best_metric,
+        "first_eval_loss": evals[0] if evals else None,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "stopped_early": state.global_step < state.max_steps and not stopped_by_user,
+        "stopped_by_user": stopped_by_user,
+        "resumed": resume,
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "answer_tokens_trained": trainer.answer_tokens_trained,
+        "wall_time_s": round(wall, 1),
+        "answer_tokens_per_s": round(trainer.answer_tokens_trained / wall, 2) if wall else None,
+        "train_loss": result.training_loss,
+        "log_history": state.log_history,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_loss(state.log_history, run_dir / "loss.png", best_step)
+    log(
+        f"done in {wall:.0f} s: {state.global_step} steps, best validation loss "
+        f"{state.best_metric:.4f} at step {best_step}"
+        + (" (stopped early)" if metrics["stopped_early"] else "")
+        + f" -> {run_dir / 'adapter'}"
+    )
+    return run_dir
+
