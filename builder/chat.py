@@ -176,7 +176,9 @@ class Chatbot:
                 tokenizer_dir = adapter_dir  # training saves the tokenizer it used next to the adapter
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         model.to(device).eval()
-        return cls(model, tokenizer, template, end_token_ids(model.generation_config, tokenizer))
+        end_ids = end_token_ids(model.generation_config, tokenizer)
+        end_ids |= set(_read_meta(run_dir).get("end_token_ids") or [])  # what training appended
+        return cls(model, tokenizer, template, end_ids)
 
     def stream(
         self,
@@ -313,14 +315,22 @@ def _pick_weights(run_dir: Path, use: str) -> tuple[Path, Path | None]:
         raise UserError(f"{run_dir}: neither merged/ nor adapter/ is there; train with "
                         f"`builder train DATA_DIR --out {run_dir}`, then `builder merge {run_dir}`")
     meta_path = run_dir / "meta.json"
-    try:
-        base_path = json.loads(meta_path.read_text(encoding="utf-8")).get("base_model_path")
-    except (OSError, ValueError):
-        raise UserError(f"{meta_path}: missing or not JSON; re-run `builder train` for this run") from None
+    base_path = _read_meta(run_dir).get("base_model_path")
     if not base_path or not Path(base_path).is_dir():
         raise UserError(f"{meta_path}: base model folder {base_path!r} not found; the adapter needs "
                         f"it (or use the merged model: `builder merge {run_dir}`)")
     return Path(base_path), adapter_dir
+
+
+def _read_meta(run_dir: Path) -> dict:
+    """meta.json written by `builder train`; {} when absent (a merged folder is enough to chat)."""
+    path = run_dir / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err}); re-run `builder train` for this run") from None
 
 
 def _read_template(run_dir: Path) -> Template:

@@ -59,10 +59,8 @@ def resolve_token(token: str | None = None) -> str | None:
 def check_repo_id(repo_id: str) -> str:
     bad = "--" in repo_id or ".." in repo_id or repo_id.endswith((".git", "."))
     if not REPO_ID.match(repo_id or "") or bad:
-        raise UserError(
-            f"{repo_id!r} is not a Hub repo id: expected OWNER/NAME, e.g. my-shop/faq-ko "
-            "(letters, digits, '-', '_' and '.'; no '--' or '..')"
-        )
+        raise UserError(f"{repo_id!r} is not a Hub repo id: expected OWNER/NAME, e.g. "
+                        "my-shop/faq-ko (letters, digits, '-', '_' and '.'; no '--' or '..')")
     return repo_id
 
 
@@ -137,15 +135,10 @@ def dataset_card(repo_id: str, report: dict) -> str:
     split = report.get("split", {})
     total = sum(split.values()) or report.get("rows_kept", 0)
     size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K"
-    meta = {
-        "language": ["ko"],
-        "license": "unknown",
-        "task_categories": ["question-answering", "text-generation"],
-        "size_categories": [size],
-        "pretty_name": repo_id.split("/")[1],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": s, "path": f"data/{s}-*"} for s in SPLITS]}],
-    }
+    data_files = [{"split": s, "path": f"data/{s}-*"} for s in SPLITS]  # what load_dataset reads
+    meta = {"language": ["ko"], "license": "unknown", "pretty_name": repo_id.split("/")[1],
+            "task_categories": ["question-answering", "text-generation"], "size_categories": [size],
+            "configs": [{"config_name": "default", "data_files": data_files}]}
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     columns = "\n".join(f"| `{c}` | {meaning} |" for c, meaning in COLUMNS.items())
     splits = "\n".join(f"| {s} | {split.get(s, '?')} |" for s in SPLITS)
@@ -199,10 +192,8 @@ def push_dataset(prepared_dir, repo_id: str, *, private: bool = False,
     prepared_dir = Path(prepared_dir)
     for name in PREPARED_FILES:
         if not (prepared_dir / name).exists():
-            raise UserError(
-                f"{prepared_dir / name} is missing: {prepared_dir} is not a prepared data folder; "
-                "make one with `builder prepare FAQ_FILE --out DIR`"
-            )
+            raise UserError(f"{prepared_dir / name} is missing: {prepared_dir} is not a prepared "
+                            "data folder; make one with `builder prepare FAQ_FILE --out DIR`")
     token = resolve_token(token)
     if not token:
         raise UserError(NO_TOKEN)
@@ -274,22 +265,22 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
              f"A Korean FAQ chatbot: a {kind}, fine-tuned from `{base}` by `builder train`.", ""]
 
     facts = {"base model": base, "backend": meta.get("backend"),
-             "prompt template": meta.get("template"), "template sha256": meta.get("template_sha256"),
+             "prompt template": meta.get("template"),
+             "template sha256": meta.get("template_sha256"),
              "data sha256": meta.get("data_sha256"), "end tokens (eos_token_id)": eos}
-    facts.update((key.replace("_", " "), metrics.get(key)) for key in (
+    facts.update((re.sub(r"_s$", " (s)", key).replace("_", " "), metrics.get(key)) for key in (
         "train_rows", "val_rows", "tokens_trained", "best_step", "best_eval_loss", "stopped_early",
         "wall_time_s"))
+    facts["versions"] = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) or None
     lines += ["## Training", "", "| | |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in facts.items() if v is not None] + [""]
     if evaluation:
         lines += ["## Evaluation (test split)", "", "| metric | base | tuned |", "|---|---|---|"]
         lines += [f"| {m} | {v.get('base')} | {v.get('tuned')} |" for m, v in evaluation.items()]
-        lines.append("")
-    if meta.get("versions"):
-        lines += ["## Versions", "", *[f"- {k} {v}" for k, v in meta["versions"].items()], ""]
+        lines += [""]
     if config.is_file():
-        lines += ["## Config", "", "```yaml", config.read_text(encoding="utf-8").rstrip(), "```"]
-        lines.append("")
+        config_text = config.read_text(encoding="utf-8").rstrip()
+        lines += ["## Config", "", "```yaml", config_text, "```", ""]
 
     # How to chat: the training template, and stop at the end tokens (else it runs on)
     if what == "merged":

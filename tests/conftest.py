@@ -6,7 +6,9 @@ lazily by the `hub_server` fixture, on a port picked here) and gives the session
 so the developer's saved login and caches are never used.
 """
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 
@@ -25,17 +27,11 @@ HUB_USER = "tester"
 os.environ["HF_ENDPOINT"] = HUB_URL
 os.environ["HF_HUB_DISABLE_XET"] = "1"  # with hf_xet installed, uploads would go to a Xet CAS
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="builder-tests-hf-home-")
-for _name in (
-    "HF_HUB_OFFLINE",
-    "HF_DATASETS_OFFLINE",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HF_TOKEN_PATH",
-    "HF_HUB_CACHE",
-    "HF_DATASETS_CACHE",
-    "HF_XET_CACHE",
-):
+HF_HOME = tempfile.mkdtemp(prefix="builder-tests-hf-home-")
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = HF_HOME
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+              "HF_TOKEN_PATH", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE"):
     os.environ.pop(_name, None)
 
 import pytest
@@ -56,6 +52,14 @@ def hub_server():
     server = HubServer(token=HUB_TOKEN, user=HUB_USER, port=HUB_PORT).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def hub_login(hub_server, monkeypatch):
+    """The loopback Hub, with HF_TOKEN set to its token: for code that finds the token itself
+    (the CLI, the app, a subprocess, which inherits HF_ENDPOINT/HF_HOME/HF_TOKEN)."""
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    return hub_server
 
 
 # Fixtures added by other modules go below.

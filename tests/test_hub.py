@@ -290,6 +290,7 @@ def test_push_merged_model_with_its_card(hub_server, tmp_path):
     assert "base_model: google/gemma-3-270m" in card and "library_name: transformers" in card
     assert "- ko" in card and "[1, 106]" in card and "eos_token_id=[1, 106]" in card
     assert "| chrf | 11.5 | 47.25 |" in card and "1.2345" in card
+    assert "transformers 5.23.0, peft 0.21.2" in card and "lora_r: 16" in card
     assert 'AutoModelForCausalLM.from_pretrained("tester/faq-bot")' in card
     assert "prompt = '### 질문:\\n배송은 얼마나 걸리나요?\\n\\n### 답변:\\n'" in card
 

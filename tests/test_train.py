@@ -1,0 +1,256 @@
+"""Guards the training stage: loss mask, padding-free and answer-only loss, run folder, early stop, resume, merge."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from builder.cli import main
+from builder.config import load_config
+from builder.errors import UserError
+from builder.prompts import load_template
+from builder.train import IGNORE, make_trainer_class, tokenize_row, train
+from fixtures import make_prepared, make_tiny_gemma, sample_rows
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from builder.embedded import ensure_embedded_model
+
+    return AutoTokenizer.from_pretrained(ensure_embedded_model())
+
+
+def tiny_config(model_dir, **train):
+    sets = [f"model.name={model_dir}", "train.batch_size=4", "train.grad_accum=1", "train.eval_steps=2",
+            "train.min_val_rows=4", "train.logging_steps=1", "train.warmup_steps=0"]
+    sets += [f"train.{k}={v}" for k, v in train.items()]
+    return load_config(None, sets)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss mask
+
+
+@pytest.mark.parametrize("template_name", ["korean", "alpaca"])
+def test_only_answer_tokens_carry_labels(tokenizer, template_name):
+    template = load_template(template_name)
+    for row in sample_rows(30):
+        example = tokenize_row(tokenizer, template, row, 512, tokenizer.eos_token_id)
+        ids, mask = example["input_ids"], example["completion_mask"]
+        prompt = template.render(row["instruction"], row["input"])
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        assert mask == [0] * n_prompt + [1] * (len(ids) - n_prompt)
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+        answer = tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
+        assert answer == row["output"]
+        assert "### " not in answer
+
+
+def test_long_rows_are_cut_keeping_answer_and_bos(tokenizer):
+    template = load_template("korean")
+    row = {"instruction": "질문 " * 300, "input": "", "output": "답변 " * 300}
+    example = tokenize_row(tokenizer, template, row, 64, tokenizer.eos_token_id)
+    assert len(example["input_ids"]) == 64
+    assert example["input_ids"][0] == tokenizer.bos_token_id
+    assert sum(example["completion_mask"]) == 32
+
+
+def test_cli_inspect_shows_masked_and_trained(tmp_path, capsys):
+    prepared = make_prepared(tmp_path, 20)
+    assert main(["inspect", str(prepared)]) == 0
+    out = capsys.readouterr().out
+    assert "MASKED prompt tokens" in out and "TRAINED answer tokens" in out
+    assert "<<<eos>>>" in out and "[<bos>]" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss computation on a tiny model of the same family
+
+
+def batch_for(tokenizer, rows, padding_free):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    template = load_template("korean")
+    examples = []
+    for row in rows:
+        ex = tokenize_row(tokenizer, template, row, 512, tokenizer.eos_token_id)
+        ex["labels"] = [i if m else IGNORE for i, m in zip(ex["input_ids"], ex["completion_mask"])]
+        examples.append({"input_ids": ex["input_ids"], "labels": ex["labels"]})
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=padding_free)
+    return collator(examples)
+
+
+def full_logits_loss(model, batch):
+    # use_cache=False as in training: with a cache, transformers does not detect packed
+    # sequences from position_ids and packed rows would attend to each other
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    out = model(**inputs, use_cache=False)
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                             ignore_index=IGNORE)
+
+
+def test_padding_free_and_answer_only_loss_equal_the_padded_full_loss(tiny_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    rows = sample_rows(5)
+    padded, packed = batch_for(tokenizer, rows, False), batch_for(tokenizer, rows, True)
+    assert packed["input_ids"].shape[0] == 1 and padded["input_ids"].shape[0] == 5
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()  # no pad tokens
+    trainer = make_trainer_class(object, answer_only_logits=True)
+    with torch.no_grad():
+        reference = full_logits_loss(model, padded)
+        packed_full = full_logits_loss(model, packed)
+        answer_only = trainer.compute_loss(trainer(), model, dict(packed))
+    # packed examples must not attend to each other: same loss as separate padded rows
+    assert torch.allclose(packed_full, reference, atol=1e-5), (packed_full, reference)
+    assert torch.allclose(answer_only, reference, atol=1e-5), (answer_only, reference)
+
+
+def test_answer_only_loss_has_the_same_gradients(tiny_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    packed = batch_for(tokenizer, sample_rows(3), True)
+    trainer = make_trainer_class(object, answer_only_logits=True)
+    full_logits_loss(model, packed).backward()
+    expected = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    trainer.compute_loss(trainer(), model, dict(packed)).backward()
+    assert torch.allclose(model.model.layers[0].mlp.up_proj.weight.grad, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage on a tiny model: fast
+
+
+def test_train_writes_the_run_folder(tiny_model, tmp_path):
+    prepared = make_prepared(tmp_path, 30)
+    run = train(prepared, tmp_path / "run", tiny_config(tiny_model, max_steps=4), log=lambda *_: None)
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "loss.png",
+                 "metrics.json", "config.yaml", "meta.json", "template.yaml"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((run / "meta.json").read_text())
+    assert metrics["global_step"] == 4 and metrics["answer_tokens_trained"] > 0
+    assert metrics["val_rows"] == 5 and metrics["train_rows"] == 22
+    assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [2, 4]
+    assert meta["backend"] == "hf" and meta["template"] == "korean" and len(meta["template_sha256"]) == 64
+    assert meta["end_token_ids"][:2] == [1, 106] and "torch" in meta["versions"]
+    assert load_config(run / "config.yaml").train.max_steps == 4
+
+
+def test_train_refuses_a_bad_prepared_dir_and_a_foreign_out(tiny_model, tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "builder prepare" in capsys.readouterr().err
+    prepared = make_prepared(tmp_path, 20)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="not a run folder"):
+        train(prepared, tmp_path / "mine", tiny_config(tiny_model, max_steps=1))
+    with pytest.raises(UserError, match="unknown model"):
+        train(prepared, tmp_path / "r", load_config(None, ["model.name=no-such-model"]))
+
+
+def test_early_stopping_stops_a_run_that_stops_improving(tiny_model, tmp_path):
+    prepared = make_prepared(tmp_path, 30)
+    cfg = tiny_config(tiny_model, max_steps=40, lr=0.0, early_stopping_patience=2)
+    run = train(prepared, tmp_path / "run", cfg, log=lambda *_: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    # lr 0: eval loss never improves after the first eval -> stop after 1 + patience evals
+    assert metrics["stopped_early"] is True
+    assert metrics["global_step"] == 6 and metrics["best_step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The real embedded model over a handful of rows: slow
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("embedded-run")
+    prepared = make_prepared(tmp, 24)
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "embedded-cpu.yaml",
+                      ["train.max_steps=8", "train.eval_steps=4", "train.batch_size=4",
+                       "train.warmup_steps=0", "train.lr=2e-3"])
+    return train(prepared, tmp / "run", cfg, log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_embedded_training_changes_lora_weights_and_lowers_val_loss(embedded_run):
+    from safetensors.torch import load_file
+
+    weights = load_file(embedded_run / "adapter" / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert len(lora_b) == 18 * 7  # every targeted layer got an adapter
+    assert all(w.abs().sum() > 0 for w in lora_b)  # B starts at zero: non-zero means trained
+    metrics = json.loads((embedded_run / "metrics.json").read_text())
+    evals = [h["eval_loss"] for h in metrics["log_history"] if "eval_loss" in h]
+    assert len(evals) == 2 and evals[-1] < evals[0] - 0.05, evals
+
+
+@pytest.mark.slow
+def test_merged_logits_equal_base_plus_adapter(embedded_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from builder.merge import merge
+
+    merged_dir = merge(embedded_run, log=lambda *_: None)
+    assert merge(embedded_run, log=lambda *_: None) == merged_dir  # re-run: no-op
+    gen = json.loads((merged_dir / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [1, 106]
+    meta = json.loads((embedded_run / "meta.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tokenizer("### 질문:\n배송비는 얼마인가요?\n\n### 답변:\n", return_tensors="pt")["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, embedded_run / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = with_adapter(ids).logits
+        got = merged(ids).logits
+        exact = with_adapter.merge_and_unload()(ids).logits
+    assert torch.allclose(exact, expected, atol=1e-3)  # the merge itself, in fp32
+    # the saved 16-bit weights: within bf16 rounding, and the same next tokens
+    assert (got - expected).abs().max() < 0.5, (got - expected).abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.95
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_run_finishes(tmp_path):
+    prepared = make_prepared(tmp_path, 24)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "builder", "train", str(prepared), "--out", str(run),
+               "--config", "configs/embedded-cpu.yaml", "--set", "train.max_steps=6",
+               "--set", "train.eval_steps=2", "--set", "train.batch_size=4"]
+    root = Path(__file__).parents[1]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before a checkpoint"
+        time.sleep(0.5)
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "adapter").exists()
+    assert main(["train", str(prepared), "--out", str(run)]) == 2  # unfinished: asks for --resume
+    assert main(["train", str(prepared), "--out", str(run), "--resume"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 6 and metrics["resumed"] is True
+    # the resumed run carried the history from before the kill
+    assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [2, 4, 6]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
