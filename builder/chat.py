@@ -61,12 +61,8 @@ def visible_answer(text: str, stop_markers: Sequence[str]) -> str:
     return text.strip()
 
 
-def answer_deltas(
-    token_ids: Iterable[int],
-    decode: Callable[[list[int]], str],
-    stop_markers: Sequence[str],
-    end_ids: set[int],
-) -> Iterator[str]:
+def answer_deltas(token_ids: Iterable[int], decode: Callable[[list[int]], str],
+                  stop_markers: Sequence[str], end_ids: set[int]) -> Iterator[str]:
     """Text deltas of an answer whose token ids arrive one at a time.
 
     The whole answer is decoded at every token (not token by token): a multi-byte character
@@ -80,23 +76,19 @@ def answer_deltas(
         ids.append(token_id)
         text = decode(ids)
         answer = visible_answer(text, stop_markers)
-        if len(answer) > len(shown) and answer.startswith(shown):
+        if len(answer) > len(shown) and answer.startswith(shown):  # only ever append
             yield answer[len(shown):]
             shown = answer
         if any(marker in text for marker in stop_markers):
             break
 
 
-# What generate() calls back: a streamer and a stopping criterion (duck-typed, so this module
-# imports without transformers)
+# What generate() calls back: a streamer (duck-typed, so this module imports without torch)
 
 
 class _TokenQueue:
-    """A generate() streamer that hands each new token id to the reading thread.
-
-    generate calls put() once with the prompt, then once per new token (batch of one), and
-    end() when it is done.
-    """
+    """A generate() streamer that hands each new token id to the reading thread: generate
+    calls put() with the prompt, then once per new token (batch of one), then end()."""
 
     def __init__(self):
         self.ids: list[int] = []  # every generated id, end token included; read after join
@@ -119,28 +111,6 @@ class _TokenQueue:
             yield token_id
 
 
-class _StopCriteria:
-    """Stop at an end id, at a stop marker in the text so far, or when an event is set."""
-
-    def __init__(self, prompt_length, decode, stop_markers, end_ids, events):
-        self.prompt_length = prompt_length
-        self.decode = decode
-        self.stop_markers = stop_markers
-        self.end_ids = end_ids
-        self.events = events
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        generated = input_ids[0, self.prompt_length:].tolist()
-        stop = (
-            (bool(generated) and generated[-1] in self.end_ids)
-            or any(event.is_set() for event in self.events)
-            or any(marker in self.decode(generated) for marker in self.stop_markers)
-        )
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
 # The chatbot
 
 
@@ -156,8 +126,8 @@ class Chatbot:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_ids)
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, use: str = "auto", device: str | None = None) -> "Chatbot":
-        """Load a run folder: merged/ (use="auto" prefers it), or meta.json's base model + adapter/."""
+    def load(cls, run_dir: str | Path, *, use: str = "auto", device: str | None = None):
+        """A run folder's merged/ (use="auto" prefers it) or meta.json's base model + adapter/."""
         run_dir = Path(run_dir)
         model_dir, adapter_dir = _pick_weights(run_dir, use)
         template = _read_template(run_dir)
@@ -173,25 +143,17 @@ class Chatbot:
 
             model = PeftModel.from_pretrained(model, adapter_dir)
             if (adapter_dir / "tokenizer_config.json").is_file():
-                tokenizer_dir = adapter_dir  # training saves the tokenizer it used next to the adapter
+                tokenizer_dir = adapter_dir  # training saves its tokenizer next to the adapter
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         model.to(device).eval()
         end_ids = end_token_ids(model.generation_config, tokenizer)
         end_ids |= set(_read_meta(run_dir).get("end_token_ids") or [])  # what training appended
         return cls(model, tokenizer, template, end_ids)
 
-    def stream(
-        self,
-        question: str,
-        context: str = "",
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 0.9,
-        stop_event: threading.Event | None = None,
-        logits_processor: list | None = None,
-        generated_ids: list[int] | None = None,
-    ) -> Iterator[str]:
+    def stream(self, question: str, context: str = "", *, max_new_tokens: int = 256,
+               temperature: float = 0.0, top_p: float = 0.9,
+               stop_event: threading.Event | None = None, logits_processor: list | None = None,
+               generated_ids: list[int] | None = None) -> Iterator[str]:
         """Yield the answer as text deltas while it is generated.
 
         temperature 0 is greedy. Setting `stop_event` ends the answer after the current token.
@@ -201,9 +163,9 @@ class Chatbot:
         halt = threading.Event()  # set when the reader leaves early, so generate stops too
         events = [halt] + ([stop_event] if stop_event is not None else [])
         tokens = _TokenQueue()
-        kwargs = self._generate_kwargs(
-            question, context, max_new_tokens, temperature, top_p, events, logits_processor
-        )
+        kwargs = self._generate_kwargs(question, context, events, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, top_p=top_p,
+                                       logits_processor=logits_processor)
         errors: list[BaseException] = []
 
         def work():
@@ -230,20 +192,10 @@ class Chatbot:
         """The whole answer as one string: the joined stream."""
         return "".join(self.stream(question, context, **options))
 
-    def generate_text(
-        self,
-        question: str,
-        context: str = "",
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 0.9,
-        logits_processor: list | None = None,
-    ) -> str:
-        """The answer from one generate() call without a streamer, cut by the same rules."""
-        kwargs = self._generate_kwargs(
-            question, context, max_new_tokens, temperature, top_p, [], logits_processor
-        )
+    def generate_text(self, question: str, context: str = "", **options) -> str:
+        """The answer from one generate() call without a streamer, cut by the same rules.
+        Options: max_new_tokens, temperature, top_p, logits_processor (as for stream)."""
+        kwargs = self._generate_kwargs(question, context, [], **options)
         output = self.model.generate(**kwargs)
         ids = output[0, kwargs["input_ids"].shape[1]:].tolist()
         ends = [i for i, token_id in enumerate(ids) if token_id in self.end_ids]
@@ -253,31 +205,34 @@ class Chatbot:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _generate_kwargs(self, question, context, max_new_tokens, temperature, top_p, events,
-                         logits_processor) -> dict:
+    def _generate_kwargs(self, question, context, events, *, max_new_tokens=256, temperature=0.0,
+                         top_p=0.9, logits_processor=None) -> dict:
+        import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         prompt = self.template.render(question, context)
         # exactly like training: the tokenizer adds <bos> in front of the rendered prompt
         encoded = self.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
         input_ids = encoded["input_ids"].to(self.device)
-        stop = _StopCriteria(
-            input_ids.shape[1], self._decode, self.template.stop_markers, self.end_ids, events
-        )
-        kwargs = dict(
-            input_ids=input_ids,
-            attention_mask=encoded["attention_mask"].to(self.device),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=sorted(self.end_ids),
-            pad_token_id=self.pad_id,
-            stopping_criteria=StoppingCriteriaList([stop]),
+        prompt_length = input_ids.shape[1]
+
+        def stop(ids, scores, **kwargs):  # a StoppingCriteria, called after every new token
+            generated = ids[0, prompt_length:].tolist()
+            done = (
+                generated[-1] in self.end_ids
+                or any(event.is_set() for event in events)
+                or any(marker in self._decode(generated) for marker in self.template.stop_markers)
+            )
+            return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
+
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p)
+        return dict(
+            input_ids=input_ids, attention_mask=encoded["attention_mask"].to(self.device),
+            max_new_tokens=max_new_tokens, eos_token_id=sorted(self.end_ids),
+            pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([stop]),
             logits_processor=LogitsProcessorList(logits_processor or []),
+            **(sampling if temperature > 0 else dict(do_sample=False)),
         )
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            kwargs.update(do_sample=False)
-        return kwargs
 
 
 def end_token_ids(generation_config, tokenizer) -> set[int]:
@@ -288,7 +243,7 @@ def end_token_ids(generation_config, tokenizer) -> set[int]:
     ids.add(tokenizer.eos_token_id)
     for name in END_TOKEN_NAMES:
         token_id = tokenizer.convert_tokens_to_ids(name)
-        if token_id != tokenizer.unk_token_id:  # an unknown name maps to <unk>, not to an end token
+        if token_id != tokenizer.unk_token_id:  # a name not in the vocabulary maps to <unk>
             ids.add(token_id)
     ids.discard(None)
     return ids
@@ -299,14 +254,14 @@ def _pick_weights(run_dir: Path, use: str) -> tuple[Path, Path | None]:
     if use not in ("auto", "merged", "adapter"):
         raise ValueError(f"use must be 'auto', 'merged' or 'adapter', not {use!r}")
     if not run_dir.is_dir():
-        raise UserError(
-            f"{run_dir}: no such run folder; make one with `builder train DATA_DIR --out {run_dir}`"
-        )
+        raise UserError(f"{run_dir}: no such run folder; make one with "
+                        f"`builder train DATA_DIR --out {run_dir}`")
     merged_dir, adapter_dir = run_dir / "merged", run_dir / "adapter"
     has_merged = (merged_dir / "config.json").is_file()
     if use == "merged" or (use == "auto" and has_merged):
         if not has_merged:
-            raise UserError(f"{run_dir}: no merged model in merged/; make it with `builder merge {run_dir}`")
+            raise UserError(f"{run_dir}: no merged model in merged/; make it with "
+                            f"`builder merge {run_dir}`")
         return merged_dir, None
     if not (adapter_dir / "adapter_config.json").is_file():
         if use == "adapter":
@@ -314,11 +269,10 @@ def _pick_weights(run_dir: Path, use: str) -> tuple[Path, Path | None]:
                             f"`builder train DATA_DIR --out {run_dir}`")
         raise UserError(f"{run_dir}: neither merged/ nor adapter/ is there; train with "
                         f"`builder train DATA_DIR --out {run_dir}`, then `builder merge {run_dir}`")
-    meta_path = run_dir / "meta.json"
     base_path = _read_meta(run_dir).get("base_model_path")
     if not base_path or not Path(base_path).is_dir():
-        raise UserError(f"{meta_path}: base model folder {base_path!r} not found; the adapter needs "
-                        f"it (or use the merged model: `builder merge {run_dir}`)")
+        raise UserError(f"{run_dir / 'meta.json'}: base model folder {base_path!r} not found; the "
+                        f"adapter needs it (or merge it on the training machine: `builder merge`)")
     return Path(base_path), adapter_dir
 
 
@@ -330,7 +284,7 @@ def _read_meta(run_dir: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise UserError(f"{path}: not valid JSON ({err}); re-run `builder train` for this run") from None
+        raise UserError(f"{path}: not valid JSON ({err}); re-run `builder train`") from None
 
 
 def _read_template(run_dir: Path) -> Template:

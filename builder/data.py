@@ -15,7 +15,6 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import tempfile
@@ -224,13 +223,13 @@ def read_faq(path: str | Path) -> FaqTable:
 
 def duplicate_key(text: str) -> str:
     """Whitespace differences do not make a different question or answer."""
-    return re.sub(r"\s+", " ", text).strip()
+    return " ".join(text.split())
 
 
 def check_rows(rows: list[Row]) -> tuple[list[Row], list[dict], list[dict]]:
     """-> kept rows, dropped [{line, reason, ...}], conflicts [{question, lines, answers}]."""
     dropped: list[dict] = []
-    candidates: list[Row] = []
+    candidates: list[tuple[tuple, Row]] = []
     for row in rows:
         if not row.instruction and not row.output:
             dropped.append({"line": row.line, "reason": "empty question and answer"})
@@ -239,26 +238,25 @@ def check_rows(rows: list[Row]) -> tuple[list[Row], list[dict], list[dict]]:
         elif not row.output:
             dropped.append({"line": row.line, "reason": "empty answer"})
         else:
-            candidates.append(row)
+            key = (duplicate_key(row.instruction), duplicate_key(row.input), duplicate_key(row.output))
+            candidates.append((key, row))
 
     # Exact duplicates: keep the first, drop the rest.
     first_seen: dict[tuple, int] = {}
-    unique: list[Row] = []
-    for row in candidates:
-        key = (duplicate_key(row.instruction), duplicate_key(row.input), duplicate_key(row.output))
+    unique: list[tuple[tuple, Row]] = []
+    for key, row in candidates:
         if key in first_seen:
             dropped.append(
                 {"line": row.line, "reason": "duplicate", "duplicate_of": first_seen[key]}
             )
         else:
             first_seen[key] = row.line
-            unique.append(row)
+            unique.append((key, row))
 
     # Same question (and context), different answers: the bot cannot learn both; leave all out.
     by_question: dict[tuple, list[Row]] = {}
-    for row in unique:
-        key = (duplicate_key(row.instruction), duplicate_key(row.input))
-        by_question.setdefault(key, []).append(row)
+    for key, row in unique:
+        by_question.setdefault(key[:2], []).append(row)
     conflicts = []
     for group in by_question.values():
         if len(group) == 1:
@@ -273,29 +271,52 @@ def check_rows(rows: list[Row]) -> tuple[list[Row], list[dict], list[dict]]:
         for r in group:
             dropped.append({"line": r.line, "reason": "conflict", "lines": [g.line for g in group]})
     conflicting = {line for c in conflicts for line in c["lines"]}
-    kept = [r for r in unique if r.line not in conflicting]
+    kept = [r for _, r in unique if r.line not in conflicting]
     dropped.sort(key=lambda d: d["line"])
     return kept, dropped, conflicts
 
 
-def load_length_tokenizer():
-    """The embedded model's tokenizer when it has been converted, else None (fast: no model)."""
+_worker_tokenizer = None
+
+
+def _load_tokenizer(path: str) -> None:
+    global _worker_tokenizer
+    from tokenizers import Tokenizer
+
+    _worker_tokenizer = Tokenizer.from_file(path)
+
+
+def _token_counts(texts: list[str]) -> list[int]:
+    encodings = _worker_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    return [len(e.ids) for e in encodings]
+
+
+def start_length_worker():
+    """A process that loads the embedded tokenizer while the file is read (the load takes ~3 s
+    and holds the GIL); None when the embedded model has not been converted yet."""
     from builder.embedded import cached_tokenizer_file
 
     tokenizer_file = cached_tokenizer_file()
     if tokenizer_file is None:
         return None
-    from tokenizers import Tokenizer
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    return Tokenizer.from_file(str(tokenizer_file))
+    worker = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_load_tokenizer,
+        initargs=(str(tokenizer_file),),
+    )
+    worker.submit(len, "")  # start it now
+    return worker
 
 
-def measure_lengths(rows: list[Row], max_length: int) -> tuple[dict, list[dict]]:
+def measure_lengths(rows: list[Row], max_length: int, worker=None) -> tuple[dict, list[dict]]:
     """Token lengths of each row (question + context + answer) -> stats, rows over max_length."""
     texts = ["\n".join(p for p in (r.instruction, r.input, r.output) if p) for r in rows]
-    tokenizer = load_length_tokenizer()
-    if tokenizer is not None:
-        tokens = [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    if worker is not None:
+        tokens = worker.submit(_token_counts, texts).result()
         unit = "tokens (embedded gemma-3 tokenizer)"
     else:
         tokens = [round(len(t) * TOKENS_PER_CHAR_ESTIMATE) for t in texts]
@@ -396,10 +417,15 @@ def prepare(
             f"{out_dir} already exists and is not a prepared data folder; "
             "choose another --out (it would be overwritten)."
         )
-    table = read_faq(faq_file)
-    kept, dropped, conflicts = check_rows(table.rows)
-    lengths, too_long = measure_lengths(kept, max_length)
-    train, test = split_rows(kept, test_size, seed, faq_file.name)
+    worker = start_length_worker()
+    try:
+        table = read_faq(faq_file)
+        kept, dropped, conflicts = check_rows(table.rows)
+        train, test = split_rows(kept, test_size, seed, faq_file.name)
+        lengths, too_long = measure_lengths(kept, max_length, worker)
+    finally:
+        if worker is not None:
+            worker.shutdown(wait=False, cancel_futures=True)
 
     reasons: dict[str, int] = {}
     for d in dropped:

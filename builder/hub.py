@@ -71,15 +71,19 @@ def check_repo_id(repo_id: str) -> str:
 @contextmanager
 def _hub_errors(repo_id: str, token: str):
     """Turn huggingface_hub/httpx failures into UserErrors whose message never holds the token."""
-    import httpx2
     from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    try:
+        from httpx2 import HTTPError  # huggingface_hub 2.x
+    except ImportError:
+        from httpx import HTTPError  # huggingface_hub 1.x (the GPU set)
 
     try:
         yield
     except Exception as error:
         cause = error
-        while cause is not None and not isinstance(cause, (HfHubHTTPError, httpx2.HTTPError)):
+        while cause is not None and not isinstance(cause, (HfHubHTTPError, HTTPError)):
             cause = cause.__cause__ or cause.__context__  # LFS uploads wrap errors in RuntimeError
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(cause, HfHubHTTPError) and status in (401, 403):
@@ -90,9 +94,11 @@ def _hub_errors(repo_id: str, token: str):
         elif isinstance(cause, HfHubHTTPError):
             detail = cause.server_message or cause
             message = f"the Hub refused the upload to {repo_id} ({status}): {detail}"
-        elif isinstance(cause, httpx2.HTTPError):
+        elif isinstance(cause, HTTPError):
             reason = type(cause).__name__
             message = f"cannot reach {constants.ENDPOINT}: check the network ({reason})"
+        elif isinstance(error, OfflineModeIsEnabled):
+            message = "HF_HUB_OFFLINE is set: unset it to push to the Hub"
         elif isinstance(error, ValueError) and "README.md" in str(error):
             message = f"the Hub rejected the card's metadata: {error}"
         else:

@@ -153,9 +153,10 @@ def load_hf(cfg: Config, model_path: str):
 
 
 def end_token_ids(tokenizer, extra=()) -> list[int]:
-    """The tokenizer's EOS plus every known end token in its vocab, in a stable order."""
+    """The tokenizer's EOS plus every known end token that is a special token of this tokenizer
+    (gemma's vocab has an ordinary `</s>` text piece, which must not end an answer)."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[t] for t in END_TOKENS if t in vocab]
+    special = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    ids += [special[t] for t in END_TOKENS if t in special]
     ids += list(extra)
     return sorted(set(ids), key=ids.index)

@@ -1,4 +1,4 @@
-"""Guards builder/chat.py: answers stop at end tokens and stop markers, stream safe deltas, load runs."""
+"""Guards builder/chat.py: answers stop at end tokens and markers, stream safe deltas, load runs."""
 
 import json
 import shutil
@@ -124,14 +124,14 @@ def tiny_runs(tmp_path_factory):
         run.mkdir()
         write_run_files(run, base)
 
-    merged = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    merged.generation_config.eos_token_id = [1, 106]
-    merged.save_pretrained(full / "merged")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.generation_config.eos_token_id = [1, 106]
+    model.to(torch.bfloat16).save_pretrained(full / "merged")  # as merge writes it on a GPU
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(base / name, full / "merged" / name)
 
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(full / "adapter")
+    get_peft_model(model.float(), lora).save_pretrained(full / "adapter")
     shutil.copytree(full / "adapter", adapter_only / "adapter")
     return full, adapter_only
 
@@ -141,9 +141,11 @@ def tiny_bot(tiny_runs):
     return Chatbot.load(tiny_runs[0])
 
 
-def test_load_prefers_merged_upcasts_bf16_on_cpu_and_collects_end_ids(tiny_bot):
+def test_load_prefers_merged_upcasts_bf16_on_cpu_and_collects_end_ids(tiny_runs, tiny_bot):
     import torch
 
+    saved = json.loads((tiny_runs[0] / "merged" / "config.json").read_text())
+    assert saved["dtype"] == "bfloat16"
     assert tiny_bot.model.dtype == torch.float32
     assert not hasattr(tiny_bot.model, "peft_config")
     assert tiny_bot.end_ids == {1, 106}
@@ -171,11 +173,13 @@ def test_stop_event_and_closing_early_stop_the_generate_thread(tiny_bot):
     stop = threading.Event()
     stop.set()
     ids: list[int] = []
-    assert tiny_bot.answer(QUESTION, stop_event=stop, logits_processor=always_ga, generated_ids=ids) == "가"
+    answer = tiny_bot.answer(QUESTION, stop_event=stop, logits_processor=always_ga, generated_ids=ids)
+    assert answer == "가"
     assert ids == [ga]  # checked after the first token
 
     ids = []
-    deltas = tiny_bot.stream(QUESTION, max_new_tokens=200, logits_processor=always_ga, generated_ids=ids)
+    deltas = tiny_bot.stream(QUESTION, max_new_tokens=200, logits_processor=always_ga,
+                             generated_ids=ids)
     assert next(deltas) == "가"
     deltas.close()
     assert not [t for t in threading.enumerate() if t.name == "chat-generate"]

@@ -216,6 +216,14 @@ def test_server_down_is_a_user_error_naming_the_endpoint(prepared, monkeypatch):
 BAD_REPO_IDS = ["noslash", "a/b/c", "owner/na me", "-owner/x", "owner/x--y", "owner/", ""]
 
 
+def test_offline_mode_is_a_user_error(hub_server, prepared, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
+        hub.push_dataset(prepared, "tester/faq-offline", token=hub_server.token)
+
+
 @pytest.mark.parametrize("repo_id", BAD_REPO_IDS)
 def test_malformed_repo_id_fails_before_any_request(hub_server, prepared, repo_id):
     before = len(hub_server.requests)

@@ -1,0 +1,339 @@
+"""The web page (Gradio, Korean labels): 데이터 -> 학습 -> 채팅 -> 배포, over the library's functions.
+
+    python app.py                     # http://127.0.0.1:7860
+    python app.py --run runs/demo     # chat with a trained run first
+
+Each tab calls what the CLI calls (builder.data.prepare, `builder train` / `builder merge`,
+builder.chat.Chatbot, builder.hub); builder.jobs holds the logic that is not drawing. Every
+event has an `api_name`, so gradio_client can drive the page: /prepare, /start_training,
+/stop_training, /training_status, /chat, /stop_chat, /clear_chat, /push_dataset, /push_model,
+/push_adapter, /model_card. A UserError shows in the tab's error box, never as a traceback.
+The Hugging Face token goes from its password field straight to builder.hub: it is not kept.
+"""
+
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from builder import jobs
+from builder.errors import UserError
+
+CSS = """
+.error-box { background: #fdecea; border-left: 4px solid #d93025; padding: 8px 12px;
+             border-radius: 6px; color: #5f2120; }
+.progress-outer { background: #e8eaed; border-radius: 6px; height: 14px; overflow: hidden; }
+.progress-inner { background: #1a73e8; height: 100%; transition: width 0.5s; }
+"""
+STATE_KO = {"idle": "대기", "running": "학습 중", "merging": "병합 중", "done": "완료",
+            "failed": "실패", "stopped": "멈춤"}
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+def message_text(content) -> str:
+    """A chat message's text: a string, or (Gradio 6) a list of parts like {"type": "text", ...}."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") or ""
+    if isinstance(content, list):
+        return "".join(message_text(part) for part in content)
+    return ""
+
+
+def progress_html(status: jobs.JobStatus) -> str:
+    percent = 100 * status.step / status.max_steps if status.max_steps else 0
+    losses = [f"{name} {value:.4f}" for name, value in
+              (("train loss", status.train_loss), ("val loss", status.eval_loss)) if value is not None]
+    where = f" · {status.run_dir}" if status.run_dir else ""
+    return (f'<div class="progress-outer"><div class="progress-inner" style="width:{percent:.0f}%">'
+            f"</div></div><p><b>{STATE_KO[status.state]}</b> ({status.state}) · 단계 step "
+            f"{status.step}/{status.max_steps or '?'} · {status.elapsed_s:.0f} s"
+            f"{' · ' + ' · '.join(losses) if losses else ''}{where}</p>"
+            f"<p>{status.message}</p>")
+
+
+def eval_markdown(summary: dict) -> str:
+    if not summary:
+        return ""
+    rows = [f"| {metric} | {v.get('base')} | {v.get('tuned')} |" for metric, v in summary.items()]
+    return "### 평가 (test split)\n\n| 지표 metric | 기본 base | 학습 후 tuned |\n|---|---|---|\n" + \
+        "\n".join(rows)
+
+
+def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-cpu.yaml",
+              max_upload_mb=20):
+    """The whole page as gr.Blocks (not launched)."""
+    import gradio as gr
+
+    from builder.config import load_config
+
+    runs_root = Path(runs_root)
+    config_path = Path(config_path)
+    if not config_path.is_file() and not config_path.is_absolute():
+        config_path = REPO_DIR / config_path  # the shipped configs, wherever the app starts
+    cfg = load_config(config_path).train
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such run folder (--run)")
+    job = jobs.TrainingJob(runs_root, config_path)
+    bots = jobs.ChatbotCache()
+    stop_events: dict[str, threading.Event] = {}  # one per browser session
+    chart_dir = Path(tempfile.mkdtemp(prefix="builder-app-charts-"))
+    prepared = jobs.list_prepared(runs_root)
+    default_data = str(prepared[0]) if prepared else ""
+
+    def run_choices():
+        runs = jobs.list_runs(runs_root)
+        if run_dir is not None and Path(run_dir).resolve() not in [r.resolve() for r in runs]:
+            runs.insert(0, Path(run_dir))
+        return [(f"{r.name} ({'merged' if (r / 'merged').is_dir() else 'adapter'})", str(r))
+                for r in runs]
+
+    def runs_update(current=None):
+        choices = run_choices()
+        values = [value for _, value in choices]
+        value = current if current in values else (values[0] if values else None)
+        return gr.update(choices=choices, value=value)
+
+    def shown(message: str):
+        return gr.update(value=f"⚠️ {message}", visible=True)
+
+    hidden = gr.update(value="", visible=False)
+
+    with gr.Blocks(title="한국어 FAQ 챗봇 빌더", analytics_enabled=False) as app:
+        gr.Markdown("# 한국어 FAQ 챗봇 빌더\nFAQ 파일 → 데이터 점검 → LoRA 학습 → 채팅 → Hugging Face 배포")
+
+        # ---- 1. 데이터: upload, prepare, report, preview ------------------------------------
+        with gr.Tab("1. 데이터", id="data"):
+            faq_file = gr.File(label=f"FAQ 파일 (CSV · TSV · XLSX, 최대 {max_upload_mb} MB)",
+                               file_types=[".csv", ".tsv", ".txt", ".xlsx"], elem_id="faq-file")
+            data_error = gr.Markdown(visible=False, elem_id="data-error", elem_classes="error-box")
+            data_summary = gr.Textbox(label="점검 결과 / report", lines=8, interactive=False,
+                                      elem_id="data-summary")
+            data_dir = gr.Textbox(label="준비된 데이터 폴더", value=default_data, interactive=False,
+                                  elem_id="data-dir")
+            dropped = gr.Dataframe(headers=["줄 line", "이유 reason", "상세 detail"],
+                                   label="제외된 행 / left-out rows", interactive=False,
+                                   elem_id="data-dropped")
+            preview = gr.Dataframe(headers=["instruction (질문)", "input (참고)", "output (답변)"],
+                                   label="학습 데이터 미리보기 (처음 20행)", interactive=False,
+                                   wrap=True, elem_id="data-preview")
+
+        # ---- 2. 학습: knobs, start/stop, live progress, loss chart, log, eval -----------------
+        with gr.Tab("2. 학습", id="train"):
+            train_data = gr.Textbox(label="학습할 데이터 폴더", value=default_data,
+                                    elem_id="train-data-dir")
+            with gr.Row():
+                epochs = gr.Number(cfg.epochs, label="에폭 epochs", minimum=0.1, elem_id="train-epochs")
+                max_steps = gr.Number(cfg.max_steps, label="최대 단계 max steps (-1 = 에폭 사용)",
+                                      precision=0, elem_id="train-max-steps")
+                lr = gr.Number(cfg.lr, label="학습률 learning rate", elem_id="train-lr")
+                patience = gr.Number(cfg.early_stopping_patience, precision=0, minimum=1,
+                                     label="조기 종료 인내 patience (평가 횟수)", elem_id="train-patience")
+            with gr.Row():
+                start = gr.Button("학습 시작", variant="primary", elem_id="train-start")
+                stop = gr.Button("멈추기", variant="stop", elem_id="train-stop")
+            train_message = gr.Markdown(elem_id="train-message")
+            progress = gr.HTML(progress_html(job.status()), elem_id="train-progress")
+            with gr.Row():
+                loss_chart = gr.Image(label="손실 loss", type="filepath", interactive=False,
+                                      elem_id="train-loss")
+                log_tail = gr.Textbox(label="로그 log", lines=14, max_lines=14, interactive=False,
+                                      autoscroll=True, elem_id="train-log")
+            eval_table = gr.Markdown(elem_id="train-eval")
+            eval_chart = gr.Image(label="평가 evaluation", type="filepath", interactive=False,
+                                  visible=False, elem_id="train-eval-chart")
+            with gr.Accordion("상태 JSON / status", open=False):
+                status_json = gr.JSON(elem_id="train-status-json")
+            timer = gr.Timer(2.0)
+
+        # ---- 3. 채팅: pick a run, stream answers ----------------------------------------------
+        with gr.Tab("3. 채팅", id="chat") as chat_tab:
+            with gr.Row():
+                choices = run_choices()
+                chat_run = gr.Dropdown(choices, value=str(run_dir) if run_dir else
+                                       (choices[0][1] if choices else None),
+                                       label="모델 (실행 폴더)", scale=4, elem_id="chat-run")
+                chat_refresh = gr.Button("↻ 목록", scale=1, elem_id="chat-refresh")
+            chat_error = gr.Markdown(visible=False, elem_id="chat-error", elem_classes="error-box")
+            chatbot = gr.Chatbot(label="대화", height=420, elem_id="chatbot")
+            question = gr.Textbox(label="질문", placeholder="예: 배송은 며칠 걸리나요?",
+                                  elem_id="chat-question")
+            with gr.Row():
+                send = gr.Button("보내기", variant="primary", elem_id="chat-send")
+                chat_stop = gr.Button("멈추기", elem_id="chat-stop")
+                clear = gr.Button("지우기", elem_id="chat-clear")
+            with gr.Accordion("설정", open=False):
+                context = gr.Textbox(label="참고 (선택) / optional context", lines=2,
+                                     elem_id="chat-context")
+                max_tokens = gr.Slider(16, 512, 256, step=16, label="최대 새 토큰 max new tokens",
+                                       elem_id="chat-max-tokens")
+                temperature = gr.Slider(0, 1.5, 0, step=0.05, label="온도 temperature (0 = greedy)",
+                                        elem_id="chat-temperature")
+
+        # ---- 4. 배포: push to the Hugging Face Hub ------------------------------------------
+        with gr.Tab("4. 배포", id="deploy") as deploy_tab:
+            token = gr.Textbox(label="Hugging Face 토큰 (저장되지 않음; 비우면 HF_TOKEN 사용)",
+                               type="password", placeholder="hf_...", elem_id="deploy-token")
+            private = gr.Checkbox(label="비공개 저장소 private", elem_id="deploy-private")
+            deploy_error = gr.Markdown(visible=False, elem_id="deploy-error", elem_classes="error-box")
+            deploy_result = gr.Markdown(elem_id="deploy-result")
+            with gr.Row():
+                deploy_data = gr.Textbox(label="데이터 폴더", value=default_data,
+                                         elem_id="deploy-data-dir")
+                dataset_repo = gr.Textbox(label="데이터셋 저장소 OWNER/NAME",
+                                          elem_id="deploy-dataset-repo")
+                push_data = gr.Button("데이터셋 올리기", elem_id="deploy-push-dataset")
+            with gr.Row():
+                deploy_run = gr.Dropdown(choices, value=chat_run.value, label="모델 (실행 폴더)",
+                                         elem_id="deploy-run")
+                model_repo = gr.Textbox(label="모델 저장소 OWNER/NAME", elem_id="deploy-model-repo")
+            with gr.Row():
+                push_merged = gr.Button("병합 모델 올리기", variant="primary", elem_id="deploy-push-merged")
+                push_adapter = gr.Button("어댑터 올리기", elem_id="deploy-push-adapter")
+            card = gr.Code(label="모델 카드 미리보기 (README.md)", language="markdown",
+                           interactive=False, elem_id="deploy-card")
+
+        # ---- Events: 데이터 ---------------------------------------------------------------
+        def on_prepare(path):
+            from builder.data import summary
+
+            try:
+                report, out_dir = jobs.prepare_upload(path, runs_root, max_upload_mb)
+            except UserError as err:
+                return shown(str(err)), "", gr.skip(), [], [], gr.skip(), gr.skip()
+            rows = jobs.preview_rows(out_dir)
+            folder = str(out_dir)
+            return hidden, summary(report, out_dir), folder, jobs.dropped_table(report), rows, \
+                folder, folder
+
+        faq_file.upload(on_prepare, faq_file, [data_error, data_summary, data_dir, dropped,
+                                               preview, train_data, deploy_data],
+                        api_name="prepare")
+
+        # ---- Events: 학습 ---------------------------------------------------------------
+        def on_start(folder, n_epochs, n_steps, rate, wait):
+            overrides = [f"train.epochs={n_epochs}", f"train.max_steps={int(n_steps)}",
+                         f"train.lr={rate}", f"train.early_stopping_patience={int(wait)}"]
+            try:
+                run = job.start(folder, overrides)
+            except UserError as err:
+                return f"⚠️ {err}"
+            return f"▶️ 학습을 시작했습니다 / training started: `{run}`"
+
+        def on_status(shown_chart):
+            status = job.status()
+            summary, chart = jobs.eval_summary(status.run_dir) if status.state == "done" else ({}, None)
+            loss = job.loss_chart(chart_dir)
+            return (progress_html(status), gr.skip() if loss == shown_chart else loss,
+                    status.log_tail, eval_markdown(summary),
+                    gr.update(value=chart, visible=chart is not None), vars(status), loss)
+
+        start.click(on_start, [train_data, epochs, max_steps, lr, patience], train_message,
+                    api_name="start_training")
+        stop.click(lambda: job.stop(), None, train_message, api_name="stop_training")
+        chart_shown = gr.State(None)  # this session's chart, so an unchanged one is not resent
+        timer.tick(on_status, chart_shown, [progress, loss_chart, log_tail, eval_table, eval_chart,
+                                            status_json, chart_shown],
+                   api_name="training_status", show_progress="hidden")
+
+        # ---- Events: 채팅 ---------------------------------------------------------------
+        def on_chat(text, history, run, ctx, n_tokens, temp, request: gr.Request):
+            text = (text or "").strip()
+            history = [{"role": m["role"], "content": message_text(m["content"])}
+                       for m in history or []]
+            if not text:
+                yield history, "", hidden
+                return
+            history.append({"role": "user", "content": text})
+            yield history, "", hidden
+            stop_event = stop_events.setdefault(request.session_hash, threading.Event())
+            stop_event.clear()
+            try:
+                bot = bots.get(run)
+                answer = ""
+                history.append({"role": "assistant", "content": ""})
+                for delta in bot.stream(text, ctx or "", max_new_tokens=int(n_tokens),
+                                        temperature=float(temp), stop_event=stop_event):
+                    answer += delta
+                    history[-1]["content"] = answer
+                    yield history, "", hidden
+                if not answer:
+                    history[-1]["content"] = "(빈 답변 / empty answer)"
+                    yield history, "", hidden
+            except UserError as err:
+                yield history, text, shown(str(err))
+
+        def on_stop_chat(request: gr.Request):
+            stop_events.setdefault(request.session_hash, threading.Event()).set()
+
+        chat_inputs = [question, chatbot, chat_run, context, max_tokens, temperature]
+        send.click(on_chat, chat_inputs, [chatbot, question, chat_error], api_name="chat")
+        question.submit(on_chat, chat_inputs, [chatbot, question, chat_error], api_visibility="private")
+        chat_stop.click(on_stop_chat, None, None, api_name="stop_chat")
+        clear.click(lambda: ([], ""), None, [chatbot, question], api_name="clear_chat")
+        chat_refresh.click(runs_update, chat_run, chat_run, api_visibility="private")
+        chat_tab.select(runs_update, chat_run, chat_run, api_visibility="private")
+
+        # ---- Events: 배포 ---------------------------------------------------------------
+        def pushed(result) -> str:
+            state = "올렸습니다 / pushed" if result.changed else \
+                "이미 최신 상태입니다 / already up to date (nothing pushed)"
+            return f"✅ {result.repo_id}: {state} → {result.url}" + \
+                (f" (commit `{result.commit[:12]}`)" if result.commit else "")
+
+        def push(what, secret, folder, repo, is_private):
+            from builder import hub
+
+            try:
+                if what == "dataset":
+                    result = hub.push_dataset(folder, (repo or "").strip(), private=is_private,
+                                              token=secret or None)
+                else:
+                    result = hub.push_model(folder, (repo or "").strip(), what=what,
+                                            private=is_private, token=secret or None)
+            except UserError as err:
+                message = str(err).replace(secret, "***") if secret else str(err)
+                return "", shown(message)
+            return pushed(result), hidden
+
+        def on_card(run, repo):
+            from builder import hub
+
+            if not run:
+                return ""
+            what = "merged" if (Path(run) / "merged").is_dir() else "adapter"
+            return hub.model_card(run, what, repo_id=(repo or "").strip() or "OWNER/NAME")
+
+        outputs = [deploy_result, deploy_error]
+        push_data.click(lambda s, f, r, p: push("dataset", s, f, r, p),
+                        [token, deploy_data, dataset_repo, private], outputs, api_name="push_dataset")
+        model_inputs = [token, deploy_run, model_repo, private]
+        push_merged.click(lambda s, f, r, p: push("merged", s, f, r, p), model_inputs, outputs,
+                          api_name="push_model")
+        push_adapter.click(lambda s, f, r, p: push("adapter", s, f, r, p), model_inputs, outputs,
+                           api_name="push_adapter")
+        gr.on([deploy_run.change, model_repo.blur, app.load], on_card, [deploy_run, model_repo],
+              card, api_name="model_card")
+        deploy_tab.select(runs_update, deploy_run, deploy_run, api_visibility="private")
+    return app
+
+
+def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
+           config_path="configs/embedded-cpu.yaml", max_upload_mb=20) -> None:
+    """Build the page, serve it on host:port, print the URL and block until Ctrl-C."""
+    app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
+                    max_upload_mb=max_upload_mb)
+    allowed = [str(Path(runs_root).resolve())] + ([str(Path(run_dir).resolve())] if run_dir else [])
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+               css=CSS, allowed_paths=allowed, footer_links=["api", "gradio"],
+               run_history=False,  # the browser must not keep a record of inputs (the token)
+               max_file_size=int(4 * max_upload_mb * 2**20))  # over the cap: our message, not Gradio's
+    print(f"builder app: http://{host}:{port}/", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server and ends a training run
+    app.block_thread()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -1,0 +1,234 @@
+"""Guards builder/evaluate.py: Korean metrics, the answer loss, the eval/ folder, tuned beats base."""
+
+import csv
+import json
+import shutil
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from builder.config import load_config
+from builder.errors import UserError
+from builder.evaluate import (
+    bleu,
+    chrf,
+    corpus_bleu,
+    corpus_chrf,
+    evaluate,
+    exact_match,
+    format_summary,
+    morphemes,
+    normalize,
+    rouge_l,
+)
+from fixtures import make_prepared, make_tiny_gemma, sample_rows
+
+ROOT = Path(__file__).parents[1]
+ANSWER = "배송은 주문 후 보통 2일 걸립니다."
+PARAPHRASE = "배송이 주문 후 보통 2일 걸려요."  # other 조사 (은 -> 이) and 어미 (ㅂ니다 -> 어요)
+UNRELATED = "영업시간은 오전 10시부터입니다."
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics on Korean pairs
+
+
+def test_identical_answers_score_perfectly():
+    assert chrf(ANSWER, ANSWER) == pytest.approx(100)
+    assert rouge_l(ANSWER, ANSWER) == pytest.approx(1)
+    assert bleu(ANSWER, ANSWER) == pytest.approx(100)
+    assert exact_match(ANSWER, ANSWER) == 1
+    assert bleu("네.", "네.") == pytest.approx(100)  # shorter than a 4-gram: still perfect
+    assert corpus_chrf([ANSWER, UNRELATED], [ANSWER, UNRELATED]) == pytest.approx(100)
+    assert corpus_bleu([ANSWER, UNRELATED], [ANSWER, UNRELATED]) == pytest.approx(100)
+
+
+def test_unrelated_answers_score_near_zero():
+    assert chrf("배송은 2일 걸립니다.", UNRELATED) < 20
+    assert chrf(ANSWER, UNRELATED) < 20
+    assert rouge_l(ANSWER, UNRELATED) < 0.3  # only 은 and ㅂ니다 shared
+    assert bleu(ANSWER, UNRELATED) < 10
+    assert exact_match(ANSWER, UNRELATED) == 0
+
+
+def test_a_paraphrase_with_other_particles_scores_in_between():
+    scores = {
+        "chrf": (chrf(PARAPHRASE, ANSWER), chrf(UNRELATED, ANSWER), 100),
+        "rouge_l": (rouge_l(PARAPHRASE, ANSWER), rouge_l(UNRELATED, ANSWER), 1),
+        "bleu": (bleu(PARAPHRASE, ANSWER), bleu(UNRELATED, ANSWER), 100),
+    }
+    for name, (paraphrase, unrelated, perfect) in scores.items():
+        assert unrelated < paraphrase < perfect, (name, scores[name])
+    assert rouge_l(PARAPHRASE, ANSWER) > 0.6  # content morphemes all match
+    assert exact_match(PARAPHRASE, ANSWER) == 0
+
+
+def test_morphemes_split_particles_and_endings_and_drop_punctuation():
+    assert morphemes("배송은 2일 걸립니다.")[:4] == ["배송", "은", "2", "일"]
+    assert "." not in morphemes(ANSWER)
+    assert morphemes("") == morphemes("   ") == []
+
+
+def test_exact_match_normalises_unicode_whitespace_and_trailing_punctuation():
+    nfd = unicodedata.normalize("NFD", ANSWER)
+    assert nfd != ANSWER and exact_match(nfd, ANSWER) == 1
+    assert exact_match("배송은  주문 후\n보통 2일 걸립니다 . ", ANSWER) == 1
+    assert exact_match("배송은 주문 후 보통 2일 걸립니다!!", ANSWER) == 1
+    assert exact_match("배송은 주문 후 보통 3일 걸립니다.", ANSWER) == 0
+    assert normalize(" 가격은 3,000원입니다... ") == "가격은 3,000원입니다"
+    assert chrf(nfd, ANSWER) == pytest.approx(100)  # NFD jamo would otherwise be other characters
+    assert rouge_l(nfd, ANSWER) == pytest.approx(1)
+
+
+def test_an_empty_answer_scores_zero():
+    for metric in (chrf, rouge_l, bleu, exact_match):
+        assert metric("", ANSWER) == 0, metric.__name__
+    assert corpus_chrf(["", ""], [ANSWER, UNRELATED]) == 0
+    assert corpus_bleu(["", ""], [ANSWER, UNRELATED]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss of the reference answer on a tiny random gemma3
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_gemma(tmp_path_factory.mktemp("eval-tiny-gemma"))
+
+
+def test_answer_loss_is_the_masked_cross_entropy_of_answer_and_eos(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from builder.evaluate import answer_loss
+    from builder.prompts import load_template
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    template = load_template("korean")
+    for row in [sample_rows(1)[0], {"instruction": "환불 되나요?", "input": "구매 후 7일 이내",
+                                    "output": "네, 7일 이내 환불됩니다."}]:
+        nll, n_tokens = answer_loss(model, tokenizer, template, row)
+
+        # by hand: full logits, labels -100 on the prompt, shifted by one
+        prompt = tokenizer(template.render(row["instruction"], row["input"]))["input_ids"]
+        answer = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        labels = torch.tensor([[-100] * len(prompt) + answer])
+        with torch.no_grad():
+            logits = model(ids).logits
+        expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+        assert n_tokens == len(answer)
+        assert nll / n_tokens == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage on a tiny random model: eval/ is written, re-runs replace it, errors say what to run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory):
+    """A run folder as `builder train` leaves it: meta.json, template.yaml, a random adapter/."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from builder.train import file_sha256
+
+    tmp = tmp_path_factory.mktemp("eval-tiny-run")
+    prepared = make_prepared(tmp, 30)
+    run = tmp / "run"
+    run.mkdir()
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    cfg = load_config(None, [f"model.name={tiny_model}", "train.min_val_rows=4"])
+    meta = {"base_model": str(tiny_model), "base_model_path": str(tiny_model), "backend": "hf",
+            "template": "korean", "data_dir": str(prepared), "seed": 123, "end_token_ids": [1, 106],
+            "data_sha256": file_sha256(prepared / "train.csv", prepared / "test.csv"),
+            "config": cfg.to_dict()}
+    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(run / "adapter")
+    return run
+
+
+def test_evaluate_writes_the_eval_folder(tiny_run):
+    lines = []
+    report = evaluate(tiny_run, train_sample=4, max_new_tokens=6, log=lines.append)
+    eval_dir = tiny_run / "eval"
+    assert sorted(p.name for p in eval_dir.iterdir()) == ["answers.csv", "chart.png", "report.json", "report.md"]
+    assert json.loads((eval_dir / "report.json").read_text(encoding="utf-8")) == report
+    assert report["rows"] == {"test": 3, "train_sample": 4}
+    assert report["tuned_weights"] == "adapter" and report["data_matches_run"] is True
+    for key in ("summary", "train_sample"):
+        assert set(report[key]) == {"chrf", "rouge_l", "bleu", "exact_match", "loss", "ppl"}
+        for metric, by_model in report[key].items():
+            assert set(by_model) == {"base", "tuned"}, metric
+        assert report[key]["ppl"]["base"] > 1000  # a random model knows nothing
+    with (eval_dir / "answers.csv").open(encoding="utf-8-sig", newline="") as f:
+        answers = list(csv.DictReader(f))
+    assert [a["split"] for a in answers] == ["test"] * 3 + ["train_sample"] * 4
+    for column in ("question", "context", "reference", "base_answer", "tuned_answer",
+                   "base_chrf", "tuned_chrf", "base_rouge_l", "tuned_bleu", "tuned_exact_match", "base_loss"):
+        assert column in answers[0], column
+    # the sample comes from rows the run trained on, never from the test split
+    test_questions = {a["question"] for a in answers[:3]}
+    assert not test_questions & {a["question"] for a in answers[3:]}
+    assert "| chrF |" in (eval_dir / "report.md").read_text(encoding="utf-8")
+    assert (eval_dir / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert format_summary(report) in lines
+    assert "test split, 3 questions" in format_summary(report)
+
+
+def test_evaluate_again_replaces_eval_and_honours_limit(tiny_run):
+    (tiny_run / "eval").mkdir(exist_ok=True)
+    (tiny_run / "eval" / "stale.txt").write_text("old")
+    report = evaluate(tiny_run, train_sample=0, max_new_tokens=4, limit=2, log=lambda *_: None)
+    assert report["rows"] == {"test": 2, "train_sample": 0}
+    assert report["train_sample"] == {} and report["summary"]
+    assert not (tiny_run / "eval" / "stale.txt").exists()
+    assert not [p for p in tiny_run.iterdir() if p.name.startswith(".eval")]  # no staging left
+    assert "training sample" not in format_summary(report)
+
+
+def test_evaluate_errors_name_the_missing_piece_and_the_command(tiny_run, tmp_path):
+    with pytest.raises(UserError, match="no meta.json.*builder train"):
+        evaluate(tmp_path)
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_run, bare, ignore=shutil.ignore_patterns("adapter", "eval"))
+    with pytest.raises(UserError, match="neither adapter/ nor merged/.*builder train"):
+        evaluate(bare)
+    with pytest.raises(UserError, match="no prepared data folder.*--data"):
+        evaluate(tiny_run, data_dir=tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded gemma-3-270m trained on the sample FAQ: slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from builder.data import prepare
+    from builder.merge import merge
+    from builder.train import train
+
+    tmp = tmp_path_factory.mktemp("eval-embedded")
+    prepare(ROOT / "data" / "sample_faq.csv", tmp / "data")
+    cfg = load_config(ROOT / "configs" / "embedded-cpu.yaml",
+                      ["train.max_steps=30", "train.eval_steps=10"])
+    started = time.perf_counter()
+    run = train(tmp / "data", tmp / "run", cfg, log=lambda *_: None)
+    merge(run, log=lambda *_: None)
+    print(f"\ntrain + merge: {time.perf_counter() - started:.0f} s")
+    return run
+
+
+@pytest.mark.slow
+def test_the_tuned_model_beats_the_base_model(trained_run):
+    started = time.perf_counter()
+    report = evaluate(trained_run, limit=8, train_sample=0, max_new_tokens=64)
+    print(f"eval: {time.perf_counter() - started:.0f} s")
+    summary = report["summary"]
+    assert report["tuned_weights"] == "merged"
+    assert summary["chrf"]["tuned"] > summary["chrf"]["base"] + 5, summary["chrf"]
+    assert summary["loss"]["tuned"] < summary["loss"]["base"], summary["loss"]
