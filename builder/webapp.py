@@ -153,7 +153,8 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
                 choices = run_choices()
                 chat_run = gr.Dropdown(choices, value=str(run_dir) if run_dir else
                                        (choices[0][1] if choices else None),
-                                       label="모델 (실행 폴더)", scale=4, elem_id="chat-run")
+                                       label="모델 (실행 폴더)", scale=4, allow_custom_value=True,
+                                       elem_id="chat-run")
                 chat_refresh = gr.Button("↻ 목록", scale=1, elem_id="chat-refresh")
             chat_error = gr.Markdown(visible=False, elem_id="chat-error", elem_classes="error-box")
             chatbot = gr.Chatbot(label="대화", height=420, elem_id="chatbot")
@@ -186,7 +187,7 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
                 push_data = gr.Button("데이터셋 올리기", elem_id="deploy-push-dataset")
             with gr.Row():
                 deploy_run = gr.Dropdown(choices, value=chat_run.value, label="모델 (실행 폴더)",
-                                         elem_id="deploy-run")
+                                         allow_custom_value=True, elem_id="deploy-run")
                 model_repo = gr.Textbox(label="모델 저장소 OWNER/NAME", elem_id="deploy-model-repo")
             with gr.Row():
                 push_merged = gr.Button("병합 모델 올리기", variant="primary", elem_id="deploy-push-merged")

@@ -1,0 +1,95 @@
+"""Guards the typed config and every shipped config and prompt file."""
+
+from pathlib import Path
+
+import pytest
+
+from builder.config import Config, describe, load_config
+from builder.errors import UserError
+from builder.prompts import available_templates, load_template
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_open_with_their_command(path):
+    cfg = load_config(path)
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# builder train ") and f"--config configs/{path.name}" in first
+    assert cfg.train.template in available_templates()
+
+
+def test_production_recipe_values():
+    cfg = load_config(ROOT / "configs" / "llama3-open-ko-8b.yaml")
+    assert cfg.model.name == "beomi/Llama-3-Open-Ko-8B-Instruct-preview"
+    assert (cfg.model.load_in_4bit, cfg.model.max_seq_length) == (True, 4096)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.05)
+    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    t = cfg.train
+    assert (t.gradient_checkpointing, t.optimizer, t.lr, t.scheduler, t.warmup_steps) == (
+        "unsloth", "adamw_8bit", 2e-4, "cosine", 5)
+    assert (t.batch_size, t.grad_accum, t.epochs, t.seed) == (2, 4, 3, 123)
+    assert (t.early_stopping_patience, t.early_stopping_threshold) == (3, 0.001)
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5.0e-4\n  epochs: 2\nlora:\n  r: 8\n")
+    cfg = load_config(path, ["train.lr=1e-5", "lora.target_modules=q_proj,v_proj"])
+    assert cfg.train.lr == 1e-5 and cfg.train.epochs == 2.0 and cfg.lora.r == 8
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.lora.alpha == Config().lora.alpha
+
+
+@pytest.mark.parametrize(
+    "yaml_text, sets, message",
+    [
+        ("train:\n  learning_rate: 1\n", [], "unknown key 'train.learning_rate'"),
+        ("trainer:\n  lr: 1\n", [], "unknown section 'trainer'"),
+        ("", ["train.lr=fast"], "train.lr must be a number"),
+        ("", ["train.packing=maybe"], "train.packing must be true or false"),
+        ("", ["lr=1"], "section.key=value"),
+        ("", ["train.backend=tpu"], "train.backend = 'tpu'"),
+        ("", ["train.template=chatml"], "train.template"),
+        ("", ["lora.r=0"], "lora.r must be greater than 0"),
+        ("model: [1, 2]\n", [], "must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, yaml_text, sets, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(UserError) as err:
+        load_config(path, sets)
+    assert message in str(err.value)
+
+
+def test_missing_config_file_and_help_text(tmp_path):
+    with pytest.raises(UserError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    text = describe()
+    assert "train:" in text and "early_stopping_patience = 3" in text
+
+
+@pytest.mark.parametrize("name", ["alpaca", "korean"])
+def test_shipped_templates(name):
+    template = load_template(name)
+    plain, with_input = template.render("배송비는?"), template.render("배송비는?", "제주")
+    assert "배송비는?" in plain and "제주" not in plain and "제주" in with_input
+    assert plain.endswith(":\n") and with_input.endswith(":\n")
+    # every block heading the model could start next is a stop marker
+    assert template.stop_markers and all(m in with_input for m in template.stop_markers)
+    assert len(template.sha256) == 64
+
+
+def test_alpaca_template_is_the_original_recipe():
+    text = load_template("alpaca").render("Q", "I")
+    assert text.startswith("Below is an instruction that describes a task, paired with an input")
+    assert "### Instruction:\nQ\n\n### Input:\nI\n\n### Response:\n" in text
+    assert load_template("alpaca").render("Q").startswith(
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nQ\n\n### Response:\n")
+
+
+def test_unknown_template_lists_shipped():
+    with pytest.raises(UserError, match="alpaca, korean"):
+        load_template("chatml")
