@@ -140,12 +140,13 @@ def plan(cfg: Config, device: str = "cuda") -> Plan:
     optimizer_bytes = 2 if cfg.train.optimizer == "adamw_8bit" else 8  # two moments, 1 or 4 B each
     memory[f"optimizer state ({cfg.train.optimizer}, {optimizer_bytes} B/param)"] = (
         trainable * optimizer_bytes)
-    # Activations (Korthikanti et al. 2022): one layer keeps ~(34 x hidden + 5 x heads x seq)
-    # bytes per token with 16-bit activations; the 5 x heads x seq term is the attention scores.
+    # Activations (Korthikanti et al. 2022): one layer keeps ~34 x hidden bytes per token with
+    # 16-bit activations. Their extra 5 x heads x seq term is the stored attention scores, which
+    # fused attention (SDPA, flash attention, Unsloth's kernels) never materializes: left out.
     # Checkpointing keeps only each layer's 16-bit input (2 x hidden bytes per token per layer)
     # and recomputes one layer at a time. "unsloth" offloads those inputs to CPU RAM, so for it
     # this is an upper bound. fp32 activations take twice the bytes.
-    full_layer = tokens * (34 * hidden + 5 * heads * seq) * dtype_bytes / 2
+    full_layer = tokens * 34 * hidden * dtype_bytes / 2
     checkpointing = cfg.train.gradient_checkpointing != "false"
     if checkpointing:
         activations = tokens * 2 * hidden * layers * dtype_bytes / 2 + full_layer

@@ -13,6 +13,7 @@ Backends: Unsloth on CUDA, transformers + peft + trl elsewhere (builder.models).
 import hashlib
 import json
 import random
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,9 @@ from builder.errors import UserError
 from builder.prompts import Template, load_template
 
 IGNORE = -100
+# what a training run (and the stages after it) write into the run folder
+RUN_OUTPUTS = ("adapter", "checkpoints", "merged", "eval", "metrics.json", "loss.png",
+               "progress.json", "STOP")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +289,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
             raise UserError(
                 f"{run_dir} holds an unfinished run: continue it with --resume, or delete the folder"
             )
+        # a finished run trained again: nothing of the old one may mix with the new
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print,

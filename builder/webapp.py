@@ -28,6 +28,9 @@ CSS = """
 STATE_KO = {"idle": "대기", "running": "학습 중", "merging": "병합 중", "done": "완료",
             "failed": "실패", "stopped": "멈춤"}
 REPO_DIR = Path(__file__).resolve().parents[1]
+# Local fonts only (no Google Fonts request), Korean first
+FONTS = ["Noto Sans KR", "NanumGothic", "Apple SD Gothic Neo", "Malgun Gothic", "sans-serif"]
+MONO_FONTS = ["D2Coding", "NanumGothicCoding", "monospace"]
 
 
 def message_text(content) -> str:
@@ -177,8 +180,6 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             token = gr.Textbox(label="Hugging Face 토큰 (저장되지 않음; 비우면 HF_TOKEN 사용)",
                                type="password", placeholder="hf_...", elem_id="deploy-token")
             private = gr.Checkbox(label="비공개 저장소 private", elem_id="deploy-private")
-            deploy_error = gr.Markdown(visible=False, elem_id="deploy-error", elem_classes="error-box")
-            deploy_result = gr.Markdown(elem_id="deploy-result")
             with gr.Row():
                 deploy_data = gr.Textbox(label="데이터 폴더", value=default_data,
                                          elem_id="deploy-data-dir")
@@ -192,6 +193,8 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             with gr.Row():
                 push_merged = gr.Button("병합 모델 올리기", variant="primary", elem_id="deploy-push-merged")
                 push_adapter = gr.Button("어댑터 올리기", elem_id="deploy-push-adapter")
+            deploy_error = gr.Markdown(visible=False, elem_id="deploy-error", elem_classes="error-box")
+            deploy_result = gr.Markdown(elem_id="deploy-result")
             card = gr.Code(label="모델 카드 미리보기 (README.md)", language="markdown",
                            interactive=False, elem_id="deploy-card")
 
@@ -323,12 +326,15 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
            config_path="configs/embedded-cpu.yaml", max_upload_mb=20) -> None:
     """Build the page, serve it on host:port, print the URL and block until Ctrl-C."""
+    import gradio as gr
+
     app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
                     max_upload_mb=max_upload_mb)
     allowed = [str(Path(runs_root).resolve())] + ([str(Path(run_dir).resolve())] if run_dir else [])
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-               css=CSS, allowed_paths=allowed, footer_links=["api", "gradio"],
+               css=CSS, theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS),
+               allowed_paths=allowed, footer_links=["api", "gradio"],
                run_history=False,  # the browser must not keep a record of inputs (the token)
                max_file_size=int(4 * max_upload_mb * 2**20))  # over the cap: our message, not Gradio's
     print(f"builder app: http://{host}:{port}/", flush=True)

@@ -151,6 +151,13 @@ def test_train_writes_the_run_folder(tiny_model, tmp_path):
     assert meta["backend"] == "hf" and meta["template"] == "korean" and len(meta["template_sha256"]) == 64
     assert meta["end_token_ids"][:2] == [1, 106] and "torch" in meta["versions"]
     assert load_config(run / "config.yaml").train.max_steps == 4
+    # training the same folder again leaves nothing of the old run behind
+    (run / "merged").mkdir()
+    (run / "eval").mkdir()
+    train(prepared, run, tiny_config(tiny_model, max_steps=2), log=lambda *_: None)
+    assert not (run / "merged").exists() and not (run / "eval").exists()
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_train_refuses_a_bad_prepared_dir_and_a_foreign_out(tiny_model, tmp_path, capsys):
