@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	.venv/bin/pip install -q -c constraints/cpu.txt -e '.[test]'
 	touch $@
 
+# prepare -> train -> merge -> eval on the sample FAQ and the embedded gemma-3-270m, then serve
+# the chat page on the trained model (Ctrl-C ends it)
 demo: $(STAMP)
 	$(PY) -m builder prepare data/sample_faq.csv --out runs/data
-	@echo "next: builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml"
+	$(PY) -m builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml
+	$(PY) -m builder merge $(RUN)
+	$(PY) -m builder eval $(RUN)
+	$(PY) -m builder app --run $(RUN)
 
 # Debian's chromium drives the browser test (never a downloaded browser)
 browser-deps:

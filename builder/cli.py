@@ -65,6 +65,47 @@ def cmd_plan(args) -> None:
     print(format_plan(plan(load_config(args.config, args.set), device=args.device)))
 
 
+def generation_options(args) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+            "top_p": args.top_p}
+
+
+def cmd_chat(args) -> None:
+    from builder.chat import Chatbot, chat_loop
+
+    chat_loop(Chatbot.load(args.run_dir, use=args.use))
+
+
+def cmd_ask(args) -> None:
+    from builder.chat import Chatbot
+
+    bot = Chatbot.load(args.run_dir, use=args.use)
+    print(bot.answer(args.question, args.context, **generation_options(args)))
+
+
+def cmd_eval(args) -> None:
+    from builder.evaluate import evaluate, format_summary
+
+    report = evaluate(args.run_dir, data_dir=args.data, train_sample=args.train_sample,
+                      max_new_tokens=args.max_new_tokens, limit=args.limit)
+    print(format_summary(report))
+    print(f"report: {args.run_dir}/eval/report.md, chart: {args.run_dir}/eval/chart.png")
+
+
+def cmd_app(args) -> None:
+    from builder.webapp import launch
+
+    launch(args.host, args.port, runs_root=args.runs_root, run_dir=args.run, config_path=args.config)
+
+
+def cmd_push_model(args) -> None:
+    from builder.hub import push_model
+
+    result = push_model(args.run_dir, args.repo, what=args.what, private=args.private)
+    state = "pushed" if result.changed else "already up to date (nothing pushed)"
+    print(f"{result.repo_id} ({args.what}): {state} -> {result.url}")
+
+
 def cmd_embedded(args) -> None:
     from builder.embedded import ensure_embedded_model
 
@@ -93,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="OWNER/NAME of the dataset repo")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.set_defaults(run=cmd_push_data)
+
+    p = commands.add_parser("push-model", help="push a run's merged model or adapter to the Hub")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", required=True, help="OWNER/NAME of the model repo")
+    p.add_argument("--what", choices=["merged", "adapter"], default="merged")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.set_defaults(run=cmd_push_model)
 
     def config_flags(p):
         p.add_argument("--config", help="YAML config (see configs/); defaults otherwise")
@@ -123,6 +171,43 @@ def build_parser() -> argparse.ArgumentParser:
     config_flags(p)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where it would train")
     p.set_defaults(run=cmd_plan)
+
+    def generation_flags(p):
+        p.add_argument("--use", choices=["auto", "merged", "adapter"], default="auto",
+                       help="merged model (auto when present) or base model + adapter")
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        p.add_argument("--top-p", type=float, default=0.9)
+
+    p = commands.add_parser("chat", help="chat with a trained run in the terminal (exit / quit / 종료)")
+    p.add_argument("run_dir")
+    p.add_argument("--use", choices=["auto", "merged", "adapter"], default="auto",
+                   help="merged model (auto when present) or base model + adapter")
+    p.set_defaults(run=cmd_chat)
+
+    p = commands.add_parser("ask", help="one answer from a trained run, for scripts")
+    p.add_argument("run_dir")
+    p.add_argument("question")
+    p.add_argument("--context", default="", help="optional context (the input column)")
+    generation_flags(p)
+    p.set_defaults(run=cmd_ask)
+
+    p = commands.add_parser("eval", help="score base vs tuned answers on the test split")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="prepared folder (default: the one the run trained on)")
+    p.add_argument("--train-sample", type=int, default=20,
+                   help="training questions also asked, as a memorisation check")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, help="only the first N test questions")
+    p.set_defaults(run=cmd_eval)
+
+    p = commands.add_parser("app", help="the Gradio page: upload, train, chat, publish")
+    p.add_argument("--run", help="a run folder to chat with first")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--runs-root", default="runs", help="where new data and runs are written")
+    p.add_argument("--config", default="configs/embedded-cpu.yaml", help="training config")
+    p.set_defaults(run=cmd_app)
 
     p = commands.add_parser("embedded", help="convert the embedded gemma-3-270m once, print its folder")
     p.set_defaults(run=cmd_embedded)

@@ -358,7 +358,8 @@ def _markdown(report: dict, answers: list[dict], examples: int = 3) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    """Grouped bars base vs tuned: the scores on a 0-100 axis; loss and perplexity on their own."""
+    """Grouped bars base vs tuned: the scores (out of 100), then loss and perplexity on their own
+    axes, as their scales differ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,9 +367,9 @@ def _plot(report: dict, path: Path) -> None:
 
     summary, scaled = report["summary"], {"rouge_l": 100, "exact_match": 100}  # 0-1 -> 0-100
     fig, axes = plt.subplots(1, 3, figsize=(11, 4), dpi=110, width_ratios=[4, 1, 1])
-    panels = [(axes[0], ("chrf", "rouge_l", "bleu", "exact_match"), "score (0-100)"),
+    panels = [(axes[0], ("chrf", "rouge_l", "bleu", "exact_match"), "score (out of 100)"),
               (axes[1], ("loss",), "loss (nats per answer token)"),
-              (axes[2], ("ppl",), "perplexity (log scale)")]
+              (axes[2], ("ppl",), "perplexity (exp of the loss)")]
     for ax, metrics, ylabel in panels if summary else ():
         for offset, name, color in ((-0.2, "base", "tab:gray"), (0.2, "tuned", "tab:blue")):
             values = [summary[m][name] * scaled.get(m, 1) for m in metrics]
@@ -377,7 +378,6 @@ def _plot(report: dict, path: Path) -> None:
         ax.set_xticks(range(len(metrics)), [LABELS[m] + (" ×100" * (m in scaled)) for m in metrics])
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    axes[2].set_yscale("log")
     axes[0].legend()
     fig.suptitle(f"Base vs fine-tuned, test split ({report['rows']['test']} questions)")
     fig.tight_layout()

@@ -238,6 +238,8 @@ class TrainingJob:
         with self._lock:
             if not self.busy:
                 return "진행 중인 학습이 없습니다 / no training run in progress"
+            if self._state == "merging":  # under a minute, and a half-merged model is no use
+                return "병합 중이라 곧 끝납니다 / merging: it finishes shortly"
             self._stop_requested = self._stop_requested or time.monotonic()
         return "멈추는 중: 다음 단계에서 멈추고 가장 좋은 어댑터를 저장합니다 / stopping at the next step"
 
@@ -276,8 +278,9 @@ class TrainingJob:
         code = self._run(train)
         if self._stop_requested is not None:
             saved = (self._run_dir / "adapter").is_dir()
-            self._finish("stopped", "멈춤: 가장 좋은 어댑터를 저장했습니다 / stopped, best adapter saved"
-                         if saved else "멈춤 / stopped (nothing saved)")
+            self._finish("stopped", f"멈춤: 가장 좋은 어댑터를 저장했습니다 / stopped, best adapter "
+                         f"saved; merge it with `builder merge {self._run_dir}`" if saved
+                         else "멈춤 / stopped before training began (nothing saved)")
         elif code != 0:
             self._finish("failed", self._error_line(code))
         else:
@@ -287,7 +290,7 @@ class TrainingJob:
             if code == 0:
                 self._finish("done", f"완료 / done: {self._run_dir / 'merged'}")
             else:
-                self._finish("stopped" if self._stop_requested else "failed", self._error_line(code))
+                self._finish("failed", self._error_line(code))
 
     def _finish(self, state: str, message: str) -> None:
         with self._lock:
@@ -318,12 +321,10 @@ class TrainingJob:
             return
         if time.monotonic() - self._stop_requested > self.stop_timeout:
             _signal_group(proc, signal.SIGKILL)
-        elif self._state == "running":
-            # train deletes a stale STOP before writing config.yaml; before that, nothing to save
-            if (self._run_dir / "config.yaml").is_file():
-                (self._run_dir / "STOP").touch()
-            else:
-                _signal_group(proc, signal.SIGTERM)
+        elif (self._run_dir / "config.yaml").is_file():
+            (self._run_dir / "STOP").touch()  # train deletes a stale STOP before config.yaml
+        else:
+            _signal_group(proc, signal.SIGTERM)  # still loading: nothing to save yet
 
     def kill(self) -> None:
         """Kill a running subprocess at once (the app is exiting)."""
@@ -338,14 +339,15 @@ class TrainingJob:
         partial = ""
         for chunk in iter(lambda: stream.read1(4096), b""):
             *lines, partial = (partial + decoder.decode(chunk)).split("\n")
+            # of a bar redrawn many times keep the latest drawing, and a \r that ends it
             redrawn = [s for s in partial.split("\r") if s.strip()]
-            partial = redrawn[-1] if redrawn else ""
+            partial = (redrawn[-1] if redrawn else "") + ("\r" if partial.endswith("\r") else "")
             with self._lock:
                 for line in lines:
                     shown = [s for s in line.split("\r") if s.strip()]
                     if shown:
                         self._log.append(shown[-1].rstrip())
-                self._current_line = partial.rstrip()
+                self._current_line = partial.rstrip()  # \r is whitespace
         with self._lock:
             if self._current_line:
                 self._log.append(self._current_line)

@@ -11,6 +11,7 @@ event has an `api_name`, so gradio_client can drive the page: /prepare, /start_t
 The Hugging Face token goes from its password field straight to builder.hub: it is not kept.
 """
 
+import html
 import signal
 import tempfile
 import threading
@@ -48,12 +49,12 @@ def progress_html(status: jobs.JobStatus) -> str:
     percent = 100 * status.step / status.max_steps if status.max_steps else 0
     losses = [f"{name} {value:.4f}" for name, value in
               (("train loss", status.train_loss), ("val loss", status.eval_loss)) if value is not None]
-    where = f" · {status.run_dir}" if status.run_dir else ""
+    where = f" · {html.escape(status.run_dir)}" if status.run_dir else ""
     return (f'<div class="progress-outer"><div class="progress-inner" style="width:{percent:.0f}%">'
             f"</div></div><p><b>{STATE_KO[status.state]}</b> ({status.state}) · 단계 step "
             f"{status.step}/{status.max_steps or '?'} · {status.elapsed_s:.0f} s"
             f"{' · ' + ' · '.join(losses) if losses else ''}{where}</p>"
-            f"<p>{status.message}</p>")
+            f"<p>{html.escape(status.message)}</p>")
 
 
 def eval_markdown(summary: dict) -> str:

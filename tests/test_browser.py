@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,17 @@ def browser():
         browser.close()
 
 
+# Collects each distinct text of the last bot message as the DOM changes
+RECORD_ANSWERS = """() => {
+  window.answers = [];
+  new MutationObserver(() => {
+    const bots = document.querySelectorAll('#chatbot .message-row.bot-row');
+    const text = bots.length ? bots[bots.length - 1].innerText.trim() : '';
+    if (text && text !== window.answers[window.answers.length - 1]) window.answers.push(text);
+  }).observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def last_answer(page) -> str:
     bot_messages = page.locator("#chatbot .message-row.bot-row")
     return bot_messages.last.inner_text() if bot_messages.count() else ""
@@ -78,25 +90,22 @@ def test_upload_a_faq_then_chat_with_a_streamed_korean_answer(browser, page_url)
     assert "배송비는 얼마인가요?" in page.locator("#data-preview").inner_text()
     assert page.locator("#data-error").is_hidden()
 
-    # 채팅: ask, watch the answer grow, end with Korean text
+    # 채팅: ask, record every redraw of the answer, see it grow and end with Korean text
     page.get_by_role("tab", name="3. 채팅").click()
+    page.evaluate(RECORD_ANSWERS)
     page.locator("#chat-question textarea").fill("배송비는 얼마인가요?")
     page.locator("#chat-send").click()
-    page.wait_for_function(  # the model loads (~15 s) before the first delta
-        "() => { const b = document.querySelectorAll('#chatbot .message-row.bot-row');"
-        " return b.length && b[b.length - 1].innerText.trim().length > 0; }", timeout=90_000)
-    first = last_answer(page)
-    time.sleep(1.5)
-    second = last_answer(page)
-    assert first != second, "the answer did not grow while streaming"
+    page.wait_for_function("() => window.answers.length > 0", timeout=90_000)  # model loads first
     deadline = time.monotonic() + 90
-    while True:  # finished when the text stops changing for 3 s
-        before = last_answer(page)
+    while time.monotonic() < deadline:  # finished when nothing changed for 3 s
+        count = page.evaluate("window.answers.length")
         time.sleep(3)
-        if last_answer(page) == before or time.monotonic() > deadline:
+        if page.evaluate("window.answers.length") == count:
             break
-    answer = last_answer(page)
-    assert answer.strip() and has_hangul(answer), answer
+    answers = page.evaluate("window.answers")
+    assert len(answers) >= 3, f"the answer did not stream: {answers}"
+    assert all(b.startswith(a[:-1]) for a, b in pairwise(answers)), answers  # grows
+    assert answers[-1] == last_answer(page) and has_hangul(answers[-1]), answers[-1]
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)

@@ -314,8 +314,8 @@ def test_max_new_tokens_is_honoured(embedded_bot):
 
 @pytest.mark.slow
 def test_streamed_korean_answer_joins_to_the_non_streamed_one(embedded_bot):
-    streamed = list(embedded_bot.stream(QUESTION, max_new_tokens=40))
+    streamed = list(embedded_bot.stream(QUESTION, max_new_tokens=32))
     assert len(streamed) > 1
     answer = "".join(streamed)
     assert any("가" <= ch <= "힣" for ch in answer)
-    assert answer == embedded_bot.generate_text(QUESTION, max_new_tokens=40)
+    assert answer == embedded_bot.generate_text(QUESTION, max_new_tokens=32)
