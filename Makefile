@@ -25,8 +25,8 @@ demo: $(STAMP)
 
 # Debian's chromium drives the browser test (never a downloaded browser)
 browser-deps:
-	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq chromium chromium-driver >/dev/null)
+	@(test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi nanum) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver fonts-nanum >/dev/null)
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest

@@ -142,8 +142,8 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             with gr.Row():
                 loss_chart = gr.Image(label="손실 loss", type="filepath", interactive=False,
                                       elem_id="train-loss")
-                log_tail = gr.Textbox(label="로그 log", lines=14, max_lines=14, interactive=False,
-                                      autoscroll=True, elem_id="train-log")
+                log_tail = gr.Textbox(label="로그 log (마지막 12줄)", lines=14, max_lines=14,
+                                      interactive=False, elem_id="train-log")
             eval_table = gr.Markdown(elem_id="train-eval")
             eval_chart = gr.Image(label="평가 evaluation", type="filepath", interactive=False,
                                   visible=False, elem_id="train-eval-chart")
@@ -226,20 +226,23 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
                 return f"⚠️ {err}"
             return f"▶️ 학습을 시작했습니다 / training started: `{run}`"
 
-        def on_status(shown_chart):
+        def on_status(seen):
             status = job.status()
             summary, chart = jobs.eval_summary(status.run_dir) if status.state == "done" else ({}, None)
             loss = job.loss_chart(chart_dir)
-            return (progress_html(status), gr.skip() if loss == shown_chart else loss,
-                    status.log_tail, eval_markdown(summary),
-                    gr.update(value=chart, visible=chart is not None), vars(status), loss)
+            # a start/busy message is stale once the job's state changes
+            message = "" if seen[1] not in (None, status.state) else gr.skip()
+            return (progress_html(status), gr.skip() if loss == seen[0] else loss,
+                    "\n".join(status.log_tail.splitlines()[-12:]), eval_markdown(summary),
+                    gr.update(value=chart, visible=chart is not None), vars(status), message,
+                    (loss, status.state))
 
         start.click(on_start, [train_data, epochs, max_steps, lr, patience], train_message,
                     api_name="start_training")
         stop.click(lambda: job.stop(), None, train_message, api_name="stop_training")
-        chart_shown = gr.State(None)  # this session's chart, so an unchanged one is not resent
-        timer.tick(on_status, chart_shown, [progress, loss_chart, log_tail, eval_table, eval_chart,
-                                            status_json, chart_shown],
+        seen = gr.State((None, None))  # this session's last (chart, state): resend only changes
+        timer.tick(on_status, seen, [progress, loss_chart, log_tail, eval_table, eval_chart,
+                                     status_json, train_message, seen],
                    api_name="training_status", show_progress="hidden")
 
         # ---- Events: 채팅 ---------------------------------------------------------------
