@@ -309,12 +309,14 @@ def _dtype_for(model_dir: Path, device):
 # The terminal door's loop
 
 
-def chat_loop(bot: Chatbot, read: Callable[[str], str] = input, write: Callable = print) -> None:
+def chat_loop(bot: Chatbot, read: Callable[[str], str] | None = None,
+              write: Callable | None = None) -> None:
     """Ask, stream the answer, repeat. `write` is called like print: write(text, end=, flush=).
 
     exit / quit / 종료, Ctrl-D or Ctrl-C at the prompt end the chat; Ctrl-C while an answer
     streams stops only that answer.
     """
+    read, write = read or input, write or print  # looked up now, so tests can replace them
     write(f"질문을 입력하세요. 끝내려면 {' / '.join(EXIT_WORDS)}")
     while True:
         try:

@@ -80,7 +80,9 @@ def cmd_ask(args) -> None:
     from builder.chat import Chatbot
 
     bot = Chatbot.load(args.run_dir, use=args.use)
-    print(bot.answer(args.question, args.context, **generation_options(args)))
+    for delta in bot.stream(args.question, args.context, **generation_options(args)):
+        print(delta, end="", flush=True)
+    print()
 
 
 def cmd_eval(args) -> None:

@@ -270,12 +270,14 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
              f"# {repo_id}", "",
              f"A Korean FAQ chatbot: a {kind}, fine-tuned from `{base}` by `builder train`.", ""]
 
+    if base in HUB_IDS:
+        base = f"{base} ({HUB_IDS[base]}, dequantized from the Q4_K_M GGUF on PyPI)"
     facts = {"base model": base, "backend": meta.get("backend"),
              "prompt template": meta.get("template"),
              "template sha256": meta.get("template_sha256"),
              "data sha256": meta.get("data_sha256"), "end tokens (eos_token_id)": eos}
     facts.update((re.sub(r"_s$", " (s)", key).replace("_", " "), metrics.get(key)) for key in (
-        "train_rows", "val_rows", "tokens_trained", "best_step", "best_eval_loss", "stopped_early",
+        "train_rows", "val_rows", "answer_tokens_trained", "best_step", "best_eval_loss", "stopped_early",
         "wall_time_s"))
     facts["versions"] = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) or None
     lines += ["## Training", "", "| | |", "|---|---|"]

@@ -319,3 +319,27 @@ def test_streamed_korean_answer_joins_to_the_non_streamed_one(embedded_bot):
     answer = "".join(streamed)
     assert any("가" <= ch <= "힣" for ch in answer)
     assert answer == embedded_bot.generate_text(QUESTION, max_new_tokens=32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The doors: `builder ask` and `builder chat` through main(argv)
+
+
+def test_cli_ask_prints_the_library_answer(tiny_runs, tiny_bot, capsys):
+    from builder.cli import main
+
+    expected = tiny_bot.answer("배송비는 얼마인가요?", max_new_tokens=8)
+    assert main(["ask", str(tiny_runs[0]), "배송비는 얼마인가요?", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert main(["ask", str(tiny_runs[0].parent / "nope"), "질문"]) == 2
+    assert "builder train" in capsys.readouterr().err
+
+
+def test_cli_chat_loop_ends_on_종료(tiny_runs, monkeypatch, capsys):
+    from builder.cli import main
+
+    answers = iter(["", "배송비는?", "종료"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    assert main(["chat", str(tiny_runs[0])]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") >= 3 and next(answers, None) is None  # all three lines were read

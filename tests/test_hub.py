@@ -57,7 +57,7 @@ def make_run_dir(run_dir: Path, base: str = "google/gemma-3-270m", with_eval: bo
             "template_sha256": "cd" * 32, "data_sha256": "ef" * 32,
             "versions": {"transformers": "5.23.0", "peft": "0.21.2"}}
     metrics = {"best_step": 40, "stopped_early": True, "train_rows": 90, "val_rows": 10,
-               "tokens_trained": 12345, "wall_time_s": 321.5, "best_eval_loss": 1.2345}
+               "answer_tokens_trained": 12345, "wall_time_s": 321.5, "best_eval_loss": 1.2345}
     (run_dir / "meta.json").write_text(json.dumps(meta))
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "config.yaml").write_text("train:\n  lora_r: 16\n  seed: 42\n")
