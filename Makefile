@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m builder prepare data/sample_faq.csv --out runs/data
 	$(PY) -m builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml
 	$(PY) -m builder merge $(RUN)
-	$(PY) -m builder eval $(RUN)
+	$(PY) -m builder eval $(RUN) --train-sample 10 --max-new-tokens 96
 	$(PY) -m builder app --run $(RUN)
 
 # Debian's chromium drives the browser test (never a downloaded browser)
