@@ -17,6 +17,8 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import unicodedata
 from dataclasses import dataclass, field
@@ -276,47 +278,41 @@ def check_rows(rows: list[Row]) -> tuple[list[Row], list[dict], list[dict]]:
     return kept, dropped, conflicts
 
 
-_worker_tokenizer = None
-
-
-def _load_tokenizer(path: str) -> None:
-    global _worker_tokenizer
-    from tokenizers import Tokenizer
-
-    _worker_tokenizer = Tokenizer.from_file(path)
-
-
-def _token_counts(texts: list[str]) -> list[int]:
-    encodings = _worker_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    return [len(e.ids) for e in encodings]
+# Run as `python -c` in a child process: loads the embedded tokenizer (~3 s, holding the GIL)
+# while the parent reads and checks the file, then counts tokens for the texts sent on stdin.
+LENGTH_WORKER = """
+import json, sys
+from tokenizers import Tokenizer
+tokenizer = Tokenizer.from_file(sys.argv[1])
+texts = json.loads(sys.stdin.buffer.read())
+encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+sys.stdout.write(json.dumps([len(e.ids) for e in encodings]))
+"""
 
 
 def start_length_worker():
-    """A process that loads the embedded tokenizer while the file is read (the load takes ~3 s
-    and holds the GIL); None when the embedded model has not been converted yet."""
+    """The token-counting child process, or None before the embedded model is converted."""
     from builder.embedded import cached_tokenizer_file
 
     tokenizer_file = cached_tokenizer_file()
     if tokenizer_file is None:
         return None
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    worker = ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_load_tokenizer,
-        initargs=(str(tokenizer_file),),
+    return subprocess.Popen(
+        [sys.executable, "-c", LENGTH_WORKER, str(tokenizer_file)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
-    worker.submit(len, "")  # start it now
-    return worker
+
+
+def count_tokens(worker, texts: list[str]) -> list[int] | None:
+    out, _ = worker.communicate(json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+    return json.loads(out) if worker.returncode == 0 else None
 
 
 def measure_lengths(rows: list[Row], max_length: int, worker=None) -> tuple[dict, list[dict]]:
     """Token lengths of each row (question + context + answer) -> stats, rows over max_length."""
     texts = ["\n".join(p for p in (r.instruction, r.input, r.output) if p) for r in rows]
-    if worker is not None:
-        tokens = worker.submit(_token_counts, texts).result()
+    tokens = count_tokens(worker, texts) if worker is not None else None
+    if tokens is not None:
         unit = "tokens (embedded gemma-3 tokenizer)"
     else:
         tokens = [round(len(t) * TOKENS_PER_CHAR_ESTIMATE) for t in texts]
@@ -424,8 +420,9 @@ def prepare(
         train, test = split_rows(kept, test_size, seed, faq_file.name)
         lengths, too_long = measure_lengths(kept, max_length, worker)
     finally:
-        if worker is not None:
-            worker.shutdown(wait=False, cancel_futures=True)
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
     reasons: dict[str, int] = {}
     for d in dropped:

@@ -302,19 +302,20 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
 
 
 def _answer_table(rows: dict, results: dict) -> list[dict]:
+    """One record per question: the texts, then each score for base and tuned side by side."""
     table = []
     for split, split_rows in rows.items():
         for i, row in enumerate(split_rows):
+            ref = row["output"]
+            base, tuned = results["base"][split][i], results["tuned"][split][i]
             record = {"split": split, "question": row["instruction"],
-                      "context": row.get("input") or "", "reference": row["output"]}
-            for name in ("base", "tuned"):
-                res = results[name][split][i]
-                record[f"{name}_answer"] = res["answer"]
-                hyp, ref = res["answer"], row["output"]
-                scores = {"chrf": chrf(hyp, ref), "rouge_l": rouge_l(hyp, ref),
-                          "bleu": bleu(hyp, ref), "exact_match": exact_match(hyp, ref),
-                          "loss": res["nll"] / res["tokens"]}
-                record.update({f"{name}_{m}": round(v, 4) for m, v in scores.items()})
+                      "context": row.get("input") or "", "reference": ref,
+                      "base_answer": base["answer"], "tuned_answer": tuned["answer"]}
+            for metric in (chrf, rouge_l, bleu, exact_match):
+                for name, res in (("base", base), ("tuned", tuned)):
+                    record[f"{name}_{metric.__name__}"] = round(metric(res["answer"], ref), 4)
+            for name, res in (("base", base), ("tuned", tuned)):
+                record[f"{name}_loss"] = round(res["nll"] / res["tokens"], 4)
             table.append(record)
     return table
 
@@ -370,16 +371,18 @@ def _plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(11, 4), dpi=110, width_ratios=[4, 1, 1])
     panels = [(axes[0], ("chrf", "rouge_l", "bleu", "exact_match"), "score (out of 100)"),
               (axes[1], ("loss",), "loss (nats per answer token)"),
-              (axes[2], ("ppl",), "perplexity (exp of the loss)")]
-    for ax, metrics, ylabel in panels if summary else ():
+              (axes[2], ("ppl",), "perplexity (exp of the loss)")] if summary else []
+    for ax, metrics, ylabel in panels:
         for offset, name, color in ((-0.2, "base", "tab:gray"), (0.2, "tuned", "tab:blue")):
             values = [summary[m][name] * scaled.get(m, 1) for m in metrics]
             x = [i + offset for i in range(len(metrics))]
-            ax.bar_label(ax.bar(x, values, 0.4, label=name, color=color), fmt="%.1f", fontsize=8)
+            fmt = "%.2f" if metrics == ("loss",) else "%.1f"
+            ax.bar_label(ax.bar(x, values, 0.4, label=name, color=color), fmt=fmt, fontsize=8)
         ax.set_xticks(range(len(metrics)), [LABELS[m] + (" ×100" * (m in scaled)) for m in metrics])
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend()
+    if summary:
+        axes[0].legend()
     fig.suptitle(f"Base vs fine-tuned, test split ({report['rows']['test']} questions)")
     fig.tight_layout()
     fig.savefig(path)

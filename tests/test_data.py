@@ -233,3 +233,17 @@ def test_shipped_sample_faq_prepares_cleanly(tmp_path):
     assert report["rows_read"] >= 150 and report["rows_kept"] == report["rows_read"]
     assert report["split"]["test"] == round(report["rows_kept"] * 0.1)
     assert sum(1 for r in read_split(tmp_path / "out") if r["input"]) >= 10
+
+
+def test_token_lengths_work_from_a_script_without_a_main_guard(faq, tmp_path):
+    import subprocess
+    import sys
+
+    from builder.embedded import ensure_embedded_model
+
+    ensure_embedded_model()
+    script = f"from builder.data import prepare; r = prepare({str(faq)!r}, {str(tmp_path / 'o')!r}); " \
+             "print(r['lengths']['unit'])"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "embedded gemma-3 tokenizer" in done.stdout
