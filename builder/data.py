@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,14 +309,17 @@ def count_tokens(worker, texts: list[str]) -> list[int] | None:
     return json.loads(out) if worker.returncode == 0 else None
 
 
-def measure_lengths(rows: list[Row], max_length: int, worker=None) -> tuple[dict, list[dict]]:
-    """Token lengths of each row (question + context + answer) -> stats, rows over max_length."""
-    texts = ["\n".join(p for p in (r.instruction, r.input, r.output) if p) for r in rows]
-    tokens = count_tokens(worker, texts) if worker is not None else None
+def row_texts(rows: list[Row]) -> list[str]:
+    return ["\n".join(p for p in (r.instruction, r.input, r.output) if p) for r in rows]
+
+
+def measure_lengths(rows: list[Row], max_length: int, tokens: list[int] | None = None):
+    """Token lengths of each row (question + context + answer) -> stats, rows over max_length.
+    Without token counts, lengths are estimated from characters."""
     if tokens is not None:
         unit = "tokens (embedded gemma-3 tokenizer)"
     else:
-        tokens = [round(len(t) * TOKENS_PER_CHAR_ESTIMATE) for t in texts]
+        tokens = [round(len(t) * TOKENS_PER_CHAR_ESTIMATE) for t in row_texts(rows)]
         unit = f"estimated tokens ({TOKENS_PER_CHAR_ESTIMATE} per character)"
     too_long = [
         {"line": r.line, "tokens": n} for r, n in zip(rows, tokens) if n > max_length
@@ -398,36 +402,12 @@ def replace_dir(staging: Path, out_dir: Path) -> None:
         staging.rename(out_dir)
 
 
-def prepare(
-    faq_file: str | Path,
-    out_dir: str | Path,
-    *,
-    test_size: float = 0.1,
-    seed: int = 42,
-    max_length: int = 512,
-) -> dict:
-    """Validate, clean and split a FAQ file into `out_dir`. Returns the report."""
-    faq_file, out_dir = Path(faq_file), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists():
-        raise UserError(
-            f"{out_dir} already exists and is not a prepared data folder; "
-            "choose another --out (it would be overwritten)."
-        )
-    worker = start_length_worker()
-    try:
-        table = read_faq(faq_file)
-        kept, dropped, conflicts = check_rows(table.rows)
-        train, test = split_rows(kept, test_size, seed, faq_file.name)
-        lengths, too_long = measure_lengths(kept, max_length, worker)
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
-            worker.wait()
-
+def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_long, lengths,
+                 train, test, test_size: float, seed: int) -> dict:
     reasons: dict[str, int] = {}
     for d in dropped:
         reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
-    report = {
+    return {
         "source_file": faq_file.name,
         "source_sha256": hashlib.sha256(faq_file.read_bytes()).hexdigest(),
         "encoding": table.encoding,
@@ -449,20 +429,55 @@ def prepare(
         "seed": seed,
     }
 
-    # Write everything into a staging folder beside out_dir, then move it into place.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+def prepare(
+    faq_file: str | Path,
+    out_dir: str | Path,
+    *,
+    test_size: float = 0.1,
+    seed: int = 42,
+    max_length: int = 512,
+) -> dict:
+    """Validate, clean and split a FAQ file into `out_dir`. Returns the report."""
+    faq_file, out_dir = Path(faq_file), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists():
+        raise UserError(
+            f"{out_dir} already exists and is not a prepared data folder; "
+            "choose another --out (it would be overwritten)."
+        )
+    worker = start_length_worker()
+    staging = None
     try:
+        table = read_faq(faq_file)
+        kept, dropped, conflicts = check_rows(table.rows)
+        train, test = split_rows(kept, test_size, seed, faq_file.name)
+        # the child counts tokens while this process writes the split
+        counted: list = []
+        counting = threading.Thread(target=lambda: counted.append(
+            count_tokens(worker, row_texts(kept)) if worker is not None else None))
+        counting.start()
+
+        # Write everything into a staging folder beside out_dir, then move it into place.
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         write_csv(train, staging / "train.csv")
         write_csv(test, staging / "test.csv")
         save_dataset(train, test, staging / "dataset")
+        counting.join()
+        lengths, too_long = measure_lengths(kept, max_length, counted[0])
+        report = build_report(faq_file, table, kept, dropped, conflicts, too_long, lengths,
+                              train, test, test_size, seed)
         (staging / "report.json").write_text(
             json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
         )
         os.chmod(staging, 0o755)
         replace_dir(staging, out_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
