@@ -34,7 +34,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HUGGING_FACE
               "HF_TOKEN_PATH", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE"):
     os.environ.pop(_name, None)
 
-import pytest
+import pytest  # noqa: E402  (env vars above must be set first)
 
 
 @pytest.fixture(scope="session")

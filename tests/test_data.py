@@ -70,7 +70,7 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     rows = [(f"질문 {i}번은 무엇인가요?", "", f"답변 {i}번입니다.") for i in range(100)]
     faq = write_table(tmp_path / "big.csv", ["question", "answer"], [(q, a) for q, _, a in rows])
     a = prepare(faq, tmp_path / "a", seed=1)
-    b = prepare(faq, tmp_path / "b", seed=1)
+    prepare(faq, tmp_path / "b", seed=1)
     c = prepare(faq, tmp_path / "c", seed=2, test_size=0.2)
     assert a["split"] == {"train": 90, "test": 10} and c["split"] == {"train": 80, "test": 20}
     assert (tmp_path / "a/test.csv").read_bytes() == (tmp_path / "b/test.csv").read_bytes()
