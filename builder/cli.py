@@ -97,7 +97,8 @@ def cmd_eval(args) -> None:
 def cmd_app(args) -> None:
     from builder.webapp import launch
 
-    launch(args.host, args.port, runs_root=args.runs_root, run_dir=args.run, config_path=args.config)
+    launch(args.host, args.port, runs_root=args.runs_root, run_dir=args.run_dir,
+           config_path=args.config)
 
 
 def cmd_push_model(args) -> None:
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_eval)
 
     p = commands.add_parser("app", help="the Gradio page: upload, train, chat, publish")
-    p.add_argument("--run", help="a run folder to chat with first")
+    p.add_argument("--run", dest="run_dir", help="a run folder to chat with first")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--runs-root", default="runs", help="where new data and runs are written")

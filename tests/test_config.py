@@ -93,3 +93,14 @@ def test_alpaca_template_is_the_original_recipe():
 def test_unknown_template_lists_shipped():
     with pytest.raises(UserError, match="alpaca, korean"):
         load_template("chatml")
+
+
+def test_cli_app_passes_its_flags_to_launch(monkeypatch):
+    import builder.webapp
+    from builder.cli import main
+
+    seen = {}
+    monkeypatch.setattr(builder.webapp, "launch", lambda *a, **k: seen.update(args=a, kwargs=k))
+    assert main(["app", "--run", "runs/demo", "--port", "7861"]) == 0
+    assert seen["args"] == ("127.0.0.1", 7861)
+    assert seen["kwargs"]["run_dir"] == "runs/demo" and seen["kwargs"]["runs_root"] == "runs"
