@@ -175,17 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where it would train")
     p.set_defaults(run=cmd_plan)
 
-    def generation_flags(p):
+    def use_flag(p):
         p.add_argument("--use", choices=["auto", "merged", "adapter"], default="auto",
                        help="merged model (auto when present) or base model + adapter")
+
+    def generation_flags(p):
+        use_flag(p)
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         p.add_argument("--top-p", type=float, default=0.9)
 
     p = commands.add_parser("chat", help="chat with a trained run in the terminal (exit / quit / 종료)")
     p.add_argument("run_dir")
-    p.add_argument("--use", choices=["auto", "merged", "adapter"], default="auto",
-                   help="merged model (auto when present) or base model + adapter")
+    use_flag(p)
     p.set_defaults(run=cmd_chat)
 
     p = commands.add_parser("ask", help="one answer from a trained run, for scripts")

@@ -226,7 +226,7 @@ def file_sha256(*paths: Path) -> str:
 # The stage
 
 
-def sft_config(cfg: Config, run_dir: Path, prec: str, backend: str):
+def sft_config(cfg: Config, run_dir: Path, prec: str, backend: str, on_cuda: bool):
     from trl import SFTConfig
 
     t = cfg.train
@@ -266,15 +266,9 @@ def sft_config(cfg: Config, run_dir: Path, prec: str, backend: str):
         # padding-free without packing does not enforce max_length; rows are cut in tokenize_row
         max_length=None if t.padding_free else cfg.model.max_seq_length,
         dataset_num_proc=None,
-        use_cpu=prec == "fp32" and backend == "hf" and not _cuda(),
+        use_cpu=not on_cuda,
         save_only_model=False,
     )
-
-
-def _cuda() -> bool:
-    from builder.models import cuda_available
-
-    return cuda_available()
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -298,7 +292,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print,
           callbacks=()) -> Path:
     """Fine-tune cfg.model on a prepared folder; returns the run folder."""
-    from builder.models import end_token_ids, load_hf, load_unsloth, pick_backend, precision, resolve_base_model
+    from builder.models import (cuda_available, end_token_ids, load_hf, load_unsloth, pick_backend,
+                                precision, resolve_base_model)
 
     prepared_dir, run_dir = Path(prepared_dir), Path(run_dir)
     dataset = load_prepared(prepared_dir)
@@ -315,7 +310,8 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     from trl import SFTTrainer
     from transformers import EarlyStoppingCallback
 
-    prec = precision(cfg, _cuda())
+    on_cuda = cuda_available()
+    prec = precision(cfg, on_cuda)
     answer_only = cfg.train.answer_only_logits and backend == "hf"
 
     # Datasets
@@ -351,7 +347,7 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     trainer_class = make_trainer_class(SFTTrainer, answer_only)
     trainer = trainer_class(
         model=model,
-        args=sft_config(cfg, run_dir, prec, backend),
+        args=sft_config(cfg, run_dir, prec, backend, on_cuda),
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
