@@ -5,13 +5,13 @@
 
 This module owns the token lookup (the token is never printed, logged, written or put in an
 error), the repo id check, the upload folder (Parquet shards written deterministically, so the
-same data re-pushed makes no new commit), both cards, and turning every network or auth failure
-into a `UserError` that says what to do. huggingface_hub reads HF_ENDPOINT when it is imported,
-so it is imported inside the functions.
+same data re-pushed makes no new commit), keeping a repo private when asked, both cards, and
+turning every network or auth failure into a `UserError` that says what to do. huggingface_hub
+reads HF_ENDPOINT when it is imported, so it is imported inside the functions.
 """
 
 import json
-import os
+import logging
 import re
 import tempfile
 from contextlib import contextmanager
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # OWNER/NAME: letters, digits, "-", "_", "."; no "--" or ".." (the Hub's rule); name <= 96 chars.
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -29,6 +31,11 @@ COLUMNS = {
     "input": "optional context for the question (참고); often empty",
     "output": "the shop's answer (답변)",
 }
+# The Hub's size_categories labels, each with the row count it stays under
+SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"),
+                   (10**6, "100K<n<1M"), (10**7, "1M<n<10M"), (10**8, "10M<n<100M"),
+                   (10**9, "100M<n<1B"), (10**10, "1B<n<10B"), (10**11, "10B<n<100B"),
+                   (10**12, "100B<n<1T")]
 QUESTION = "배송은 얼마나 걸리나요?"  # the sample question in the model card
 HUB_IDS = {"embedded:gemma-3-270m": "google/gemma-3-270m"}  # the embedded model's Hub original
 NO_TOKEN = (
@@ -43,17 +50,14 @@ class PushResult:
     url: str
     commit: str | None  # the repo's head after the push
     changed: bool  # False when the repo already held exactly these files
+    made_private: bool = False  # True when the repo was public and this push made it private
 
 
 def resolve_token(token: str | None = None) -> str | None:
-    """The explicit token, else $HF_TOKEN, else the saved `hf auth login` token, else None."""
-    if token:
-        return token
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
+    """The explicit token, else huggingface_hub's: $HF_TOKEN, then the saved `hf auth login`."""
     from huggingface_hub import get_token
 
-    return get_token()
+    return token or get_token()
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -81,6 +85,8 @@ def _hub_errors(repo_id: str, token: str):
 
     try:
         yield
+    except UserError as error:  # already says what to do; its cause must not be re-read below
+        raise UserError(str(error).replace(token, "***")) from None
     except Exception as error:
         cause = error
         while cause is not None and not isinstance(cause, (HfHubHTTPError, HTTPError)):
@@ -106,52 +112,82 @@ def _hub_errors(repo_id: str, token: str):
         raise UserError(message.replace(token, "***")) from None
 
 
+def _make_private(api, repo_id: str, repo_type: str, url: str) -> None:
+    """Turn an existing public repo private, or refuse the push while nothing is uploaded yet."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.update_repo_settings(repo_id, private=True, repo_type=repo_type)
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise UserError(
+            f"{repo_id} already exists and is public, and making it private was refused "
+            f"({status}: {error.server_message or 'no reason given'}): nothing was uploaded. "
+            f"Make it private at {url}/settings (or use a token that may change its settings), "
+            "or push it as a public repo on purpose") from None
+    log.warning("%s was public: made it private before uploading", repo_id)
+
+
 def _commit(repo_id: str, repo_type: str, files: dict, message: str, private: bool, token: str,
             stale: str) -> PushResult:
     """Create or reuse the repo and put `files` ({path in repo: local Path or bytes}) in one commit.
 
     Remote files matching the glob `stale` that are not in `files` are deleted in the same commit
     (old shards). Unchanged files are skipped by huggingface_hub; if nothing changed, no commit.
+    A public repo asked to be private is made private before anything is uploaded.
     """
+    # Not HfApi.upload_folder: push_model's files do not lie in one folder (its README replaces
+    # the adapter's, and copying the weights would cost GBs), and with hf_xet installed (the
+    # default) upload_folder switches to a multi-commit upload that splits big folders into
+    # "part N" commits and skips the card's metadata check. create_commit makes one commit and,
+    # like upload_folder, skips unchanged files and makes no empty commit.
     import fnmatch
 
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     api = HfApi(token=token)
     with _hub_errors(repo_id, token):
-        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        head = api.repo_info(repo_id, repo_type=repo_type).sha
+        # private=None rather than False: a new repo then follows the owner's default visibility
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)
+        repo = api.repo_info(repo_id, repo_type=repo_type)
+        made_private = private and not repo.private  # create_repo leaves an existing repo as is
+        if made_private:
+            _make_private(api, repo_id, repo_type, str(url))
+        head = repo.sha
         remote = api.list_repo_files(repo_id, repo_type=repo_type)
         old = [p for p in remote if fnmatch.fnmatch(p, stale) and p not in files]
         operations = [CommitOperationDelete(p) for p in old]
         operations += [CommitOperationAdd(p, str(f) if isinstance(f, Path) else f)
                        for p, f in files.items()]
         info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type)
-    return PushResult(repo_id=repo_id, url=str(url), commit=info.oid, changed=info.oid != head)
+    return PushResult(repo_id=repo_id, url=str(url), commit=info.oid, changed=info.oid != head,
+                      made_private=made_private)
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataset
 
 
+def size_category(rows: int) -> str:
+    """The Hub's size_categories label for a dataset of `rows` rows, e.g. 150000 -> "100K<n<1M"."""
+    return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
 def dataset_card(repo_id: str, report: dict) -> str:
     """README.md for a prepared data folder: YAML for the Hub and load_dataset, then the facts."""
-    import yaml
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     split = report.get("split", {})
     total = sum(split.values()) or report.get("rows_kept", 0)
-    size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K"
     data_files = [{"split": s, "path": f"data/{s}-*"} for s in SPLITS]  # what load_dataset reads
-    meta = {"language": ["ko"], "license": "unknown", "pretty_name": repo_id.split("/")[1],
-            "task_categories": ["question-answering", "text-generation"], "size_categories": [size],
-            "configs": [{"config_name": "default", "data_files": data_files}]}
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    data = DatasetCardData(
+        language=["ko"], license="unknown", pretty_name=repo_id.split("/")[1],
+        task_categories=["question-answering", "text-generation"],
+        size_categories=[size_category(total)],
+        configs=[{"config_name": "default", "data_files": data_files}])
     columns = "\n".join(f"| `{c}` | {meaning} |" for c, meaning in COLUMNS.items())
     splits = "\n".join(f"| {s} | {split.get(s, '?')} |" for s in SPLITS)
-    return f"""---
-{front}---
-
-# {repo_id}
+    body = f"""# {repo_id}
 
 Korean FAQ pairs for fine-tuning a shop's chatbot, validated and split by `builder prepare`.
 
@@ -189,6 +225,7 @@ ds = load_dataset("{repo_id}")
 print(ds["train"][0])
 ```
 """
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def push_dataset(prepared_dir, repo_id: str, *, private: bool = False,
@@ -248,7 +285,7 @@ def _run_template(run_dir: Path, name: str | None):
 
 def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") -> str:
     """README.md for a run's merged model or adapter, from what the run folder recorded."""
-    import yaml
+    from huggingface_hub import ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
     meta = _read_json(run_dir / "meta.json")
@@ -261,13 +298,13 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
     base_id = HUB_IDS.get(base, base)
     template = _run_template(run_dir, meta.get("template"))
 
-    front = {"language": ["ko"], "library_name": "transformers" if what == "merged" else "peft",
-             "pipeline_tag": "text-generation", "tags": ["korean", "faq", "chatbot", "lora"]}
-    if base_id and REPO_ID.match(base_id):  # the Hub only accepts repo ids here, not local paths
-        front["base_model"] = base_id
+    data = ModelCardData(
+        language=["ko"], library_name="transformers" if what == "merged" else "peft",
+        pipeline_tag="text-generation", tags=["korean", "faq", "chatbot", "lora"],
+        # the Hub only accepts repo ids here, not local paths
+        base_model=base_id if base_id and REPO_ID.match(base_id) else None)
     kind = "16-bit model with the LoRA adapter merged in" if what == "merged" else "LoRA adapter"
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# {repo_id}", "",
+    lines = [f"# {repo_id}", "",
              f"A Korean FAQ chatbot: a {kind}, fine-tuned from `{base}` by `builder train`.", ""]
 
     if base in HUB_IDS:
@@ -311,7 +348,7 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
               f"output = model.generate(**inputs, max_new_tokens=200{stop})",
               'answer = output[0][inputs["input_ids"].shape[1]:]',
               "print(tokenizer.decode(answer, skip_special_tokens=True))", "```", ""]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def push_model(run_dir, repo_id: str, *, what: str = "merged", private: bool = False,

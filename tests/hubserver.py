@@ -6,13 +6,16 @@
     hub.requests   # every request: method, path, query, headers (names lower-cased), json body
     hub.unknown    # requests no route matched (answered 404 "hubserver: no route ...") or that
                    # crashed the server (answered 501, which the client does not retry)
+    hub.settings_refused.add("tester/x")   # its settings can't be changed (403), as for a token
+                                           # without the right to manage the repo
     hub.stop()
 
 Storage is in memory. A new repo starts with one commit holding `.gitattributes`. Regular files
 travel base64 inside the NDJSON commit; LFS files (big, or matching `.gitattributes`) go through
 the LFS batch API, a PUT to a one-time upload URL (no auth, like a presigned S3 URL) and verify,
 as on the real Hub without Xet. Reads of public repos work without a token; a wrong token is a
-401 everywhere; writes need the right token and the user's (or an org's) namespace.
+401 everywhere; writes need the right token and the user's (or an org's) namespace. A repo's
+visibility (`private` in its info) is set at creation and changed through its settings.
 """
 
 import base64
@@ -112,6 +115,7 @@ class HubServer:
         self.uploads: dict[str, tuple[str, int]] = {}  # one-time upload ticket -> (sha256, size)
         self.requests: list[dict] = []
         self.unknown: list[str] = []
+        self.settings_refused: set[str] = set()  # repo ids whose settings PUT answers 403
         self.lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -252,6 +256,7 @@ ROUTES = [  # (method, regex on the raw path, handler); first match wins; HEAD r
     ("GET", API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$", "tree"),
     ("POST", API_REPO + r"/paths-info/(?P<rev>[^/]+)$", "paths_info"),
     ("GET", API_REPO + r"/refs$", "refs"),
+    ("PUT", API_REPO + r"/settings$", "settings"),
     ("GET", API_REPO + r"/commits/(?P<rev>[^/]+)$", "commits"),
     ("POST", API_REPO + r"/preupload/(?P<rev>[^/]+)$", "preupload"),
     ("POST", API_REPO + r"/commit/(?P<rev>[^/]+)$", "commit"),
@@ -421,6 +426,18 @@ class _Handler(BaseHTTPRequestHandler):
         if type == "model":
             info["modelId"] = id
         return 200, info, {}
+
+    def r_settings(self, hub: HubServer, type: str, id: str):
+        repo = hub.get_repo(type, id, self.headers, write=True)
+        if id in hub.settings_refused:
+            raise HttpError(403, f"You don't have the rights to change the settings of {id}")
+        body = dict(self.json or {})
+        visibility = body.pop("visibility", None)  # {"visibility": "private"}, as the client sends
+        if body or visibility not in ("public", "private"):
+            raise HttpError(400, f"hubserver: only visibility public/private is supported, not "
+                                 f"{self.json}")
+        repo.private = visibility == "private"
+        return 200, {}, {}
 
     # Reading files and history
 

@@ -174,6 +174,68 @@ def test_private_flag_reaches_the_create_request(hub_server, prepared):
         HfApi(token=False).dataset_info("tester/faq-private")
 
 
+def test_private_push_makes_an_existing_public_repo_private(hub_server, prepared, caplog):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    token = hub_server.token
+    public = hub.push_dataset(prepared, "tester/faq-was-public", token=token)
+    create = [r["json"] for r in hub_server.requests_to("POST", "/api/repos/create")
+              if r["json"]["name"] == "faq-was-public"]
+    assert "visibility" not in create[0]  # not asked: the owner's default decides, not "public"
+    assert public.made_private is False
+    api = HfApi(token=token)
+    assert api.repo_info("tester/faq-was-public", repo_type="dataset").private is False
+
+    result = hub.push_dataset(prepared, "tester/faq-was-public", private=True, token=token)
+
+    assert result.made_private is True and result.changed is False  # same files, now private
+    assert "tester/faq-was-public was public: made it private" in caplog.text
+    assert api.repo_info("tester/faq-was-public", repo_type="dataset").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(token=False).dataset_info("tester/faq-was-public")
+    settings = "/api/datasets/tester/faq-was-public/settings"
+    assert [r["json"] for r in hub_server.requests_to("PUT", settings)] == [
+        {"visibility": "private"}]
+    again = hub.push_dataset(prepared, "tester/faq-was-public", private=True, token=token)
+    assert again.made_private is False and len(hub_server.requests_to("PUT", settings)) == 1
+
+
+def test_refused_privacy_change_stops_the_push_before_any_upload(hub_server, prepared, tmp_path):
+    from huggingface_hub import HfApi
+
+    token = hub_server.token
+    first = hub.push_dataset(prepared, "tester/faq-stays-public", token=token)
+    hub_server.settings_refused.add("tester/faq-stays-public")
+    before = len(hub_server.requests)
+    more = FAQ + [("매장 위치가 어디인가요?", "", "서울시 마포구에 있습니다.")]  # would be a commit
+
+    with pytest.raises(UserError, match="public") as error:
+        hub.push_dataset(make_prepared_dir(tmp_path / "more", rows=more), "tester/faq-stays-public",
+                         private=True, token=token)
+
+    message = str(error.value)
+    assert "nothing was uploaded" in message and "403" in message and token not in message
+    assert hub_server.repo("tester/faq-stays-public").head.oid == first.commit
+    assert not HfApi(token=token).repo_info("tester/faq-stays-public", repo_type="dataset").private
+    writes = [r for r in hub_server.requests[before:]
+              if "/preupload/" in r["path"] or "/commit/" in r["path"] or "/lfs/" in r["path"]]
+    assert writes == []
+
+
+@pytest.mark.parametrize(("rows", "label"), [
+    (999, "n<1K"), (1_000, "1K<n<10K"), (99_999, "10K<n<100K"), (100_000, "100K<n<1M"),
+    (250_000, "100K<n<1M"), (3_000_000, "1M<n<10M"), (20_000_000_000, "10B<n<100B"),
+])
+def test_dataset_card_uses_the_hubs_size_categories(rows, label):
+    from huggingface_hub import DatasetCard
+
+    report = {"split": {"train": rows - rows // 10, "test": rows // 10}}
+    data = DatasetCard(hub.dataset_card("tester/faq-big", report)).data
+    assert data.size_categories == [label]
+    assert data.configs[0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
+
+
 # Errors
 
 
