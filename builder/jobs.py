@@ -115,6 +115,21 @@ def list_prepared(runs_root: str | Path) -> list[Path]:
     return _newest_first(p.parent for p in root.glob("*/report.json")) if root.is_dir() else []
 
 
+def check_folder(folder: str | Path | None, runs_root: str | Path,
+                 also: str | Path | None = None) -> str | None:
+    """folder, resolved, if it lies in runs_root or is `also` (the --run folder the owner named).
+
+    A visitor types these paths, so anything else on the disk is refused; empty passes through
+    (the caller says what to pick)."""
+    if not folder:
+        return folder
+    path = Path(folder).resolve()  # "..", and links that lead out of runs_root, are resolved away
+    if path.is_relative_to(Path(runs_root).resolve()) or (also and path == Path(also).resolve()):
+        return str(path)
+    raise UserError(f"{folder}: {runs_root} 밖의 폴더는 쓸 수 없습니다 / only folders inside the runs "
+                    f"folder {runs_root} can be used here")
+
+
 def has_model(run_dir: Path) -> bool:
     return (run_dir / "merged" / "config.json").is_file() or (
         run_dir / "adapter" / "adapter_config.json").is_file()
@@ -185,6 +200,7 @@ class JobStatus:
     log_tail: str
     message: str  # what happened, in one line (the error for a failed run)
     elapsed_s: float
+    exit_code: int | None  # of the last command (train or merge) once the job ended
 
 
 class TrainingJob:
@@ -201,6 +217,8 @@ class TrainingJob:
         self._current_line = ""  # a progress bar being redrawn with \r
         self._started = self._finished = 0.0
         self._stop_requested: float | None = None
+        self._cancelled = False  # stopped with SIGTERM before training began
+        self._exit_code: int | None = None
         atexit.register(self.kill)  # a training run never outlives the app
 
     @property
@@ -228,6 +246,7 @@ class TrainingJob:
             self._state, self._message, self._run_dir = "running", "", run_dir
             self._log.clear()
             self._current_line, self._stop_requested = "", None
+            self._cancelled, self._exit_code = False, None
             self._started, self._finished = time.time(), 0.0
             threading.Thread(target=self._work, args=(train, merge), daemon=True,
                              name="training-job").start()
@@ -241,7 +260,7 @@ class TrainingJob:
             if self._state == "merging":  # under a minute, and a half-merged model is no use
                 return "병합 중이라 곧 끝납니다 / merging: it finishes shortly"
             self._stop_requested = self._stop_requested or time.monotonic()
-        return "멈추는 중: 다음 단계에서 멈추고 가장 좋은 어댑터를 저장합니다 / stopping at the next step"
+        return "멈추는 중: 다음 단계에서 멈추고 어댑터를 저장합니다 / stopping at the next step"
 
     def status(self) -> JobStatus:
         progress = read_progress(self._run_dir)
@@ -257,10 +276,13 @@ class TrainingJob:
                 train_loss=losses[-1] if losses else None, eval_loss=evals[-1] if evals else None,
                 log_tail="\n".join(tail[-40:]), message=self._message,
                 elapsed_s=round(end - self._started, 1) if self._started else 0.0,
+                exit_code=self._exit_code,
             )
 
     def loss_chart(self, out_dir: str | Path) -> Path | None:
-        """The loss chart drawn from progress.json into out_dir (redrawn only when it changed)."""
+        """The loss chart drawn from progress.json into out_dir (redrawn only when it changed).
+
+        The page shows one chart: the one a new drawing supersedes is deleted."""
         from builder.train import plot_loss
 
         history = read_progress(self._run_dir).get("log_history", [])
@@ -270,32 +292,47 @@ class TrainingJob:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             plot_loss(history, path)
+            for old in path.parent.glob("*-loss-*.png"):
+                if old != path:
+                    old.unlink(missing_ok=True)
         return path
 
     # The watcher thread
 
     def _work(self, train: list[str], merge: list[str]) -> None:
         code = self._run(train)
-        if self._stop_requested is not None:
-            saved = (self._run_dir / "adapter").is_dir()
-            self._finish("stopped", f"멈춤: 가장 좋은 어댑터를 저장했습니다 / stopped, best adapter "
-                         f"saved; merge it with `builder merge {self._run_dir}`" if saved
-                         else "멈춤 / stopped before training began (nothing saved)")
+        # a stop ends cleanly with exit 0 (or our SIGTERM while loading); a crash or a kill
+        # while the adapter is saved is a failure, whoever asked for the stop
+        if self._stop_requested is not None and (code == 0 or self._cancelled):
+            self._finish("stopped", self._stopped_message(), code)
         elif code != 0:
-            self._finish("failed", self._error_line(code))
+            self._finish("failed", self._error_line(code), code)
         else:
             with self._lock:
                 self._state = "merging"
             code = self._run(merge)
             if code == 0:
-                self._finish("done", f"완료 / done: {self._run_dir / 'merged'}")
+                self._finish("done", f"완료 / done: {self._run_dir / 'merged'}", code)
             else:
-                self._finish("failed", self._error_line(code))
+                self._finish("failed", self._error_line(code), code)
 
-    def _finish(self, state: str, message: str) -> None:
+    def _stopped_message(self) -> str:
+        """What a stopped run left, from RUN/metrics.json (written with the adapter)."""
+        try:
+            metrics = json.loads((self._run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "멈춤: 저장된 것이 없습니다 / stopped before training began (nothing saved)"
+        merge = f"merge it with `builder merge {self._run_dir}`"
+        if metrics.get("adapter_evaluated") is False:
+            return ("멈춤: 첫 평가 전에 멈춰, 저장된 어댑터(마지막 단계)는 평가되지 않았습니다 "
+                    "(검증 손실 모름) / stopped before the first evaluation: the saved adapter is the "
+                    f"last step's and was never evaluated (validation loss unknown); {merge}")
+        return f"멈춤: 가장 좋은 어댑터를 저장했습니다 / stopped, best adapter saved; {merge}"
+
+    def _finish(self, state: str, message: str, code: int) -> None:
         with self._lock:
             self._state, self._message, self._finished = state, message, time.time()
-            self._proc = None
+            self._exit_code, self._proc = code, None
 
     def _error_line(self, code: int) -> str:
         errors = [line for line in self._log if line.startswith("error:")]
@@ -324,6 +361,7 @@ class TrainingJob:
         elif (self._run_dir / "config.yaml").is_file():
             (self._run_dir / "STOP").touch()  # train deletes a stale STOP before config.yaml
         else:
+            self._cancelled = True
             _signal_group(proc, signal.SIGTERM)  # still loading: nothing to save yet
 
     def kill(self) -> None:

@@ -9,9 +9,17 @@ event has an `api_name`, so gradio_client can drive the page: /prepare, /start_t
 /stop_training, /training_status, /chat, /stop_chat, /clear_chat, /push_dataset, /push_model,
 /push_adapter, /model_card. A UserError shows in the tab's error box, never as a traceback.
 The Hugging Face token goes from its password field straight to builder.hub: it is not kept.
+
+Visitors type paths and text, so the page only reads folders under its runs root (and the
+--run folder), caps what it queues and the length of a question. Off loopback it needs a login
+(BUILDER_APP_PASSWORD) or an explicit --open, and never lends the owner's saved Hub login.
 """
 
+import atexit
 import html
+import ipaddress
+import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -32,6 +40,12 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 # Local fonts only (no Google Fonts request), Korean first
 FONTS = ["Noto Sans KR", "NanumGothic", "Apple SD Gothic Neo", "Malgun Gothic", "sans-serif"]
 MONO_FONTS = ["D2Coding", "NanumGothicCoding", "monospace"]
+MAX_QUESTION_CHARS = 1000  # a FAQ question is a sentence or two; training rows are 512 tokens
+MAX_CONTEXT_CHARS = 4000
+PASSWORD_ENV, USER_ENV = "BUILDER_APP_PASSWORD", "BUILDER_APP_USER"  # the page's login
+BUSY = "서버가 바쁩니다. 잠시 후 다시 시도하세요 / the page is busy: try again in a moment"
+NEED_TOKEN = ("Hugging Face 토큰을 입력하세요 / type a Hugging Face token: this page is served "
+              "beyond this machine, so it does not use the saved login or HF_TOKEN")
 
 
 def message_text(content) -> str:
@@ -65,9 +79,29 @@ def eval_markdown(summary: dict) -> str:
         "\n".join(rows)
 
 
+def too_long(what: str, text: str | None, limit: int) -> str | None:
+    """The error for a text over its cap (the API can skip the box's max_length), else None."""
+    n = len(text or "")
+    if n <= limit:
+        return None
+    return f"{what}: 너무 깁니다 ({n}자 > {limit}자) / too long ({n} characters, the limit is {limit})"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: only this machine can reach the page."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-cpu.yaml",
-              max_upload_mb=20):
-    """The whole page as gr.Blocks (not launched)."""
+              max_upload_mb=20, token_fallback=False):
+    """The whole page as gr.Blocks (not launched).
+
+    token_fallback: an empty token field pushes with HF_TOKEN or the saved login (loopback only)."""
     import gradio as gr
 
     from builder.config import load_config
@@ -83,6 +117,7 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
     bots = jobs.ChatbotCache()
     stop_events: dict[str, threading.Event] = {}  # one per browser session
     chart_dir = Path(tempfile.mkdtemp(prefix="builder-app-charts-"))
+    atexit.register(shutil.rmtree, chart_dir, ignore_errors=True)
     prepared = jobs.list_prepared(runs_root)
     default_data = str(prepared[0]) if prepared else ""
 
@@ -101,6 +136,9 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
     def shown(message: str):
         return gr.update(value=f"⚠️ {message}", visible=True)
+
+    def inside(folder):
+        return jobs.check_folder(folder, runs_root, also=run_dir)
 
     hidden = gr.update(value="", visible=False)
 
@@ -163,14 +201,14 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             chat_error = gr.Markdown(visible=False, elem_id="chat-error", elem_classes="error-box")
             chatbot = gr.Chatbot(label="대화", height=420, elem_id="chatbot")
             question = gr.Textbox(label="질문", placeholder="예: 배송은 며칠 걸리나요?",
-                                  elem_id="chat-question")
+                                  max_length=MAX_QUESTION_CHARS, elem_id="chat-question")
             with gr.Row():
                 send = gr.Button("보내기", variant="primary", elem_id="chat-send")
                 chat_stop = gr.Button("멈추기", elem_id="chat-stop")
                 clear = gr.Button("지우기", elem_id="chat-clear")
             with gr.Accordion("설정", open=False):
                 context = gr.Textbox(label="참고 (선택) / optional context", lines=2,
-                                     elem_id="chat-context")
+                                     max_length=MAX_CONTEXT_CHARS, elem_id="chat-context")
                 max_tokens = gr.Slider(16, 512, 256, step=16, label="최대 새 토큰 max new tokens",
                                        elem_id="chat-max-tokens")
                 temperature = gr.Slider(0, 1.5, 0, step=0.05, label="온도 temperature (0 = greedy)",
@@ -178,7 +216,8 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
         # ---- 4. 배포: push to the Hugging Face Hub ------------------------------------------
         with gr.Tab("4. 배포", id="deploy") as deploy_tab:
-            token = gr.Textbox(label="Hugging Face 토큰 (저장되지 않음; 비우면 HF_TOKEN 사용)",
+            empty = "비우면 HF_TOKEN 사용" if token_fallback else "필수 required"
+            token = gr.Textbox(label=f"Hugging Face 토큰 (저장되지 않음; {empty})",
                                type="password", placeholder="hf_...", elem_id="deploy-token")
             private = gr.Checkbox(label="비공개 저장소 private", elem_id="deploy-private")
             with gr.Row():
@@ -221,7 +260,7 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             overrides = [f"train.epochs={n_epochs}", f"train.max_steps={int(n_steps)}",
                          f"train.lr={rate}", f"train.early_stopping_patience={int(wait)}"]
             try:
-                run = job.start(folder, overrides)
+                run = job.start(inside(folder), overrides)
             except UserError as err:
                 return f"⚠️ {err}"
             return f"▶️ 학습을 시작했습니다 / training started: `{run}`"
@@ -253,12 +292,17 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             if not text:
                 yield history, "", hidden
                 return
+            error = too_long("질문 question", text, MAX_QUESTION_CHARS) or \
+                too_long("참고 context", ctx, MAX_CONTEXT_CHARS)
+            if error:
+                yield history, gr.skip(), shown(error)
+                return
             history.append({"role": "user", "content": text})
             yield history, "", hidden
             stop_event = stop_events.setdefault(request.session_hash, threading.Event())
             stop_event.clear()
             try:
-                bot = bots.get(run)
+                bot = bots.get(inside(run))
                 answer = ""
                 history.append({"role": "assistant", "content": ""})
                 for delta in bot.stream(text, ctx or "", max_new_tokens=int(n_tokens),
@@ -293,7 +337,10 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
         def push(what, secret, folder, repo, is_private):
             from builder import hub
 
+            if not secret and not token_fallback:
+                return "", shown(NEED_TOKEN)
             try:
+                folder = inside(folder)
                 if what == "dataset":
                     result = hub.push_dataset(folder, (repo or "").strip(), private=is_private,
                                               token=secret or None)
@@ -310,6 +357,10 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
             if not run:
                 return ""
+            try:
+                run = inside(run)
+            except UserError as err:
+                return f"⚠️ {err}"
             what = "merged" if (Path(run) / "merged").is_dir() else "adapter"
             return hub.model_card(run, what, repo_id=(repo or "").strip() or "OWNER/NAME")
 
@@ -328,23 +379,48 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
 
 def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
-           config_path="configs/embedded-cpu.yaml", max_upload_mb=20) -> None:
-    """Build the page, serve it on host:port, print the URL and block until Ctrl-C."""
+           config_path="configs/embedded-cpu.yaml", max_upload_mb=20, open_access=False,
+           max_queue=20) -> None:
+    """Build the page, serve it on host:port, print the URL and block until Ctrl-C.
+
+    Off loopback the page needs a login ($BUILDER_APP_PASSWORD, user $BUILDER_APP_USER or
+    "admin") unless open_access; max_queue events may wait, more get the busy message."""
+    loopback = is_loopback(host)
+    password = os.environ.get(PASSWORD_ENV)
+    if not loopback and not password and not open_access:
+        raise UserError(f"{host}: 다른 컴퓨터에서도 열리는 주소입니다 / this address is reachable "
+                        f"beyond this machine: set {PASSWORD_ENV} for a login, or pass --open to "
+                        "serve it to anyone without one")
+    auth = (os.environ.get(USER_ENV) or "admin", password) if password else None
+
     import gradio as gr
+    from starlette.exceptions import HTTPException
 
     app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
-                    max_upload_mb=max_upload_mb)
+                    max_upload_mb=max_upload_mb, token_fallback=loopback)
     allowed = [str(Path(runs_root).resolve())] + ([str(Path(run_dir).resolve())] if run_dir else [])
-    app.queue(default_concurrency_limit=1)
+    app.queue(default_concurrency_limit=1, max_size=max_queue)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                css=CSS, theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS),
-               allowed_paths=allowed, footer_links=["api", "gradio"],
+               allowed_paths=allowed, footer_links=["api", "gradio"], auth=auth,
                run_history=False,  # the browser must not keep a record of inputs (the token)
-               max_file_size=int(4 * max_upload_mb * 2**20))  # over the cap: our message, not Gradio's
-    print(f"builder app: http://{host}:{port}/", flush=True)
+               max_file_size=int(4 * max_upload_mb * 2**20),  # over the cap: our message
+               app_kwargs={"exception_handlers": {HTTPException: _busy}})
+    open_note = "" if loopback or auth else " (open: no login, anyone who reaches it can use it)"
+    print(f"builder app: http://{host}:{port}/{open_note}", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server and ends a training run
     app.block_thread()
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+async def _busy(request, exc):
+    """A full queue answers 503 with our bilingual message instead of Gradio's English one."""
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException
+
+    if exc.status_code == 503 and request.url.path.endswith("/queue/join"):
+        exc = HTTPException(503, BUSY)
+    return await http_exception_handler(request, exc)

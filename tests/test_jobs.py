@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from builder import jobs
 from builder.errors import UserError
 
 ROOT = Path(__file__).parents[1]
+CONFIG = ROOT / "configs" / "embedded-cpu.yaml"
 
 
 def test_an_upload_over_the_cap_gets_a_korean_and_english_message(tmp_path):
@@ -21,6 +25,18 @@ def test_an_upload_over_the_cap_gets_a_korean_and_english_message(tmp_path):
     assert jobs.check_upload(big, max_mb=5) == big
     with pytest.raises(UserError, match="upload a FAQ file"):
         jobs.check_upload(None, max_mb=5)
+
+
+def test_an_xlsx_that_unpacks_past_the_limit_is_refused_before_it_is_opened(tmp_path):
+    bomb = tmp_path / "bomb.xlsx"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("xl/worksheets/sheet1.xml", "w") as sheet:
+            for _ in range(101):
+                sheet.write(bytes(2**20))  # 101 MB of zeros, ~100 KB compressed
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(UserError, match=r"bomb.xlsx: 압축을 풀면 너무 큽니다.*unpacks to 101 MB, "
+                                         r"over the 100 MB limit"):
+        jobs.prepare_upload(bomb, tmp_path / "runs", max_mb=5)
 
 
 def test_left_out_rows_name_their_line_and_reason():
@@ -51,6 +67,22 @@ def test_runs_with_a_model_and_prepared_folders_are_listed_newest_first(tmp_path
     assert first.name.startswith("app-") and second != first and not second.exists()
 
 
+def test_only_folders_inside_the_runs_root_or_the_owners_run_are_accepted(tmp_path):
+    root = tmp_path / "runs"
+    (root / "app-1").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    assert jobs.check_folder(root / "app-1", root) == str((root / "app-1").resolve())
+    assert jobs.check_folder("", root) == ""  # the caller says "pick one first"
+    for outside in (tmp_path / "elsewhere", root / ".." / "elsewhere", root / "link", "/etc"):
+        with pytest.raises(UserError, match="밖의 폴더는 쓸 수 없습니다 / only folders inside"):
+            jobs.check_folder(outside, root)
+    owner_run = tmp_path / "elsewhere"  # `--run DIR`: exactly that folder, nothing beside it
+    assert jobs.check_folder(owner_run, root, also=owner_run) == str(owner_run.resolve())
+    with pytest.raises(UserError, match="only folders inside"):
+        jobs.check_folder(tmp_path, root, also=owner_run)
+
+
 class Chunks:
     """A pipe that hands out the given byte chunks, like a subprocess's stdout."""
 
@@ -62,7 +94,7 @@ class Chunks:
 
 
 def test_the_log_keeps_lines_and_only_the_latest_state_of_a_progress_bar():
-    job = jobs.TrainingJob("runs", ROOT / "configs" / "embedded-cpu.yaml")
+    job = jobs.TrainingJob("runs", CONFIG)
     hangul = "학습".encode()
     job._read_output(Chunks(b"loading\n 10%|#  | 1/10\r 20%|##", b" | 2/10\r", b" 30%|### | 3/10\n",
                             hangul[:2], hangul[2:] + b" done\n", b"tail without newline"))
@@ -70,7 +102,7 @@ def test_the_log_keeps_lines_and_only_the_latest_state_of_a_progress_bar():
 
 
 def test_a_folder_that_is_not_prepared_is_refused_and_stop_without_a_run_says_so(tmp_path):
-    job = jobs.TrainingJob(tmp_path, ROOT / "configs" / "embedded-cpu.yaml")
+    job = jobs.TrainingJob(tmp_path, CONFIG)
     with pytest.raises(UserError, match="not a prepared data folder"):
         job.start(tmp_path / "nothing")
     assert "no training run" in job.stop()
@@ -81,7 +113,7 @@ def test_a_failing_run_ends_failed_with_the_cli_error_line(tmp_path):
     from fixtures import make_prepared
 
     prepared = make_prepared(tmp_path, 12)
-    job = jobs.TrainingJob(tmp_path / "runs", ROOT / "configs" / "embedded-cpu.yaml")
+    job = jobs.TrainingJob(tmp_path / "runs", CONFIG)
     job.start(prepared, ["model.name=no-such-model"])
     with pytest.raises(UserError, match="already in progress"):
         job.start(prepared)
@@ -99,7 +131,7 @@ def test_stop_during_training_saves_the_best_adapter_and_skips_the_merge(tmp_pat
 
     prepared = make_prepared(tmp_path, 30)
     tiny = make_tiny_gemma(tmp_path / "tiny-gemma")
-    job = jobs.TrainingJob(tmp_path / "runs", ROOT / "configs" / "embedded-cpu.yaml")
+    job = jobs.TrainingJob(tmp_path / "runs", CONFIG)
     run_dir = job.start(prepared, [f"model.name={tiny}", "train.max_steps=500",
                                    "train.eval_steps=1", "train.batch_size=2"])
     deadline = time.monotonic() + 120
@@ -112,7 +144,84 @@ def test_stop_during_training_saves_the_best_adapter_and_skips_the_merge(tmp_pat
         assert time.monotonic() < deadline
         time.sleep(0.3)
     status = job.status()
-    assert status.state == "stopped", status.log_tail
+    assert (status.state, status.exit_code) == ("stopped", 0), status.log_tail
+    assert "Traceback" not in status.log_tail, status.log_tail
     assert "best adapter saved" in status.message and 2 <= status.step < 500
     assert (run_dir / "adapter" / "adapter_config.json").is_file() and not (run_dir / "merged").exists()
     assert json.loads((run_dir / "metrics.json").read_text())["stopped_by_user"] is True
+
+
+# A stopped job, with a fake training command instead of `builder train`
+
+NO_MERGE = [sys.executable, "-c", "raise SystemExit('error: the merge must not run')"]
+
+
+def stopped_job(tmp_path, after_stop: str, *, started=True, stop_timeout=120.0) -> jobs.JobStatus:
+    """Run a fake `builder train` that waits for RUN/STOP, then runs `after_stop` (Python with
+    `run` the run folder); the stop is requested as it starts. The job's status once it ended."""
+    job = jobs.TrainingJob(tmp_path, CONFIG, stop_timeout=stop_timeout)
+    run_dir = tmp_path / "app-1"
+    run_dir.mkdir()
+    if started:
+        (run_dir / "config.yaml").write_text("")  # training has begun: a stop creates RUN/STOP
+    script = ("import json, sys, time\nfrom pathlib import Path\nrun = Path(sys.argv[1])\n"
+              "while not (run / 'STOP').exists():\n    time.sleep(0.1)\n" + after_stop)
+    job._run_dir, job._state, job._stop_requested = run_dir, "running", time.monotonic()
+    job._work([sys.executable, "-c", script, str(run_dir)], NO_MERGE)
+    return job.status()
+
+
+SAVED = "(run / 'adapter').mkdir()\n(run / 'metrics.json').write_text(json.dumps({}))\n"
+
+
+def test_a_stop_before_the_first_evaluation_says_the_adapter_was_not_evaluated(tmp_path):
+    status = stopped_job(tmp_path, SAVED.replace("{}", "{'adapter_evaluated': False}"))
+    assert (status.state, status.exit_code) == ("stopped", 0), status
+    assert "첫 평가 전에 멈춰" in status.message
+    assert "stopped before the first evaluation" in status.message
+    assert "never evaluated (validation loss unknown)" in status.message
+    assert "best adapter" not in status.message
+
+
+def test_a_stop_after_an_evaluation_says_the_best_adapter_was_saved(tmp_path):
+    status = stopped_job(tmp_path, SAVED.replace("{}", "{'adapter_evaluated': True}"))
+    assert (status.state, status.exit_code) == ("stopped", 0), status
+    assert "stopped, best adapter saved; merge it with `builder merge" in status.message
+
+
+def test_a_clean_stop_without_metrics_says_nothing_was_saved(tmp_path):
+    status = stopped_job(tmp_path, "sys.exit(0)\n")
+    assert (status.state, status.exit_code) == ("stopped", 0), status
+    assert "nothing saved" in status.message and "adapter saved" not in status.message
+
+
+def test_a_stop_while_loading_ends_the_run_with_nothing_saved(tmp_path):
+    status = stopped_job(tmp_path, "", started=False)  # no config.yaml: SIGTERM, no STOP file
+    assert (status.state, status.exit_code) == ("stopped", -signal.SIGTERM), status
+    assert "nothing saved" in status.message
+
+
+def test_a_crash_after_a_stop_request_is_a_failure(tmp_path):
+    status = stopped_job(tmp_path, "print('error: could not save the adapter'); sys.exit(1)\n")
+    assert (status.state, status.exit_code) == ("failed", 1), status
+    assert status.message == "error: could not save the adapter"
+
+
+def test_a_kill_while_the_adapter_is_saved_is_a_failure(tmp_path):
+    status = stopped_job(tmp_path, "time.sleep(60)\n", stop_timeout=1.0)  # never ends: killed
+    assert (status.state, status.exit_code) == ("failed", -signal.SIGKILL), status
+    assert status.message == f"exit code {-signal.SIGKILL}; see the log below"
+
+
+def test_a_redrawn_loss_chart_replaces_the_previous_png(tmp_path):
+    job = jobs.TrainingJob(tmp_path, CONFIG)
+    job._run_dir = tmp_path / "app-1"
+    job._run_dir.mkdir()
+    charts, history, drawn = tmp_path / "charts", [], []
+    for step in range(1, 5):
+        history.append({"step": step, "loss": 2.0 / step})
+        (job._run_dir / "progress.json").write_text(json.dumps({"log_history": history}))
+        drawn.append(job.loss_chart(charts))
+    assert len(set(drawn)) == 4  # a new name per drawing, so the page fetches it again
+    assert list(charts.iterdir()) == [drawn[-1]] and drawn[-1].name == "app-1-loss-4.png"
+    assert job.loss_chart(charts) == drawn[-1] and drawn[-1].is_file()  # unchanged: kept
