@@ -14,6 +14,8 @@ the tokenizer's EOS, `<end_of_turn>` / `<|eot_id|>` / `<|end_of_text|>`) and at 
 template's stop markers ("### 질문", ...): an under-trained model often opens the next block
 instead of ending. What the user sees is `visible_answer(text)` of the text generated so far;
 the stream yields how that grows, so a joined stream is the final answer by construction.
+A prompt that leaves no room for max_new_tokens within the model's positions
+(max_position_embeddings) is cut: the context's end first, then the question's middle.
 """
 
 import json
@@ -83,6 +85,51 @@ def answer_deltas(token_ids: Iterable[int], decode: Callable[[list[int]], str],
             break
 
 
+# A prompt longer than the model's context: what is cut, and in which order
+
+
+def fit_prompt(encode: Callable[[str, str], list[int]], question: str, context: str,
+               budget: int) -> list[int]:
+    """The ids of `encode(question, context)` in at most `budget` tokens.
+
+    What does not fit is cut from the context's end first (the context is dropped if need be),
+    then from the question's middle: its start stays and twice as much of its end, the part
+    next to the answer. `encode("", "")`, the template alone, must fit.
+    """
+    ids = encode(question, context)
+    if len(ids) <= budget:
+        return ids
+    if context and len(encode(question, "")) <= budget:
+        keep = _longest_fit(lambda n: len(encode(question, context[:n])) <= budget, len(context))
+        return encode(question, context[:keep])
+    def fits(n: int) -> bool:
+        return len(encode(_cut_middle(question, n), "")) <= budget
+
+    return encode(_cut_middle(question, _longest_fit(fits, len(question))), "")
+
+
+def _cut_middle(text: str, keep: int) -> str:
+    """`text` in `keep` characters: its first third and last two thirds, joined by an ellipsis."""
+    if keep >= len(text):
+        return text
+    if keep == 0:
+        return ""
+    head = keep // 3
+    return text[:head] + "…" + text[len(text) - (keep - head):]
+
+
+def _longest_fit(fits: Callable[[int], bool], n: int) -> int:
+    """The largest k in 0..n with fits(k), by bisection; fits(0) is taken as true."""
+    low, high = 0, n
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 # What generate() calls back: a streamer (duck-typed, so this module imports without torch)
 
 
@@ -124,6 +171,9 @@ class Chatbot:
         self.end_ids = end_ids
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_ids)
+        # the most tokens (prompt + answer) the model has positions for; longer prompts are cut
+        text_config = model.config.get_text_config()
+        self.context_length = getattr(text_config, "max_position_embeddings", None)
 
     @classmethod
     def load(cls, run_dir: str | Path, *, use: str = "auto", device: str | None = None):
@@ -136,7 +186,7 @@ class Chatbot:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype_for(model_dir, device))
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype(model_dir, device))
         tokenizer_dir = model_dir
         if adapter_dir is not None:
             from peft import PeftModel
@@ -146,9 +196,13 @@ class Chatbot:
                 tokenizer_dir = adapter_dir  # training saves its tokenizer next to the adapter
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         model.to(device).eval()
+        meta = _read_meta(run_dir)
         end_ids = end_token_ids(model.generation_config, tokenizer)
-        end_ids |= set(_read_meta(run_dir).get("end_token_ids") or [])  # what training appended
-        return cls(model, tokenizer, template, end_ids)
+        end_ids |= set(meta.get("end_token_ids") or [])  # what training appended
+        bot = cls(model, tokenizer, template, end_ids)
+        if bot.context_length is None:  # a config without it: the length the run trained on
+            bot.context_length = meta.get("config", {}).get("model", {}).get("max_seq_length")
+        return bot
 
     def stream(self, question: str, context: str = "", *, max_new_tokens: int = 256,
                temperature: float = 0.0, top_p: float = 0.9,
@@ -210,12 +264,26 @@ class Chatbot:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        prompt = self.template.render(question, context)
-        # exactly like training: the tokenizer adds <bos> in front of the rendered prompt
-        encoded = self.tokenizer(prompt, add_special_tokens=True, return_tensors="pt")
-        input_ids = encoded["input_ids"].to(self.device)
+        def encode(question: str, context: str) -> list[int]:
+            # exactly like training: the tokenizer adds <bos> in front of the rendered prompt
+            prompt = self.template.render(question, context)
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+        if self.context_length is None:
+            prompt_ids = encode(question, context)
+        else:  # room for the whole answer is kept
+            budget = self.context_length - max_new_tokens
+            if len(encode("", "")) > budget:
+                raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt: "
+                                f"the model has {self.context_length} positions in all")
+            prompt_ids = fit_prompt(encode, question, context, budget)
+        input_ids = torch.tensor([prompt_ids], device=self.device)
         prompt_length = input_ids.shape[1]
 
+        # Decoding the answer at every token costs ~0.04 ms (gemma, 180 tokens), against tens of
+        # ms per generated token. transformers' StopStringCriteria (generate(stop_strings=...))
+        # avoids the decode but needs ~2.9 s to index gemma's 262k-token vocabulary each time it
+        # is built: slower for every answer shorter than tens of thousands of tokens.
         def stop(ids, scores, **kwargs):  # a StoppingCriteria, called after every new token
             generated = ids[0, prompt_length:].tolist()
             done = (
@@ -227,7 +295,7 @@ class Chatbot:
 
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p)
         return dict(
-            input_ids=input_ids, attention_mask=encoded["attention_mask"].to(self.device),
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens, eos_token_id=sorted(self.end_ids),
             pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([stop]),
             logits_processor=LogitsProcessorList(logits_processor or []),
@@ -294,13 +362,14 @@ def _read_template(run_dir: Path) -> Template:
     return parse_template(path.read_text(encoding="utf-8"), str(path))
 
 
-def _dtype_for(model_dir: Path, device):
-    """bf16 on CUDA; on CPU the folder's dtype, but fp32 for half precision (bf16 matmuls run
-    about 2.5x slower than fp32 on CPU, FACTS.md)."""
+def load_dtype(model_dir: Path, device):
+    """bf16 on a GPU that supports it, fp16 on older ones (T4, V100), as training chooses; on
+    CPU the folder's dtype, but fp32 for half precision (bf16 matmuls run about 2.5x slower than
+    fp32 on CPU)."""
     import torch
 
     if device.type == "cuda":
-        return torch.bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     saved = config.get("dtype") or config.get("torch_dtype") or "float32"
     return torch.float32 if saved in ("bfloat16", "float16") else getattr(torch, saved)

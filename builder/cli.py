@@ -98,7 +98,8 @@ def cmd_app(args) -> None:
     from builder.webapp import launch
 
     launch(args.host, args.port, runs_root=args.runs_root, run_dir=args.run_dir,
-           config_path=args.config)
+           config_path=args.config, max_upload_mb=args.max_upload_mb, open_access=args.open,
+           max_queue=args.max_queue)
 
 
 def cmd_push_model(args) -> None:
@@ -107,6 +108,17 @@ def cmd_push_model(args) -> None:
     result = push_model(args.run_dir, args.repo, what=args.what, private=args.private)
     state = "pushed" if result.changed else "already up to date (nothing pushed)"
     print(f"{result.repo_id} ({args.what}): {state} -> {result.url}")
+
+
+def cmd_generate(args) -> None:
+    from builder.generate import generate_paraphrases
+
+    result = generate_paraphrases(args.paraphrases, args.endpoint, args.model, n=args.n,
+                                  api_key_env=args.api_key_env, limit=args.limit)
+    for reason in result.skipped:
+        print(f"skipped {reason}")
+    print(f"wrote {result.written} paraphrases for {result.questions - len(result.skipped)} of "
+          f"{result.questions} questions -> {result.path}")
 
 
 def cmd_embedded(args) -> None:
@@ -212,7 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--runs-root", default="runs", help="where new data and runs are written")
     p.add_argument("--config", default="configs/embedded-cpu.yaml", help="training config")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest FAQ file accepted")
+    p.add_argument("--max-queue", type=int, default=20,
+                   help="requests that may wait; more are told to retry")
+    p.add_argument("--open", action="store_true",
+                   help="off loopback, serve without a login ($BUILDER_APP_PASSWORD): anyone who "
+                   "reaches it can train and chat")
     p.set_defaults(run=cmd_app)
+
+    p = commands.add_parser("generate", help="paraphrase the training questions with an "
+                            "OpenAI-compatible chat endpoint (PREPARED_DIR/paraphrases.csv)")
+    p.add_argument("--paraphrases", required=True, metavar="PREPARED_DIR",
+                   help="a folder written by `builder prepare`; only its train.csv is read")
+    p.add_argument("--endpoint", required=True,
+                   help="e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp's llama-server)")
+    p.add_argument("--model", required=True, help="model name the endpoint serves")
+    p.add_argument("--n", type=int, default=3, help="paraphrases per question")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (sent only when set)")
+    p.add_argument("--limit", type=int, help="only the first N questions (a trial run)")
+    p.set_defaults(run=cmd_generate)
 
     p = commands.add_parser("embedded", help="convert the embedded gemma-3-270m once, print its folder")
     p.set_defaults(run=cmd_embedded)

@@ -13,6 +13,7 @@ report.md, chart.png), complete or absent; re-running replaces it.
 
 import csv
 import functools
+import gc
 import json
 import math
 import random
@@ -177,19 +178,27 @@ def _pick_rows(meta: dict, dataset, train_sample: int, limit: int | None) -> dic
             "train_sample": [dict(trained[i]) for i in picked]}
 
 
-def _base_bot(meta: dict, tuned):
+def _base_bot(meta: dict, tokenizer, template, end_ids: set[int], device):
     """The base model behind the tuned bot's tokenizer, template and end tokens."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    from builder.chat import Chatbot
+    from builder.chat import Chatbot, load_dtype
 
     path = meta.get("base_model_path")
     if not path or not Path(path).is_dir():
         raise UserError(f"meta.json: base model folder {path!r} not found; eval compares with it")
-    dtype = torch.bfloat16 if tuned.device.type == "cuda" else torch.float32  # as chat loads
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(tuned.device).eval()
-    return Chatbot(model, tuned.tokenizer, tuned.template, set(tuned.end_ids))
+    dtype = load_dtype(Path(path), device)  # as chat loads it
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return Chatbot(model, tokenizer, template, end_ids)
+
+
+def _free_memory(device) -> None:
+    """Give a dropped model's memory back before the next one loads (an 8B model is ~16 GB)."""
+    import torch
+
+    gc.collect()  # a model's modules and hooks hold reference cycles
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _run_model(bot, rows: dict, max_new_tokens: int, max_length: int, name: str) -> dict:
@@ -236,6 +245,10 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
     from builder.train import file_sha256, load_prepared
 
     run_dir = Path(run_dir)
+    if train_sample < 0:
+        raise UserError(f"--train-sample {train_sample}: give 0 or more training questions")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: give 1 or more test questions (or leave it out for all)")
     meta, data_dir = _read_inputs(run_dir, data_dir)
     rows = _pick_rows(meta, load_prepared(data_dir), train_sample, limit)
     max_length = meta["config"]["model"]["max_seq_length"]
@@ -247,8 +260,10 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
     tuned = Chatbot.load(run_dir)
     weights = "adapter" if hasattr(tuned.model, "peft_config") else "merged"
     results = {"tuned": _run_model(tuned, rows, max_new_tokens, max_length, "tuned")}
-    base = _base_bot(meta, tuned)
+    shared = tuned.tokenizer, tuned.template, set(tuned.end_ids), tuned.device
     del tuned
+    _free_memory(shared[-1])
+    base = _base_bot(meta, *shared)
     results["base"] = _run_model(base, rows, max_new_tokens, max_length, "base")
     del base
     wall = time.perf_counter() - started

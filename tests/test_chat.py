@@ -12,6 +12,8 @@ from builder.chat import (
     Chatbot,
     answer_deltas,
     chat_loop,
+    fit_prompt,
+    load_dtype,
     partial_marker_length,
     visible_answer,
 )
@@ -76,6 +78,33 @@ def test_deltas_stop_at_an_end_id_and_drop_trailing_whitespace():
     ids, decode = byte_tokens("답입니다.", "\n", "\n", "다음 글")
     sequence = ids[:3] + [106] + ids[3:]
     assert list(answer_deltas(sequence, decode, MARKERS, end_ids={1, 106})) == ["답입니다."]
+
+
+# Prompts longer than the model's context
+
+
+def char_encode(question: str, context: str) -> list[str]:
+    """A stand-in tokenizer: one token per character of a two-block template."""
+    return list(f"Q:{question}" + (f"|C:{context}" if context.strip() else ""))
+
+
+def test_a_prompt_that_fits_is_left_whole():
+    assert "".join(fit_prompt(char_encode, "질문", "참고", 9)) == "Q:질문|C:참고"
+
+
+def test_the_context_is_cut_first_from_its_end():
+    prompt = "".join(fit_prompt(char_encode, "배송은 며칠?", "가나다라마바사", 15))
+    assert prompt == "Q:배송은 며칠?|C:가나다"
+    # no room for any of the context: the block goes, the question stays whole
+    assert "".join(fit_prompt(char_encode, "배송은 며칠?", "가나다라마바사", 10)) == "Q:배송은 며칠?"
+
+
+def test_then_the_question_loses_its_middle_keeping_its_end():
+    question = "안녕하세요 " + "긴 설명 " * 50 + "배송은 며칠 걸리나요?"
+    prompt = "".join(fit_prompt(char_encode, question, "참고 " * 100, 32))
+    assert len(prompt) == 32 and "|C:" not in prompt
+    assert prompt.startswith("Q:안녕하세") and prompt.endswith("배송은 며칠 걸리나요?")
+    assert "…" in prompt
 
 
 # A tiny random gemma3 (real tokenizer) in run folders: fast
@@ -152,18 +181,89 @@ def test_load_prefers_merged_upcasts_bf16_on_cpu_and_collects_end_ids(tiny_runs,
     assert tiny_bot.template.name == "korean"
 
 
+def only_tokens(token_ids: list[int]):
+    """A logits processor that lets the model choose among `token_ids` only (Korean text, so a
+    random model's answer is never empty)."""
+    import torch
+
+    def process(input_ids, scores):
+        allowed = torch.full_like(scores, float("-inf"))
+        allowed[:, token_ids] = scores[:, token_ids]
+        return allowed
+
+    return process
+
+
+def korean_only(tokenizer):
+    ids = tokenizer("배송은 2일 걸립니다 환불 가능합니다", add_special_tokens=False)["input_ids"]
+    hangul = [i for i in ids if any("가" <= ch <= "힣" for ch in tokenizer.convert_ids_to_tokens(i))]
+    return only_tokens(sorted(set(hangul)))
+
+
 def test_load_uses_base_plus_adapter_without_merged(tiny_runs):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     bot = Chatbot.load(tiny_runs[1])
     assert hasattr(bot.model, "peft_config")
     ids: list[int] = []
-    assert isinstance(bot.answer(QUESTION, max_new_tokens=5, generated_ids=ids), str)
-    assert 1 <= len(ids) <= 5
+    answer = bot.answer(QUESTION, max_new_tokens=5, generated_ids=ids,
+                        logits_processor=[korean_only(bot.tokenizer)])
+    assert answer and 1 <= len(ids) <= 5
+
+    # the same logits as the base model with the adapter applied by hand, and not the base's
+    meta = json.loads((tiny_runs[1] / "meta.json").read_text())
+    prompt = bot._generate_kwargs(QUESTION, "", [])["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(prompt).logits
+        expected = PeftModel.from_pretrained(base, tiny_runs[1] / "adapter").eval()(prompt).logits
+        got = bot.model(prompt).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(base_logits, expected, atol=1e-3)
 
 
 def test_stream_joins_to_the_one_shot_answer(tiny_bot):
     for question, context in ((QUESTION, ""), ("환불 되나요?", "구매 후 7일 이내 환불 가능")):
-        streamed = list(tiny_bot.stream(question, context, max_new_tokens=24))
-        assert "".join(streamed) == tiny_bot.generate_text(question, context, max_new_tokens=24)
+        options = dict(max_new_tokens=24, logits_processor=[korean_only(tiny_bot.tokenizer)])
+        streamed = list(tiny_bot.stream(question, context, **options))
+        answer = "".join(streamed)
+        assert len(streamed) > 1 and any("가" <= ch <= "힣" for ch in answer), streamed
+        assert answer == tiny_bot.generate_text(question, context, **options)
+
+
+def test_a_long_question_and_context_leave_room_for_the_answer(tiny_bot):
+    assert tiny_bot.context_length == 1024  # the tiny model's max_position_embeddings
+    question = "안녕하세요. " + "주문한 상품에 대해 " * 400 + "배송은 며칠 걸리나요?"
+    context = "구매 후 7일 이내 환불 가능. " * 400
+    for q, c in ((QUESTION, context), (question, ""), (question, context)):
+        prompt = tiny_bot._generate_kwargs(q, c, [], max_new_tokens=100)["input_ids"][0].tolist()
+        assert 1024 - 100 - 10 < len(prompt) <= 1024 - 100  # cut, and no more than needed
+        text = tiny_bot.tokenizer.decode(prompt, skip_special_tokens=True)
+        assert prompt[0] == tiny_bot.tokenizer.bos_token_id and text.endswith("### 답변:\n")
+        if q == QUESTION:  # the context is cut from its end; the question stays whole
+            assert QUESTION in text and "### 참고:\n구매 후 7일 이내 환불 가능." in text
+        else:  # the context goes; the question keeps its start and its end
+            assert "### 참고" not in text and "안녕하세요." in text
+            assert "배송은 며칠 걸리나요?" in text and len(text) < len(question)
+    ids: list[int] = []
+    always_ga = [script_logits(0, [tiny_bot.tokenizer.convert_tokens_to_ids("가")])]
+    answer = tiny_bot.answer(question, context, max_new_tokens=100, generated_ids=ids,
+                             logits_processor=always_ga)
+    assert answer == "가" * 100 and len(ids) == 100
+    with pytest.raises(UserError, match="max_new_tokens=1020 leaves no room"):
+        tiny_bot.answer(QUESTION, max_new_tokens=1020)
+
+
+def test_load_dtype_is_fp16_on_gpus_without_bf16(tiny_runs, monkeypatch):
+    import torch
+
+    merged, gpu = tiny_runs[0] / "merged", torch.device("cuda")
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):  # A100 / T4, V100
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        assert load_dtype(merged, gpu) == expected
+    assert load_dtype(merged, torch.device("cpu")) == torch.float32  # saved bf16: upcast on CPU
 
 
 def test_stop_event_and_closing_early_stop_the_generate_thread(tiny_bot):

@@ -52,6 +52,11 @@ def test_defaults_then_yaml_then_flags(tmp_path):
         ("", ["train.backend=tpu"], "train.backend = 'tpu'"),
         ("", ["train.template=chatml"], "train.template"),
         ("", ["lora.r=0"], "lora.r must be greater than 0"),
+        ("", ["train.lr=0"], "train.lr = 0.0"),
+        ("train:\n  lr: -1.0e-4\n", [], "train.lr = -0.0001"),
+        ("", ["lora.dropout=1"], "lora.dropout = 1.0"),
+        ("", ["lora.dropout=-0.1"], "lora.dropout = -0.1"),
+        ("", ["train.warmup_steps=-5"], "train.warmup_steps = -5"),
         ("model: [1, 2]\n", [], "must be a mapping"),
     ],
 )

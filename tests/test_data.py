@@ -63,7 +63,21 @@ def test_prepare_writes_complete_folder(faq, tmp_path):
     assert dataset["train"].column_names == ["instruction", "input", "output"]
     assert len(dataset["train"]) == 11 and len(dataset["test"]) == 1
     assert {r["instruction"] for r in read_split(out)} == {q for q, _, _ in QA}
-    assert dataset["test"][0]["instruction"] in {r["instruction"] for r in read_split(out)}
+    # the CSVs hold the dataset's splits, row for row, and no question is in both
+    csv_questions = {}
+    for split in ("train", "test"):
+        with (out / f"{split}.csv").open(encoding="utf-8", newline="") as f:
+            csv_questions[split] = [r["instruction"] for r in csv.DictReader(f)]
+        assert dataset[split]["instruction"] == csv_questions[split], split
+    assert not set(csv_questions["test"]) & set(csv_questions["train"])
+
+
+def test_prepare_refuses_an_out_that_is_a_file(faq, tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me", encoding="utf-8")
+    assert main(["prepare", str(faq), "--out", str(taken)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_text(encoding="utf-8") == "keep me"
 
 
 def test_split_is_seeded_and_disjoint(tmp_path):

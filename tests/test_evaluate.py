@@ -203,6 +203,63 @@ def test_evaluate_errors_name_the_missing_piece_and_the_command(tiny_run, tmp_pa
         evaluate(tiny_run, data_dir=tmp_path / "nowhere")
 
 
+def test_the_tuned_model_is_released_before_the_base_model_loads(tiny_run, monkeypatch):
+    import weakref
+
+    import builder.evaluate
+    from builder.chat import Chatbot
+
+    real_load, real_base_bot = Chatbot.load, builder.evaluate._base_bot
+    tuned_models, tuned_alive = [], []
+
+    def load(*args, **kwargs):
+        bot = real_load(*args, **kwargs)
+        tuned_models.append(weakref.ref(bot.model))
+        return bot
+
+    def base_bot(*args, **kwargs):
+        tuned_alive.append(tuned_models[0]() is not None)
+        return real_base_bot(*args, **kwargs)
+
+    monkeypatch.setattr(Chatbot, "load", load)
+    monkeypatch.setattr(builder.evaluate, "_base_bot", base_bot)
+    report = evaluate(tiny_run, train_sample=1, max_new_tokens=2, limit=1, log=lambda *_: None)
+    assert tuned_alive == [False]  # one model in memory at a time
+    assert report["rows"] == {"test": 1, "train_sample": 1}
+
+
+def test_the_base_model_loads_in_fp16_on_a_gpu_without_bf16(tiny_model, monkeypatch):
+    import torch
+    import transformers
+
+    from builder.evaluate import _base_bot
+
+    class Loading(Exception):
+        pass
+
+    def from_pretrained(path, dtype=None, **kwargs):
+        raise Loading(dtype)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        with pytest.raises(Loading) as loading:
+            _base_bot({"base_model_path": str(tiny_model)}, None, None, {1}, torch.device("cuda"))
+        assert loading.value.args[0] == expected
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train-sample", "-1"], "--train-sample -1"),
+    (["--limit", "-1"], "--limit -1"),
+    (["--limit", "0"], "--limit 0"),
+])
+def test_cli_eval_refuses_negative_counts(tiny_run, capsys, flags, message):
+    from builder.cli import main
+
+    assert main(["eval", str(tiny_run), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # The embedded gemma-3-270m trained on the sample FAQ: slow
 

@@ -65,6 +65,10 @@ def test_long_rows_are_cut_keeping_answer_and_bos(tokenizer):
     assert len(example["input_ids"]) == 64
     assert example["input_ids"][0] == tokenizer.bos_token_id
     assert sum(example["completion_mask"]) == 32
+    # the answer is cut, not its end token: a long answer still teaches the model to stop
+    assert example["input_ids"][-1] == tokenizer.eos_token_id
+    answer = tokenizer.decode(example["input_ids"][-32:-1], skip_special_tokens=True)
+    assert answer.startswith("답변") and tokenizer.eos_token_id not in example["input_ids"][:-1]
 
 
 def test_cli_inspect_shows_masked_and_trained(tmp_path, capsys):
@@ -146,6 +150,7 @@ def test_train_writes_the_run_folder(tiny_model, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     meta = json.loads((run / "meta.json").read_text())
     assert metrics["global_step"] == 4 and metrics["answer_tokens_trained"] > 0
+    assert metrics["adapter_evaluated"] is True and metrics["best_eval_loss"] is not None
     assert metrics["val_rows"] == 5 and metrics["train_rows"] == 22
     assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [2, 4]
     assert meta["backend"] == "hf" and meta["template"] == "korean" and len(meta["template_sha256"]) == 64
@@ -170,14 +175,66 @@ def test_train_refuses_a_bad_prepared_dir_and_a_foreign_out(tiny_model, tmp_path
         train(prepared, tmp_path / "mine", tiny_config(tiny_model, max_steps=1))
     with pytest.raises(UserError, match="unknown model"):
         train(prepared, tmp_path / "r", load_config(None, ["model.name=no-such-model"]))
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["train", str(prepared), "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_over(tiny_model, tmp_path, capsys):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("out of memory")
+
+    prepared, run = make_prepared(tmp_path, 30), tmp_path / "run"
+    cfg = tiny_config(tiny_model, max_steps=2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(prepared, run, cfg, log=lambda *_: None, callbacks=[Crash()])
+    assert (run / "config.yaml").is_file() and (run / "meta.json").is_file()
+    assert not list(run.glob("checkpoints/checkpoint-*")) and not (run / "adapter").exists()
+
+    assert main(["train", str(prepared), "--out", str(run), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    lines = []
+    train(prepared, run, cfg, log=lines.append)
+    assert any("before its first checkpoint: starting it over" in line for line in lines), lines
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
+
+    # a run with a checkpoint is worth resuming: starting it over needs --resume or a new folder
+    (run / "adapter").rename(tmp_path / "adapter")
+    with pytest.raises(UserError, match="--resume"):
+        train(prepared, run, cfg, log=lambda *_: None)
+
+
+def test_stop_before_the_first_evaluation_says_the_adapter_was_not_evaluated(tiny_model, tmp_path):
+    from transformers import TrainerCallback
+
+    run = tmp_path / "run"
+
+    class PressStop(TrainerCallback):  # the app's stop button, before step 1 ends
+        def on_train_begin(self, args, state, control, **kwargs):
+            (run / "STOP").touch()
+
+    lines = []
+    train(make_prepared(tmp_path, 30), run, tiny_config(tiny_model, max_steps=4),
+          log=lines.append, callbacks=[PressStop()])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 1 and metrics["stopped_by_user"] is True
+    assert metrics["adapter_evaluated"] is False
+    assert metrics["best_eval_loss"] is None and metrics["best_step"] is None
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert "stopped before the first evaluation" in lines[-1], lines[-1]
 
 
 def test_early_stopping_stops_a_run_that_stops_improving(tiny_model, tmp_path):
     prepared = make_prepared(tmp_path, 30)
-    cfg = tiny_config(tiny_model, max_steps=40, lr=0.0, early_stopping_patience=2)
+    # lr 1e-30 (0 is refused): every update rounds away, the weights stay as they are
+    cfg = tiny_config(tiny_model, max_steps=40, lr=1e-30, early_stopping_patience=2)
     run = train(prepared, tmp_path / "run", cfg, log=lambda *_: None)
     metrics = json.loads((run / "metrics.json").read_text())
-    # lr 0: eval loss never improves after the first eval -> stop after 1 + patience evals
+    # eval loss never improves after the first eval -> stop after 1 + patience evals
     assert metrics["stopped_early"] is True
     assert metrics["global_step"] == 6 and metrics["best_step"] == 2
 
