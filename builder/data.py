@@ -167,9 +167,24 @@ def read_records(path: Path, raw: bytes) -> tuple[list[tuple[int, list]], str, s
     return records, encoding, delimiter
 
 
-def read_xlsx(path: Path) -> list[tuple[int, list]]:
+def read_xlsx(path: Path, max_unzipped_mb: float = 100) -> list[tuple[int, list]]:
+    import zipfile
+
     import pandas as pd
 
+    # A small xlsx can unpack to gigabytes (a zip bomb): check the sizes its members declare
+    # before openpyxl unpacks them (zipfile never inflates a member past its declared size).
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unzipped_mb = sum(member.file_size for member in archive.infolist()) / 2**20
+    except zipfile.BadZipFile:
+        unzipped_mb = 0.0  # broken: pandas below says so
+    if unzipped_mb > max_unzipped_mb:
+        raise UserError(
+            f"{path.name}: 압축을 풀면 너무 큽니다 ({unzipped_mb:.0f} MB > {max_unzipped_mb:g} MB) "
+            f"/ this Excel file unpacks to {unzipped_mb:.0f} MB, over the {max_unzipped_mb:g} MB "
+            "limit: save the FAQ sheet alone as .xlsx or CSV UTF-8."
+        )
     try:
         frame = pd.read_excel(path, header=None, dtype=str, keep_default_na=False)
     except Exception as err:  # openpyxl raises many kinds for a broken file
@@ -371,11 +386,12 @@ def split_rows(rows: list[Row], test_size: float, seed: int, name: str) -> tuple
     return train, test
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
+def write_csv(rows: list[Row], path: Path, *, with_line: bool = False) -> None:
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(ALPACA_COLUMNS)
-        writer.writerows((r.instruction, r.input, r.output) for r in rows)
+        writer.writerow(ALPACA_COLUMNS + (("line",) if with_line else ()))
+        writer.writerows((r.instruction, r.input, r.output) + ((r.line,) if with_line else ())
+                         for r in rows)
 
 
 def save_dataset(train: list[Row], test: list[Row], path: Path) -> None:
@@ -430,6 +446,17 @@ def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_
     }
 
 
+def read_checked(faq_file: str | Path) -> tuple[list[Row], dict]:
+    """A FAQ file read and checked as `prepare` does, without splitting or writing:
+    (kept rows in file order, {"dropped", "conflicts", "rows_read"})."""
+    table = read_faq(faq_file)
+    kept, dropped, conflicts = check_rows(table.rows)
+    if not kept:
+        raise UserError(f"{Path(faq_file).name}: no usable rows (every row was left out: "
+                        f"{', '.join(sorted({d['reason'] for d in dropped}))})")
+    return kept, {"dropped": dropped, "conflicts": conflicts, "rows_read": len(table.rows)}
+
+
 def prepare(
     faq_file: str | Path,
     out_dir: str | Path,
@@ -440,6 +467,8 @@ def prepare(
 ) -> dict:
     """Validate, clean and split a FAQ file into `out_dir`. Returns the report."""
     faq_file, out_dir = Path(faq_file), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists():
         raise UserError(
             f"{out_dir} already exists and is not a prepared data folder; "
@@ -462,6 +491,7 @@ def prepare(
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         write_csv(train, staging / "train.csv")
         write_csv(test, staging / "test.csv")
+        write_csv(kept, staging / "faq.csv", with_line=True)  # the shop's knowledge, file order
         save_dataset(train, test, staging / "dataset")
         counting.join()
         lengths, too_long = measure_lengths(kept, max_length, counted[0])

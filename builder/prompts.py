@@ -2,7 +2,8 @@
 
 A template has a `prompt` (and a `prompt_with_input` for rows with context) that ends where the
 answer starts, plus `stop_markers`: text that, once generated, means the model began a new
-block. Training appends the model's EOS token to every answer; the run folder keeps a copy of
+block. A grounded template also has a `{faq}` slot for the FAQ entries retrieved for the
+question, each written as `faq_entry` (or `faq_entry_with_context` for an entry with context). Training appends the model's EOS token to every answer; the run folder keeps a copy of
 the template file (`template.yaml`) so chat and eval render exactly what training saw.
 """
 
@@ -24,16 +25,31 @@ class Template:
     prompt_with_input: str
     stop_markers: tuple[str, ...]
     text: str  # the file as written, kept in the run folder
+    faq_entry: str = "{question}\n{answer}"
+    faq_entry_with_context: str = "{question} ({context})\n{answer}"
+
+    @property
+    def grounded(self) -> bool:
+        """True when prompts carry retrieved FAQ entries (a `{faq}` slot)."""
+        return "{faq}" in self.prompt
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
-    def render(self, instruction: str, input: str = "") -> str:
-        """The prompt for one question; the answer is generated (or trained) right after it."""
+    def render(self, instruction: str, input: str = "", faq: str = "") -> str:
+        """The prompt for one question; the answer is generated (or trained) right after it.
+        `faq` is the retrieved entries as written by `render_faq`."""
         if input.strip():
-            return self.prompt_with_input.format(instruction=instruction, input=input)
-        return self.prompt.format(instruction=instruction)
+            return self.prompt_with_input.format(instruction=instruction, input=input, faq=faq)
+        return self.prompt.format(instruction=instruction, faq=faq)
+
+    def render_faq(self, entries) -> str:
+        """FAQ entries (with .question, .context, .answer) as the `{faq}` block."""
+        return "\n\n".join(
+            (self.faq_entry_with_context if e.context else self.faq_entry).format(
+                question=e.question, context=e.context, answer=e.answer)
+            for e in entries)
 
 
 def parse_template(text: str, source: str) -> Template:
@@ -49,12 +65,19 @@ def parse_template(text: str, source: str) -> Template:
             raise UserError(f"{source}: {key} has no {{instruction}} placeholder")
     if "{input}" not in data["prompt_with_input"]:
         raise UserError(f"{source}: prompt_with_input has no {{input}} placeholder")
+    if ("{faq}" in data["prompt"]) != ("{faq}" in data["prompt_with_input"]):
+        raise UserError(f"{source}: put a {{faq}} placeholder in both prompts or in neither")
+    entry_formats = {k: data[k] for k in ("faq_entry", "faq_entry_with_context") if k in data}
+    for key, value in entry_formats.items():
+        if "{question}" not in value or "{answer}" not in value:
+            raise UserError(f"{source}: {key} needs {{question}} and {{answer}} placeholders")
     return Template(
         name=data["name"],
         prompt=data["prompt"],
         prompt_with_input=data["prompt_with_input"],
         stop_markers=tuple(data["stop_markers"]),
         text=text,
+        **entry_formats,
     )
 
 

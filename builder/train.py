@@ -24,8 +24,8 @@ from builder.prompts import Template, load_template
 
 IGNORE = -100
 # what a training run (and the stages after it) write into the run folder
-RUN_OUTPUTS = ("adapter", "checkpoints", "merged", "eval", "metrics.json", "loss.png",
-               "progress.json", "STOP")
+RUN_OUTPUTS = ("adapter", "checkpoints", "merged", "eval", "knowledge", "metrics.json",
+               "loss.png", "progress.json", "STOP")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,12 +47,14 @@ def load_prepared(prepared_dir: str | Path):
 
 def tokenize_row(tokenizer, template: Template, row: dict, max_length: int, eos_id: int) -> dict:
     """One FAQ row -> input_ids and completion_mask (1 = answer token that is trained)."""
-    prompt = template.render(row["instruction"], row.get("input") or "")
+    prompt = template.render(row["instruction"], row.get("input") or "", row.get("faq") or "")
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [eos_id]
+    answer_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"]
     # Too long: keep at least half the length for the answer, then cut the prompt's start
-    # (after BOS) so the question's end, nearest the answer, stays.
-    answer_ids = answer_ids[: max(max_length // 2, max_length - len(prompt_ids))]
+    # (after BOS) so the question's end, nearest the answer, stays. The answer is cut before
+    # EOS is appended: a cut answer still teaches the model to stop.
+    answer_budget = max(max_length // 2, max_length - len(prompt_ids))
+    answer_ids = answer_ids[: max(answer_budget - 1, 0)] + [eos_id]
     prompt_budget = max_length - len(answer_ids)
     if len(prompt_ids) > prompt_budget:
         prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - prompt_budget + 1 :]
@@ -114,6 +116,63 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
         "",
         f"total {n_prompt + n_answer} tokens; {n_answer / (n_prompt + n_answer):.0%} carry loss",
     ])
+
+
+def build_knowledge(prepared_dir: Path, run_dir: Path, cfg: Config, *, reuse: bool, log=print):
+    """The run's knowledge: every row of the prepared folder, indexed into RUN/knowledge/."""
+    from builder.knowledge import Knowledge, entries_from_prepared
+
+    folder = run_dir / "knowledge"
+    if reuse and (folder / "index.json").is_file():  # a resumed run keeps its rows
+        return Knowledge.load(folder)
+    started = time.perf_counter()
+    entries = entries_from_prepared(prepared_dir)
+    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=str(prepared_dir))
+    knowledge.save(folder)
+    gate = knowledge.settings["gate"]
+    log(f"knowledge: {len(entries)} FAQ entries indexed in {time.perf_counter() - started:.0f} s "
+        f"(BM25 over Kiwi morphemes + {cfg.rag.embedder}); decline gate: dense similarity "
+        f">= {gate['dense_threshold']} and a shared content noun")
+    return knowledge
+
+
+def read_paraphrases(prepared_dir: Path) -> dict[str, list[str]]:
+    """paraphrases.csv written by `builder generate --paraphrases`: {question: [paraphrase]}."""
+    import csv
+
+    path = prepared_dir / "paraphrases.csv"
+    if not path.is_file():
+        return {}
+    out: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["question"], []).append(row["paraphrase"])
+    return out
+
+
+def grounded_splits(train_rows, val_rows, knowledge, template: Template, cfg: Config,
+                    prepared_dir: Path, log=print) -> tuple[list[dict], list[dict]]:
+    """Train and validation rows with retrieved context (builder.raft); validation rows are
+    other FAQ entries, answered from context: the skill the bot needs, not memorised facts."""
+    from builder.raft import grounded_rows
+
+    paraphrases = read_paraphrases(prepared_dir)
+    seed = cfg.train.seed
+    train = grounded_rows(train_rows, knowledge, template, cfg.rag, seed=seed,
+                          paraphrases=paraphrases)
+    val = grounded_rows(val_rows, knowledge, template, cfg.rag, seed=seed + 1,
+                        paraphrases=paraphrases)
+    log(f"grounded rows: train {_count_kinds(train)}, validation {_count_kinds(val)}"
+        + (f"; {sum(map(len, paraphrases.values()))} generated paraphrases" if paraphrases else ""))
+    return train, val
+
+
+def _count_kinds(rows) -> dict:
+    kinds: dict[str, int] = {}
+    for row in rows:
+        kind = row.get("kind", "answer") if isinstance(row, dict) else "answer"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,19 +330,24 @@ def sft_config(cfg: Config, run_dir: Path, prec: str, backend: str, on_cuda: boo
     )
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
+def check_run_dir(run_dir: Path, resume: bool, log=print) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    has_checkpoint = bool(list((run_dir / "checkpoints").glob("checkpoint-*")))
     if resume:
-        if not list((run_dir / "checkpoints").glob("checkpoint-*")):
+        if not has_checkpoint:
             raise UserError(f"{run_dir}: nothing to resume (no checkpoints/checkpoint-*); run without --resume")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} exists and is not a run folder; choose another --out")
         if not (run_dir / "adapter").exists():
-            raise UserError(
-                f"{run_dir} holds an unfinished run: continue it with --resume, or delete the folder"
-            )
-        # a finished run trained again: nothing of the old one may mix with the new
+            if has_checkpoint:
+                raise UserError(f"{run_dir} holds an unfinished run: continue it with --resume, "
+                                "or delete the folder")
+            # it died before its first checkpoint: nothing in it can be resumed or kept
+            log(f"{run_dir} holds a run that stopped before its first checkpoint: starting it over")
+        # trained again: nothing of the old run may mix with the new
         for name in RUN_OUTPUTS:
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -297,7 +361,7 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
 
     prepared_dir, run_dir = Path(prepared_dir), Path(run_dir)
     dataset = load_prepared(prepared_dir)
-    check_run_dir(run_dir, resume)
+    check_run_dir(run_dir, resume, log)
     if resume:  # a resumed run continues with the config it started with
         cfg = config_from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
     backend = pick_backend(cfg)
@@ -314,8 +378,13 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     prec = precision(cfg, on_cuda)
     answer_only = cfg.train.answer_only_logits and backend == "hf"
 
-    # Datasets
+    # Datasets: with a grounded template every row carries the FAQ entries retrieved for it
     train_rows, val_rows = split_validation(dataset["train"], cfg)
+    knowledge = None
+    if template.grounded:
+        knowledge = build_knowledge(prepared_dir, run_dir, cfg, reuse=resume, log=log)
+        train_rows, val_rows = grounded_splits(train_rows, val_rows, knowledge, template, cfg,
+                                               prepared_dir, log=log)
     eos_id = tokenizer.eos_token_id
     train_set = tokenize_split(train_rows, tokenizer, template, cfg, eos_id)
     val_set = tokenize_split(val_rows, tokenizer, template, cfg, eos_id)
@@ -337,6 +406,11 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
         "data_sha256": file_sha256(prepared_dir / "train.csv", prepared_dir / "test.csv"),
         "rows": {"train": len(train_rows), "validation": len(val_rows), "test": len(dataset["test"])},
         "end_token_ids": end_token_ids(tokenizer),
+        "knowledge": None if knowledge is None else {
+            "entries": len(knowledge.entries), "embedder": knowledge.settings["embedder"],
+            "gate": knowledge.settings["gate"], "k": cfg.rag.k,
+            "row_kinds": {split: _count_kinds(rows) for split, rows in
+                          (("train", train_rows), ("validation", val_rows))}},
         "seed": cfg.train.seed,
         "versions": library_versions(),
         "config": cfg.to_dict(),
@@ -369,6 +443,8 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     stopped_by_user = (run_dir / "STOP").exists()
     metrics = {
+        # false: stopped before the first evaluation; adapter/ holds the last, unvalidated weights
+        "adapter_evaluated": bool(evals),
         "best_step": best_step,
         "best_eval_loss": state.best_metric,
         "first_eval_loss": evals[0] if evals else None,
@@ -387,9 +463,12 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_loss(state.log_history, run_dir / "loss.png", best_step)
+    if evals:
+        outcome = f"best validation loss {state.best_metric:.4f} at step {best_step}"
+    else:
+        outcome = "stopped before the first evaluation: the saved adapter was never validated"
     log(
-        f"done in {wall:.0f} s: {state.global_step} steps, best validation loss "
-        f"{state.best_metric:.4f} at step {best_step}"
+        f"done in {wall:.0f} s: {state.global_step} steps, {outcome}"
         + (" (stopped early)" if metrics["stopped_early"] else "")
         + f" -> {run_dir / 'adapter'}"
     )

