@@ -14,13 +14,16 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	.venv/bin/pip install -q -c constraints/cpu.txt -e '.[test]'
 	touch $@
 
-# prepare -> train -> merge -> eval on the sample FAQ and the embedded gemma-3-270m, then serve
-# the chat page on the trained model (Ctrl-C ends it)
+# prepare -> train (grounded in the FAQ) -> merge on the sample FAQ and the embedded
+# gemma-3-270m, then serve the chat page on the trained model (Ctrl-C ends it). The evaluation
+# (with the shipped question set) runs beside the page and fills in on it when done; its
+# output goes to runs/demo-eval.log and runs/demo/eval/.
 demo: $(STAMP)
 	$(PY) -m builder prepare data/sample_faq.csv --out runs/data
 	$(PY) -m builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml
 	$(PY) -m builder merge $(RUN)
-	$(PY) -m builder eval $(RUN) --train-sample 10 --max-new-tokens 96
+	$(PY) -m builder eval $(RUN) --train-sample 10 --max-new-tokens 96 \
+		--questions data/sample_questions.csv > runs/demo-eval.log 2>&1 & \
 	$(PY) -m builder app --run $(RUN)
 
 # Debian's chromium drives the browser test (never a downloaded browser)

@@ -16,6 +16,13 @@ instead of ending. What the user sees is `visible_answer(text)` of the text gene
 the stream yields how that grows, so a joined stream is the final answer by construction.
 A prompt that leaves no room for max_new_tokens within the model's positions
 (max_position_embeddings) is cut: the context's end first, then the question's middle.
+
+A grounded run (its template has a `{faq}` slot, its folder a `knowledge/`) answers from the
+shop's FAQ: the question is looked up (builder.knowledge); when nothing in the FAQ is about it
+the decline message is the answer, without generating; otherwise the model answers from the
+retrieved entries, shown sentence by sentence once the fact guard has checked them
+(builder.guard). `stream(..., reply=Reply())` fills in the sources, whether the bot declined,
+and whether the guard or the runaway check stepped in.
 """
 
 import json
@@ -26,6 +33,7 @@ from contextlib import closing
 from pathlib import Path
 
 from builder.errors import UserError
+from builder.guard import GuardedText, Reply, is_decline, runaway
 from builder.prompts import Template, parse_template
 
 END_TOKEN_NAMES = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>")
@@ -164,8 +172,11 @@ class _TokenQueue:
 class Chatbot:
     """A model, its tokenizer and the run's template, ready to answer questions."""
 
-    def __init__(self, model, tokenizer, template: Template, end_ids: set[int]):
+    def __init__(self, model, tokenizer, template: Template, end_ids: set[int], *,
+                 knowledge=None, rag=None):
         self.model = model
+        self.knowledge = knowledge  # builder.knowledge.Knowledge for a grounded run, else None
+        self.rag = rag  # the run's RagConfig (k, decline message, repetition penalty, guard)
         self.tokenizer = tokenizer
         self.template = template
         self.end_ids = end_ids
@@ -199,16 +210,109 @@ class Chatbot:
         meta = _read_meta(run_dir)
         end_ids = end_token_ids(model.generation_config, tokenizer)
         end_ids |= set(meta.get("end_token_ids") or [])  # what training appended
-        bot = cls(model, tokenizer, template, end_ids)
+        knowledge, rag = _read_knowledge(run_dir, template, meta)
+        bot = cls(model, tokenizer, template, end_ids, knowledge=knowledge, rag=rag)
         if bot.context_length is None:  # a config without it: the length the run trained on
             bot.context_length = meta.get("config", {}).get("model", {}).get("max_seq_length")
         return bot
 
-    def stream(self, question: str, context: str = "", *, max_new_tokens: int = 256,
-               temperature: float = 0.0, top_p: float = 0.9,
-               stop_event: threading.Event | None = None, logits_processor: list | None = None,
-               generated_ids: list[int] | None = None) -> Iterator[str]:
-        """Yield the answer as text deltas while it is generated.
+    def stream(self, question: str, context: str = "", *, reply: Reply | None = None,
+               **options) -> Iterator[str]:
+        """Yield the answer as text deltas; for a grounded run, retrieve first and guard facts.
+        Options as for `generate_stream`; `reply`, if given, is filled in."""
+        reply = reply if reply is not None else Reply()
+        if self.knowledge is None:
+            for delta in self.generate_stream(question, context, reply=reply, **options):
+                reply.text += delta
+                yield delta
+            return
+        hits = self._ground(question, reply)
+        if hits is None:
+            yield reply.text
+            return
+        shown = self._guarded(hits, question, context)
+        faq = self.template.render_faq([h.entry for h in hits])
+        with closing(self.generate_stream(question, context, faq=faq, reply=reply,
+                                          **options)) as deltas:
+            for delta in deltas:
+                if text := shown.feed(delta):
+                    reply.text += text
+                    yield text
+                if shown.tripped:
+                    break
+        if text := shown.finish():
+            reply.text += text
+            yield text
+        if text := self._settle(reply, shown, hits):
+            yield text
+
+    def _ground(self, question: str, reply: Reply):
+        """The entries retrieved for `question`, or None when the gate declines it (then the
+        reply is the decline message)."""
+        hits = self.knowledge.search(question, self.rag.k)
+        if not self.knowledge.relevant(question, hits):
+            reply.declined = reply.gated = True
+            reply.text = self.rag.decline_message
+            return None
+        reply.sources = hits
+        return hits
+
+    def _guarded(self, hits, question: str, context: str) -> GuardedText:
+        return GuardedText([h.entry.text for h in hits] + [question, context],
+                           enabled=self.rag.fact_guard)
+
+    def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:
+        """After the guard saw the whole answer: the fallback text to add ('' if none)."""
+        reply.generated, reply.invented = shown.text, sorted(shown.invented)
+        added = ""
+        if shown.tripped:
+            reply.guarded = True
+            if not reply.text:  # nothing shown yet: the best entry's own answer instead
+                reply.fallback, reply.sources = True, hits[:1]
+                added = reply.text = hits[0].entry.answer
+        if is_decline(reply.text, self.rag.decline_message):
+            reply.declined, reply.sources = True, []
+        return added
+
+    def reply_batch(self, items: list[tuple[str, str]], *, max_new_tokens: int = 256,
+                    batch_size: int = 8) -> list[Reply]:
+        """Replies to many (question, context) pairs, generated `batch_size` at a time (greedy),
+        through the same gate, guard and fallback as `stream`. For the eval."""
+        replies = [Reply() for _ in items]
+        todo = []  # (reply, question, context, faq, hits)
+        for reply, (question, context) in zip(replies, items):
+            hits = [] if self.knowledge is None else self._ground(question, reply)
+            if hits is not None:
+                faq = self.template.render_faq([h.entry for h in hits]) if hits else ""
+                todo.append((reply, question, context, faq, hits))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outputs = self._generate_batch([(q, c, faq) for _, q, c, faq, _ in chunk],
+                                           max_new_tokens)
+            for (reply, question, context, _, hits), (text, looped) in zip(chunk, outputs):
+                reply.runaway = looped
+                if self.knowledge is None:
+                    reply.text = reply.generated = text
+                    continue
+                shown = self._guarded(hits, question, context)
+                reply.text = shown.feed(text) + shown.finish()
+                self._settle(reply, shown, hits)
+        return replies
+
+    def reply(self, question: str, context: str = "", **options) -> Reply:
+        """The whole answer with its sources and flags (the joined stream)."""
+        reply = Reply()
+        for _ in self.stream(question, context, reply=reply, **options):
+            pass
+        return reply
+
+    def generate_stream(self, question: str, context: str = "", *, faq: str = "",
+                        reply: Reply | None = None, max_new_tokens: int = 256,
+                        temperature: float = 0.0, top_p: float = 0.9,
+                        stop_event: threading.Event | None = None,
+                        logits_processor: list | None = None,
+                        generated_ids: list[int] | None = None) -> Iterator[str]:
+        """Yield the model's answer as text deltas while it is generated (no retrieval).
 
         temperature 0 is greedy. Setting `stop_event` ends the answer after the current token.
         `logits_processor` is passed to generate (the tests force an end token with it);
@@ -217,9 +321,10 @@ class Chatbot:
         halt = threading.Event()  # set when the reader leaves early, so generate stops too
         events = [halt] + ([stop_event] if stop_event is not None else [])
         tokens = _TokenQueue()
+        flags = reply if reply is not None else Reply()
         kwargs = self._generate_kwargs(question, context, events, max_new_tokens=max_new_tokens,
                                        temperature=temperature, top_p=top_p,
-                                       logits_processor=logits_processor)
+                                       logits_processor=logits_processor, faq=faq, flags=flags)
         errors: list[BaseException] = []
 
         def work():
@@ -256,27 +361,74 @@ class Chatbot:
         ids = ids[: ends[0]] if ends else ids
         return visible_answer(self._decode(ids), self.template.stop_markers)
 
+    def _prompt_ids(self, question: str, context: str, faq: str, max_new_tokens: int) -> list[int]:
+        def encode(question: str, context: str) -> list[int]:
+            # exactly like training: the tokenizer adds <bos> in front of the rendered prompt
+            prompt = self.template.render(question, context, faq)
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+        if self.context_length is None:
+            return encode(question, context)
+        budget = self.context_length - max_new_tokens  # room for the whole answer is kept
+        if len(encode("", "")) > budget:
+            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt: "
+                            f"the model has {self.context_length} positions in all")
+        return fit_prompt(encode, question, context, budget)
+
+    def _generate_batch(self, prompts: list[tuple[str, str, str]],
+                        max_new_tokens: int) -> list[tuple[str, bool]]:
+        """Greedy answers to (question, context, faq) prompts in one left-padded generate call:
+        [(visible answer, ended by the runaway check)], cut by the same rules as a stream."""
+        import torch
+        from transformers import RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
+
+        encoded = [self._prompt_ids(q, c, faq, max_new_tokens) for q, c, faq in prompts]
+        width = max(map(len, encoded))
+        input_ids = torch.tensor([[self.pad_id] * (width - len(e)) + e for e in encoded],
+                                 device=self.device)
+        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded],
+                                 device=self.device)
+        looped = [False] * len(encoded)
+
+        def stop(ids, scores, **kwargs):  # per row: an end token, a loop or a stop marker
+            done = []
+            for row, row_ids in enumerate(ids[:, width:].tolist()):
+                if any(t in self.end_ids for t in row_ids):
+                    done.append(True)
+                    continue
+                looped[row] = looped[row] or runaway(row_ids)
+                done.append(looped[row] or any(marker in self._decode(row_ids)
+                                               for marker in self.template.stop_markers))
+            return torch.tensor(done, dtype=torch.bool, device=ids.device)
+
+        processors = []
+        if self.rag is not None and self.rag.repetition_penalty > 1:
+            processors.append(RepetitionPenaltyLogitsProcessor(
+                self.rag.repetition_penalty, prompt_ignore_length=width))
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id, do_sample=False,
+                stopping_criteria=StoppingCriteriaList([stop]), logits_processor=processors,
+                repetition_penalty=1.0)
+        answers = []
+        for row, row_ids in enumerate(output[:, width:].tolist()):
+            ends = [i for i, token_id in enumerate(row_ids) if token_id in self.end_ids]
+            row_ids = row_ids[: ends[0]] if ends else row_ids
+            answers.append((visible_answer(self._decode(row_ids), self.template.stop_markers),
+                            looped[row]))
+        return answers
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _generate_kwargs(self, question, context, events, *, max_new_tokens=256, temperature=0.0,
-                         top_p=0.9, logits_processor=None) -> dict:
+                         top_p=0.9, logits_processor=None, faq="", flags=None) -> dict:
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                  StoppingCriteriaList)
 
-        def encode(question: str, context: str) -> list[int]:
-            # exactly like training: the tokenizer adds <bos> in front of the rendered prompt
-            prompt = self.template.render(question, context)
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-
-        if self.context_length is None:
-            prompt_ids = encode(question, context)
-        else:  # room for the whole answer is kept
-            budget = self.context_length - max_new_tokens
-            if len(encode("", "")) > budget:
-                raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt: "
-                                f"the model has {self.context_length} positions in all")
-            prompt_ids = fit_prompt(encode, question, context, budget)
+        prompt_ids = self._prompt_ids(question, context, faq, max_new_tokens)
         input_ids = torch.tensor([prompt_ids], device=self.device)
         prompt_length = input_ids.shape[1]
 
@@ -286,19 +438,29 @@ class Chatbot:
         # is built: slower for every answer shorter than tens of thousands of tokens.
         def stop(ids, scores, **kwargs):  # a StoppingCriteria, called after every new token
             generated = ids[0, prompt_length:].tolist()
+            looping = runaway(generated)
+            if looping and flags is not None:
+                flags.runaway = True
             done = (
                 generated[-1] in self.end_ids
+                or looping
                 or any(event.is_set() for event in events)
                 or any(marker in self._decode(generated) for marker in self.template.stop_markers)
             )
             return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
+
+        processors = list(logits_processor or [])
+        if self.rag is not None and self.rag.repetition_penalty > 1:
+            # only what the answer generated is penalised: copying from the FAQ context is the job
+            processors.append(RepetitionPenaltyLogitsProcessor(
+                self.rag.repetition_penalty, prompt_ignore_length=prompt_length))
 
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p)
         return dict(
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens, eos_token_id=sorted(self.end_ids),
             pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([stop]),
-            logits_processor=LogitsProcessorList(logits_processor or []),
+            logits_processor=LogitsProcessorList(processors), repetition_penalty=1.0,
             **(sampling if temperature > 0 else dict(do_sample=False)),
         )
 
@@ -355,6 +517,19 @@ def _read_meta(run_dir: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({err}); re-run `builder train`") from None
 
 
+def _read_knowledge(run_dir: Path, template: Template, meta: dict):
+    """(Knowledge, RagConfig) of a grounded run; (None, None) for a run without retrieval."""
+    if not template.grounded:
+        return None, None
+    from builder.config import config_from_dict
+    from builder.knowledge import Knowledge
+
+    if not (run_dir / "knowledge" / "index.json").is_file():
+        raise UserError(f"{run_dir / 'knowledge'}: missing; this run answers from its FAQ. "
+                        f"Build it with `builder index {run_dir} FAQ_FILE`")
+    return Knowledge.load(run_dir / "knowledge"), config_from_dict(meta.get("config") or {}).rag
+
+
 def _read_template(run_dir: Path) -> Template:
     path = run_dir / "template.yaml"
     if not path.is_file():
@@ -397,11 +572,21 @@ def chat_loop(bot: Chatbot, read: Callable[[str], str] | None = None,
             continue
         if question.lower() in EXIT_WORDS:
             break
+        reply = Reply()
         try:
-            with closing(bot.stream(question)) as deltas:  # closing joins the generate thread
+            with closing(bot.stream(question, reply=reply)) as deltas:  # joins the generate thread
                 for delta in deltas:
                     write(delta, end="", flush=True)
         except KeyboardInterrupt:
             write(" (중단됨)", end="")
         write("")
+        if reply.sources:
+            write(format_sources(reply))
     write(GOODBYE)
+
+
+def format_sources(reply: Reply) -> str:
+    """'참고한 FAQ: 2행 배송비는 얼마인가요? · 7행 제주도도 무료배송 되나요?'"""
+    items = [(f"{h.entry.line}행 " if h.entry.line else "") + h.entry.question
+             for h in reply.sources]
+    return "참고한 FAQ: " + " · ".join(items) if items else ""

@@ -51,6 +51,13 @@ def cmd_inspect(args) -> None:
     print(inspect_example(args.prepared_dir, load_config(args.config, args.set), args.index))
 
 
+def cmd_index(args) -> None:
+    from builder.knowledge import index_run
+
+    index_run(args.run_dir, args.faq_file)
+    print(f"next: builder ask {args.run_dir} \"...\" --sources   (no retraining needed)")
+
+
 def cmd_merge(args) -> None:
     from builder.merge import merge
 
@@ -79,17 +86,23 @@ def cmd_chat(args) -> None:
 def cmd_ask(args) -> None:
     from builder.chat import Chatbot
 
+    from builder.chat import Reply, format_sources
+
     bot = Chatbot.load(args.run_dir, use=args.use)
-    for delta in bot.stream(args.question, args.context, **generation_options(args)):
+    reply = Reply()
+    for delta in bot.stream(args.question, args.context, reply=reply, **generation_options(args)):
         print(delta, end="", flush=True)
     print()
+    if args.sources and reply.sources:
+        print(format_sources(reply))
 
 
 def cmd_eval(args) -> None:
     from builder.evaluate import evaluate, format_summary
 
     report = evaluate(args.run_dir, data_dir=args.data, train_sample=args.train_sample,
-                      max_new_tokens=args.max_new_tokens, limit=args.limit)
+                      max_new_tokens=args.max_new_tokens, limit=args.limit,
+                      questions=args.questions, batch_size=args.batch_size)
     print(format_summary(report))
     print(f"report: {args.run_dir}/eval/report.md, chart: {args.run_dir}/eval/chart.png")
 
@@ -176,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which training row")
     p.set_defaults(run=cmd_inspect)
 
+    p = commands.add_parser("index", help="replace a run's FAQ knowledge from an updated FAQ "
+                            "file, without retraining")
+    p.add_argument("run_dir", help="a run folder written by `builder train`")
+    p.add_argument("faq_file", help="the updated FAQ file (same formats and checks as prepare)")
+    p.set_defaults(run=cmd_index)
+
     p = commands.add_parser("merge", help="merge a run's adapter into a 16-bit model (RUN_DIR/merged)")
     p.add_argument("run_dir")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
@@ -206,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("question")
     p.add_argument("--context", default="", help="optional context (the input column)")
+    p.add_argument("--sources", action="store_true",
+                   help="also print the FAQ entries the answer came from (with their rows)")
     generation_flags(p)
     p.set_defaults(run=cmd_ask)
 
@@ -216,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training questions also asked, as a memorisation check")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="only the first N test questions")
+    p.add_argument("--questions", metavar="CSV",
+                   help="your own questions: columns question, expected (empty = must decline), "
+                   "kind (paraphrase / off_topic / unanswerable), line (FAQ line that answers it)")
+    p.add_argument("--batch-size", type=int, default=8, help="answers generated together")
     p.set_defaults(run=cmd_eval)
 
     p = commands.add_parser("app", help="the Gradio page: upload, train, chat, publish")

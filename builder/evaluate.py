@@ -1,126 +1,43 @@
-"""The eval stage: base model vs fine-tuned model on the test split, scored for Korean.
+"""The eval stage: what a shop owner needs to know before customers talk to the bot.
 
-    builder eval RUN_DIR [--data PREPARED_DIR]
-    builder eval runs/demo --train-sample 20 --max-new-tokens 128 --limit 10
+    builder eval RUN_DIR [--data PREPARED_DIR] [--questions data/sample_questions.csv]
+    builder eval runs/demo --train-sample 10 --max-new-tokens 96 --questions data/sample_questions.csv
 
-Every test question (at most --limit) and a seeded sample of questions the run trained on (a
-memorisation check) are answered greedily by the tuned model (merged/, else base + adapter/) and
-by the base model, through builder.chat with the run's template and stop rules. Scores: chrF,
-ROUGE-L and BLEU on Kiwi morphemes, exact match, and the reference's loss and perplexity under
-each model, computed as training computed its loss. Writes RUN/eval/ (report.json, answers.csv,
-report.md, chart.png), complete or absent; re-running replaces it.
+Three systems answer the same questions: the fine-tuned bot (merged/, else base + adapter/), the
+base model with the same retrieval, template, gate and guard, and a retrieval-only baseline (the
+best FAQ entry's answer verbatim, or the decline message when the gate finds nothing). Asked:
+every test question (entries in the knowledge the model never trained on: the "new FAQ row"
+case), a seeded sample of trained questions, and, with --questions (columns question, expected,
+kind, line; `expected` empty = must decline), paraphrases, off-topic and unanswerable questions.
+
+Scores: fact accuracy (the reference's numbers with units and quoted names stated in the answer,
+builder.facts), declines on off-topic and unanswerable questions, invented facts (a number in the
+answer found in none of the entries it was given), runaway answers, retrieval hit@1/hit@3,
+chrF / ROUGE-L / BLEU on Kiwi morphemes, exact match, and the reference's loss under each model.
+Answers are generated in batches; the base model's answers are cached (same base model,
+template, knowledge, questions and settings give the same answers). Writes RUN/eval/
+(report.json, answers.csv, report.md, chart.png), complete or absent.
 """
 
 import csv
-import functools
 import gc
+import hashlib
 import json
 import math
 import random
-import re
 import shutil
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 
 from builder.errors import UserError
+from builder.metrics import (LABELS, METRIC_NOTES, METRICS, bleu, chrf, corpus_bleu,  # noqa: F401
+                             corpus_chrf, exact_match, morphemes, normalize, rouge_l)
 
-METRICS = ("chrf", "rouge_l", "bleu", "exact_match", "loss", "ppl")
-LABELS = {"chrf": "chrF", "rouge_l": "ROUGE-L", "bleu": "BLEU", "exact_match": "exact match",
-          "loss": "loss", "ppl": "perplexity"}
-METRIC_NOTES = {  # what each summary number is, written into report.json
-    "chrf": "sacrebleu chrF (character 6-grams, beta 2), corpus-level, 0-100",
-    "rouge_l": "LCS F1 on Kiwi morphemes, mean over questions, 0-1",
-    "bleu": "sacrebleu corpus BLEU on Kiwi morphemes (tokenize=none), 0-100",
-    "exact_match": "share equal after NFC, whitespace collapse, trailing punctuation cut",
-    "loss": "mean NLL (nats) per reference answer token + EOS given the prompt, as in training",
-    "ppl": "exp(loss)",
-}
-# Kiwi tags left out of morpheme sequences: sentence punctuation, brackets, ellipsis; a closing
-# "." instead of "!" says nothing about an answer's content.
-PUNCTUATION_TAGS = ("SF", "SP", "SS", "SE")
-TRAILING_PUNCTUATION = re.compile(r"[\s.!?。．！？…~～]+$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics: pure functions on strings
-
-
-def normalize(text: str) -> str:
-    """NFC (a decomposed 한 is three jamo), whitespace collapsed, trailing punctuation cut."""
-    return TRAILING_PUNCTUATION.sub("", " ".join(unicodedata.normalize("NFC", text).split()))
-
-
-@functools.lru_cache(maxsize=1)
-def _kiwi():
-    from kiwipiepy import Kiwi
-
-    return Kiwi()  # loading its model takes 1-4 s: once per process
-
-
-def morphemes(text: str) -> list[str]:
-    """Kiwi morpheme forms without punctuation: '배송은 2일 걸립니다.' -> 배송 은 2 일 걸리 ᆸ니다."""
-    text = unicodedata.normalize("NFC", text).strip()
-    tokens = _kiwi().tokenize(text) if text else []
-    return [t.form.replace(" ", "_") for t in tokens if not t.tag.startswith(PUNCTUATION_TAGS)]
-
-
-def exact_match(hyp: str, ref: str) -> float:
-    return float(normalize(hyp) == normalize(ref))
-
-
-# chrF: character 1-6-grams. Korean is agglutinative (배송은 / 배송이 / 배송을 are one noun):
-# character n-grams credit the shared stem where whole words would not match at all.
-def chrf(hyp: str, ref: str) -> float:
-    from sacrebleu.metrics import CHRF
-
-    return CHRF().sentence_score(normalize(hyp), [normalize(ref)]).score
-
-
-def corpus_chrf(hyps: list[str], refs: list[str]) -> float:
-    from sacrebleu.metrics import CHRF
-
-    return CHRF().corpus_score([normalize(h) for h in hyps], [[normalize(r) for r in refs]]).score
-
-
-# BLEU on Kiwi morphemes with tokenize="none". Korean BLEU is conventionally computed on
-# morphemes (sacrebleu's ko-mecab, used at WMT); Kiwi gives that kind of split without mecab.
-# On eojeol (space words) 배송은 vs 배송이 is a miss; char BLEU over-credits the syllables that
-# every polite answer shares (니, 다, 습, 요), so unrelated answers score well above zero.
-def bleu(hyp: str, ref: str) -> float:
-    """Sentence BLEU (0-100); n-gram orders longer than the sentence are skipped."""
-    from sacrebleu.metrics import BLEU
-
-    return BLEU(tokenize="none", effective_order=True).sentence_score(
-        " ".join(morphemes(hyp)), [" ".join(morphemes(ref))]).score
-
-
-def corpus_bleu(hyps: list[str], refs: list[str]) -> float:
-    from sacrebleu.metrics import BLEU
-
-    return BLEU(tokenize="none").corpus_score(
-        [" ".join(morphemes(h)) for h in hyps], [[" ".join(morphemes(r)) for r in refs]]).score
-
-
-# ROUGE-L on Kiwi morphemes, not characters: the longest common subsequence keeps the content
-# morphemes (배송, 2, 일, 걸리) matching when a 조사 or 어미 differs (은/이, ㅂ니다/어요), which
-# then costs one morpheme: close to how a Korean reader judges "the same answer". A character
-# LCS rewards unrelated sentences for the syllables of polite endings they share.
-def rouge_l(hyp: str, ref: str) -> float:
-    """ROUGE-L F1 (0-1) over morphemes."""
-    h, r = morphemes(hyp), morphemes(ref)
-    if not h or not r:
-        return float(h == r)
-    previous = [0] * (len(r) + 1)  # LCS table, one row at a time
-    for x in h:
-        current = [0]
-        for j, y in enumerate(r):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    lcs = previous[-1]
-    return 2 * lcs / (len(h) + len(r))  # F1 of precision lcs/|h| and recall lcs/|r|
-
+SYSTEMS = ("base", "tuned", "retrieval")
+SYSTEM_LABELS = {"base": "base + retrieval", "tuned": "fine-tuned + retrieval",
+                 "retrieval": "retrieval only"}
+QUESTION_KINDS = ("paraphrase", "off_topic", "unanswerable")
 
 # ---------------------------------------------------------------------------------------------
 # Loss of the reference answer, exactly as training computed it
@@ -147,7 +64,7 @@ def answer_loss(model, tokenizer, template, row: dict, max_length: int = 512) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# The two models over the rows
+# The questions and the three systems
 
 
 def _read_inputs(run_dir: Path, data_dir) -> tuple[dict, Path]:
@@ -178,8 +95,9 @@ def _pick_rows(meta: dict, dataset, train_sample: int, limit: int | None) -> dic
             "train_sample": [dict(trained[i]) for i in picked]}
 
 
-def _base_bot(meta: dict, tokenizer, template, end_ids: set[int], device):
-    """The base model behind the tuned bot's tokenizer, template and end tokens."""
+def _base_bot(meta: dict, tokenizer, template, end_ids: set[int], device, knowledge=None,
+              rag=None):
+    """The base model behind the tuned bot's tokenizer, template, end tokens and knowledge."""
     from transformers import AutoModelForCausalLM
 
     from builder.chat import Chatbot, load_dtype
@@ -189,7 +107,7 @@ def _base_bot(meta: dict, tokenizer, template, end_ids: set[int], device):
         raise UserError(f"meta.json: base model folder {path!r} not found; eval compares with it")
     dtype = load_dtype(Path(path), device)  # as chat loads it
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return Chatbot(model, tokenizer, template, end_ids)
+    return Chatbot(model, tokenizer, template, end_ids, knowledge=knowledge, rag=rag)
 
 
 def _free_memory(device) -> None:
@@ -201,36 +119,246 @@ def _free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
-def _run_model(bot, rows: dict, max_new_tokens: int, max_length: int, name: str) -> dict:
-    """{split: [{"answer", "nll", "tokens"}, ...]} for one model."""
-    from tqdm.auto import tqdm
-
-    out = {}
-    for split, split_rows in rows.items():
-        out[split] = []
-        for row in tqdm(split_rows, desc=f"{name} model, {split}", unit="question"):
-            answer = bot.answer(row["instruction"], row.get("input") or "",
-                                max_new_tokens=max_new_tokens, temperature=0.0)
-            nll, tokens = answer_loss(bot.model, bot.tokenizer, bot.template, row, max_length)
-            out[split].append({"answer": answer, "nll": nll, "tokens": tokens})
+def read_questions(path) -> list[dict]:
+    """A question file: columns question, expected (empty = must decline), optional kind
+    (paraphrase | off_topic | unanswerable) and line (the FAQ file line(s) that answer it, ';')."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such question file (columns question, expected, kind, line)")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"question", "expected"} <= set(reader.fieldnames):
+            raise UserError(f"{path}: the header must have the columns question and expected "
+                            f"(found: {', '.join(reader.fieldnames or []) or 'none'})")
+        rows = list(reader)
+    out = []
+    for number, row in enumerate(rows, start=2):
+        question, expected = (row.get("question") or "").strip(), (row.get("expected") or "").strip()
+        if not question:
+            raise UserError(f"{path} line {number}: the question is empty")
+        kind = (row.get("kind") or "").strip() or ("paraphrase" if expected else "unanswerable")
+        if kind not in QUESTION_KINDS:
+            raise UserError(f"{path} line {number}: kind {kind!r} is not one of "
+                            f"{', '.join(QUESTION_KINDS)}")
+        if (kind == "paraphrase") != bool(expected):
+            raise UserError(f"{path} line {number}: a paraphrase needs an expected fact; off_topic "
+                            "and unanswerable questions leave expected empty (must decline)")
+        try:
+            lines = [int(x) for x in (row.get("line") or "").replace(",", ";").split(";") if x.strip()]
+        except ValueError:
+            raise UserError(f"{path} line {number}: line must be FAQ file line numbers like 12;14") from None
+        out.append({"question": question, "expected": expected, "kind": kind, "lines": lines})
+    if not out:
+        raise UserError(f"{path}: no questions under the header")
     return out
 
 
-def _summarize(refs: list[str], results: dict) -> dict:
-    """{metric: {"base": x, "tuned": y}}; {} for no rows."""
-    if not refs:
+def retrieval_replies(knowledge, rag, items: list[tuple[str, str]]) -> list:
+    """The baseline: the best entry's answer verbatim, or the decline message under the gate."""
+    from builder.guard import Reply
+
+    replies = []
+    for question, _ in items:
+        hits = knowledge.search(question, rag.k)
+        if knowledge.relevant(question, hits):
+            replies.append(Reply(text=hits[0].entry.answer, sources=hits[:1],
+                                 generated=hits[0].entry.answer))
+        else:
+            replies.append(Reply(text=rag.decline_message, declined=True, gated=True))
+    return replies
+
+
+def _losses(bot, rows: dict, max_length: int) -> dict:
+    """{split: [(nll, tokens)]}: each reference under the model, with the context it would get."""
+    out = {}
+    for split, split_rows in rows.items():
+        out[split] = []
+        for row in split_rows:
+            if bot.knowledge is not None:
+                hits = bot.knowledge.search(row["instruction"], bot.rag.k)
+                row = {**row, "faq": bot.template.render_faq([h.entry for h in hits])}
+            out[split].append(answer_loss(bot.model, bot.tokenizer, bot.template, row, max_length))
+    return out
+
+
+def _cache_key(meta: dict, bot, items, max_new_tokens: int) -> str:
+    from builder.train import library_versions
+
+    knowledge = bot.knowledge.settings if bot.knowledge is not None else None
+    rag = vars(bot.rag) if bot.rag is not None else None
+    blob = json.dumps([meta.get("base_model_path"), bot.template.sha256, knowledge, rag, items,
+                       max_new_tokens, sorted(bot.end_ids), library_versions()],
+                      ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cached_replies(path: Path, knowledge):
+    from builder.guard import Reply
+
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    by_id = {e.id: e for e in knowledge.entries} if knowledge is not None else {}
+    replies = []
+    for record in records:
+        ids = record.pop("source_ids")
+        reply = Reply(**record)
+        reply.invented = [tuple(f) for f in reply.invented]
+        reply.sources = [_SourceHit(by_id[i]) for i in ids if i in by_id]
+        replies.append(reply)
+    return replies
+
+
+class _SourceHit:
+    """A cached reply's source: just the entry (scores are not kept)."""
+
+    def __init__(self, entry):
+        self.entry, self.score, self.bm25, self.dense = entry, 0.0, 0.0, 0.0
+
+
+def _save_replies(path: Path, replies) -> None:
+    records = [{"text": r.text, "declined": r.declined, "gated": r.gated, "guarded": r.guarded,
+                "fallback": r.fallback, "runaway": r.runaway,
+                "invented": [list(f) for f in r.invented], "generated": r.generated,
+                "source_ids": [h.entry.id for h in r.sources]} for r in replies]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    tmp.rename(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def _share(values) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _invented_shown(reply, question: str, context: str, decline_message: str) -> bool:
+    """The shown answer states a fact found in none of its sources (nor the customer's words)."""
+    from builder.facts import invented
+
+    sources = [h.entry.text for h in reply.sources] + [question, context, decline_message]
+    return bool(invented(reply.text, sources))
+
+
+def score_split(rows: list[dict], replies: list, decline_message: str) -> dict:
+    """Scores of one system on FAQ rows whose answers are known (test split, training sample)."""
+    from builder.facts import fact_recall
+
+    if not rows:
         return {}
-    summary = {m: {} for m in METRICS}
-    for name, res in results.items():
-        hyps = [x["answer"] for x in res]
-        loss = sum(x["nll"] for x in res) / sum(x["tokens"] for x in res)  # per answer token
-        summary["chrf"][name] = round(corpus_chrf(hyps, refs), 2)
-        summary["rouge_l"][name] = round(sum(map(rouge_l, hyps, refs)) / len(refs), 4)
-        summary["bleu"][name] = round(corpus_bleu(hyps, refs), 2)
-        summary["exact_match"][name] = round(sum(map(exact_match, hyps, refs)) / len(refs), 4)
-        summary["loss"][name] = round(loss, 4)
-        summary["ppl"][name] = round(math.exp(loss), 3)
-    return summary
+    refs = [r["output"] for r in rows]
+    hyps = [r.text for r in replies]
+    recalls = [fact_recall(h, ref) for h, ref in zip(hyps, refs)]
+    with_facts = [x for x in recalls if x is not None]
+    return {
+        "fact_accuracy": _share(x == 1.0 for x in with_facts),
+        "rows_with_facts": len(with_facts),
+        "declined": _share(r.declined for r in replies),
+        "invented": sum(_invented_shown(r, row["instruction"], row.get("input") or "",
+                                        decline_message) for r, row in zip(replies, rows)),
+        "chrf": round(corpus_chrf(hyps, refs), 2),
+        "rouge_l": round(sum(map(rouge_l, hyps, refs)) / len(refs), 4),
+        "bleu": round(corpus_bleu(hyps, refs), 2),
+        "exact_match": _share(exact_match(h, ref) for h, ref in zip(hyps, refs)),
+    }
+
+
+def score_questions(questions: list[dict], replies: list, decline_message: str) -> dict:
+    """Paraphrase fact accuracy, decline rates, invented facts and runaways on a question file."""
+    from builder.facts import states
+
+    def of(kind):
+        return [(q, r) for q, r in zip(questions, replies) if q["kind"] == kind]
+
+    paraphrases = of("paraphrase")
+    return {
+        "paraphrase_facts": _share(not r.declined and states(r.text, q["expected"])
+                                   for q, r in paraphrases),
+        "paraphrases_declined": _share(r.declined for _, r in paraphrases),
+        "off_topic_declined": _share(r.declined for _, r in of("off_topic")),
+        "unanswerable_declined": _share(r.declined for _, r in of("unanswerable")),
+        "invented_shown": sum(_invented_shown(r, q["question"], "", decline_message)
+                              for q, r in zip(questions, replies)),
+        "invented_in_declines": sum(r.declined and _invented_shown(r, q["question"], "",
+                                                                   decline_message)
+                                    for q, r in zip(questions, replies)),
+        "invented_before_guard": sum(bool(r.invented) for r in replies),
+        "guard_fallbacks": sum(r.fallback for r in replies),
+        "guard_cuts": sum(r.guarded and not r.fallback for r in replies),
+        "runaway": sum(r.runaway for r in replies),
+        "counts": {kind: len(of(kind)) for kind in QUESTION_KINDS},
+    }
+
+
+def retrieval_hits(knowledge, rag, questions: list[dict], test_rows: list[dict]) -> dict:
+    """hit@1 / hit@3 of the retriever: paraphrases against their `line`, test questions
+    against their own entry."""
+    from builder.raft import find_entry
+
+    def hits_at(pairs):
+        found1 = found3 = 0
+        for question, is_gold in pairs:
+            entries = [h.entry for h in knowledge.search(question, max(3, rag.k))]
+            found1 += is_gold(entries[0])
+            found3 += any(is_gold(e) for e in entries[:3])
+        n = len(pairs)
+        return {"hit@1": _share([1] * found1 + [0] * (n - found1)),
+                "hit@3": _share([1] * found3 + [0] * (n - found3)), "questions": n}
+
+    out = {}
+    labelled = [q for q in questions if q["lines"]]
+    if labelled:
+        out["paraphrases"] = hits_at([(q["question"], lambda e, q=q: e.line in q["lines"])
+                                      for q in labelled])
+    pairs = []
+    for row in test_rows:
+        entry = find_entry(knowledge, row)
+        if entry is not None:
+            pairs.append((row["instruction"], lambda e, entry=entry: e.id == entry.id))
+    if pairs:
+        out["test_split"] = hits_at(pairs)
+    return out
+
+
+def _loss_summary(losses: dict) -> dict:
+    out = {}
+    for split, pairs in losses.items():
+        tokens = sum(t for _, t in pairs)
+        if tokens:
+            loss = sum(n for n, _ in pairs) / tokens
+            out[split] = {"loss": round(loss, 4), "ppl": round(math.exp(loss), 3)}
+    return out
+
+
+def verdict(report: dict) -> list[str]:
+    """Plain sentences: where the fine-tuned bot is below the retrieval-only baseline, and
+    against the targets a shop can live with."""
+    lines = []
+    checks = [("test split fact accuracy", report["splits"].get("test", {}), "fact_accuracy"),
+              ("training sample fact accuracy", report["splits"].get("train_sample", {}),
+               "fact_accuracy")]
+    if report.get("questions"):
+        q = report["questions"]
+        checks += [("paraphrase fact accuracy", q, "paraphrase_facts"),
+                   ("off-topic decline rate", q, "off_topic_declined"),
+                   ("unanswerable decline rate", q, "unanswerable_declined")]
+    for label, table, key in checks:
+        tuned, baseline = table.get("tuned", {}).get(key), table.get("retrieval", {}).get(key)
+        if tuned is not None and baseline is not None and tuned < baseline:
+            lines.append(f"The fine-tuned bot is below the retrieval-only baseline on {label}: "
+                         f"{tuned:.0%} vs {baseline:.0%}.")
+    if report.get("questions") and report["questions"]["tuned"]["runaway"]:
+        lines.append(f"{report['questions']['tuned']['runaway']} answers ran away (repeated "
+                     "themselves) and were cut.")
+    if not lines:
+        lines.append("The fine-tuned bot is at or above the retrieval-only baseline on every "
+                     "figure measured.")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,11 +366,9 @@ def _summarize(refs: list[str], results: dict) -> dict:
 
 
 def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: int = 128,
-             limit: int | None = None, log=print) -> dict:
-    """Score base vs tuned on the test split (+ a train sample); writes RUN/eval/; the report."""
-    from builder.chat import Chatbot
-    from builder.data import replace_dir
-    from builder.train import file_sha256, load_prepared
+             limit: int | None = None, questions=None, batch_size: int = 8, log=print) -> dict:
+    """Score base, tuned and retrieval-only answers; writes RUN/eval/; returns the report."""
+    from builder.train import load_prepared
 
     run_dir = Path(run_dir)
     if train_sample < 0:
@@ -250,28 +376,71 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: give 1 or more test questions (or leave it out for all)")
     meta, data_dir = _read_inputs(run_dir, data_dir)
+    asked = read_questions(questions) if questions else []
     rows = _pick_rows(meta, load_prepared(data_dir), train_sample, limit)
     max_length = meta["config"]["model"]["max_seq_length"]
-    log(f"evaluating {run_dir}: {len(rows['test'])} test and {len(rows['train_sample'])} training "
-        f"questions, up to {max_new_tokens} new tokens per answer, base and tuned")
+    items = [(r["instruction"], r.get("input") or "") for split in rows.values() for r in split]
+    items += [(q["question"], "") for q in asked]
+    log(f"evaluating {run_dir}: {len(rows['test'])} test, {len(rows['train_sample'])} training "
+        f"and {len(asked)} file questions; up to {max_new_tokens} new tokens, {batch_size} at a time")
 
-    # Generate and score, one model in memory at a time
+    running = run_dir / "eval.running"  # the page shows "evaluation running" while it exists
+    running.write_text(str(time.time()))
+    try:
+        return _evaluate(run_dir, meta, data_dir, rows, asked, items, max_new_tokens, max_length,
+                         train_sample, limit, questions, batch_size, log)
+    finally:
+        running.unlink(missing_ok=True)
+
+
+def _evaluate(run_dir, meta, data_dir, rows, asked, items, max_new_tokens, max_length,
+              train_sample, limit, questions, batch_size, log) -> dict:
+    from builder.chat import Chatbot
+    from builder.data import replace_dir
+    from builder.embedded import cache_root
+    from builder.train import file_sha256
+
+    # The tuned bot, then the retrieval-only baseline, then the base model (one model at a time)
     started = time.perf_counter()
     tuned = Chatbot.load(run_dir)
     weights = "adapter" if hasattr(tuned.model, "peft_config") else "merged"
-    results = {"tuned": _run_model(tuned, rows, max_new_tokens, max_length, "tuned")}
+    replies = {"tuned": tuned.reply_batch(items, max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size)}
+    losses = {"tuned": _losses(tuned, rows, max_length)}
+    knowledge, rag = tuned.knowledge, tuned.rag
+    tuned_s = time.perf_counter() - started
+    if knowledge is not None:
+        replies["retrieval"] = retrieval_replies(knowledge, rag, items)
     shared = tuned.tokenizer, tuned.template, set(tuned.end_ids), tuned.device
     del tuned
     _free_memory(shared[-1])
-    base = _base_bot(meta, *shared)
-    results["base"] = _run_model(base, rows, max_new_tokens, max_length, "base")
+    base = _base_bot(meta, *shared, knowledge=knowledge, rag=rag)
+    cache = cache_root() / "eval-base" / f"{_cache_key(meta, base, items, max_new_tokens)}.json"
+    cached = _cached_replies(cache, knowledge)
+    if cached is not None and len(cached) == len(items):
+        log(f"base model answers: from the cache ({cache.name})")
+        replies["base"] = cached
+    else:
+        replies["base"] = base.reply_batch(items, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size)
+        _save_replies(cache, replies["base"])
+    losses["base"] = _losses(base, rows, max_length)
     del base
     wall = time.perf_counter() - started
 
-    def summarize(split: str) -> dict:
-        by_model = {name: results[name][split] for name in ("base", "tuned")}
-        return _summarize([r["output"] for r in rows[split]], by_model)
-
+    # Score
+    decline = rag.decline_message if rag is not None else ""
+    systems = [s for s in SYSTEMS if s in replies]
+    by_split, offset = {}, 0
+    for split, split_rows in rows.items():
+        by_split[split] = {s: replies[s][offset:offset + len(split_rows)] for s in systems}
+        offset += len(split_rows)
+    asked_replies = {s: replies[s][offset:] for s in systems}
+    splits = {split: {s: score_split(rows[split], by_split[split][s], decline) for s in systems}
+              for split in rows if rows[split]}
+    for system in ("base", "tuned"):
+        for split, figures in _loss_summary(losses[system]).items():
+            splits[split][system].update(figures)
     data_sha256 = file_sha256(data_dir / "train.csv", data_dir / "test.csv")
     if data_sha256 != meta.get("data_sha256"):
         log(f"note: {data_dir} is not the data this run was trained on (data_sha256 differs)")
@@ -280,21 +449,31 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
         "base_model": meta["base_model"],
         "tuned_weights": weights,
         "template": meta["template"],
+        "grounded": knowledge is not None,
         "data_dir": str(data_dir.resolve()),
         "data_matches_run": data_sha256 == meta.get("data_sha256"),
         "settings": {"max_new_tokens": max_new_tokens, "train_sample": train_sample, "limit": limit,
-                     "decoding": "greedy", "sample_seed": meta.get("seed", 0),
+                     "questions": str(questions) if questions else None, "decoding": "greedy",
+                     "batch_size": batch_size, "sample_seed": meta.get("seed", 0),
                      "metrics": METRIC_NOTES},
-        "rows": {split: len(r) for split, r in rows.items()},
-        "summary": summarize("test"),
-        "train_sample": summarize("train_sample"),
+        "rows": {**{split: len(r) for split, r in rows.items()}, "questions": len(asked)},
+        "systems": {s: SYSTEM_LABELS[s] for s in systems},
+        "splits": splits,
+        "questions": {s: score_questions(asked, asked_replies[s], decline) for s in systems}
+        if asked else {},
+        "retrieval": retrieval_hits(knowledge, rag, asked, rows["test"]) if knowledge else {},
         "wall_time_s": round(wall, 1),
+        "tuned_answers_s": round(tuned_s, 1),
     }
+    report["summary"] = {m: {s: v[m] for s, v in splits.get("test", {}).items() if m in v}
+                         for m in ("fact_accuracy", "chrf", "rouge_l", "bleu", "exact_match",
+                                   "loss", "ppl")}
+    report["verdict"] = verdict(report)
 
     # Write eval/ into a staging folder, then swap it in
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=run_dir))
     try:
-        answers = _answer_table(rows, results)
+        answers = _answer_table(rows, by_split, asked, asked_replies, systems)
         (staging / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2),
                                              encoding="utf-8")
         # utf-8-sig: Excel, which most shops open a CSV with, then shows Hangul right
@@ -316,89 +495,149 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
 # Outputs
 
 
-def _answer_table(rows: dict, results: dict) -> list[dict]:
-    """One record per question: the texts, then each score for base and tuned side by side."""
+def _answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: dict,
+                  systems: list[str]) -> list[dict]:
+    """One record per question: the texts and, per system, the answer and its flags."""
+    from builder.facts import fact_recall, states
+
+    def record(split, question, context, reference, replies, ok):
+        out = {"split": split, "question": question, "context": context, "reference": reference}
+        for s in systems:
+            r = replies[s]
+            out[f"{s}_answer"] = r.text
+            out[f"{s}_correct"] = ok(r)
+            out[f"{s}_declined"] = r.declined
+            out[f"{s}_sources"] = ";".join(str(h.entry.line or h.entry.id) for h in r.sources)
+        tuned = replies.get("tuned")
+        if tuned is not None:
+            out["tuned_flags"] = " ".join(name for name in ("gated", "guarded", "fallback",
+                                                            "runaway") if getattr(tuned, name))
+            out["tuned_generated"] = tuned.generated
+        return out
+
     table = []
     for split, split_rows in rows.items():
         for i, row in enumerate(split_rows):
-            ref = row["output"]
-            base, tuned = results["base"][split][i], results["tuned"][split][i]
-            record = {"split": split, "question": row["instruction"],
-                      "context": row.get("input") or "", "reference": ref,
-                      "base_answer": base["answer"], "tuned_answer": tuned["answer"]}
-            for metric in (chrf, rouge_l, bleu, exact_match):
-                for name, res in (("base", base), ("tuned", tuned)):
-                    record[f"{name}_{metric.__name__}"] = round(metric(res["answer"], ref), 4)
-            for name, res in (("base", base), ("tuned", tuned)):
-                record[f"{name}_loss"] = round(res["nll"] / res["tokens"], 4)
-            table.append(record)
+            replies = {s: by_split[split][s][i] for s in systems}
+            table.append(record(split, row["instruction"], row.get("input") or "", row["output"],
+                                replies, lambda r, ref=row["output"]: fact_recall(r.text, ref)))
+    for i, q in enumerate(asked):
+        replies = {s: asked_replies[s][i] for s in systems}
+        if q["expected"]:
+            ok = lambda r, q=q: int(not r.declined and states(r.text, q["expected"]))  # noqa: E731
+        else:
+            ok = lambda r: int(r.declined)  # noqa: E731
+        table.append(record(q["kind"], q["question"], "", q["expected"] or "(decline)", replies, ok))
     return table
 
 
-def _sections(report: dict):
-    for key, split, title in (("summary", "test", "test split"),
-                              ("train_sample", "train_sample", "training sample (memorisation)")):
-        if report.get(key):
-            yield f"{title}, {report['rows'][split]} questions", report[key]
+FIGURES = [  # (section, key, label) shown in the summary, report.md and the chart
+    ("test", "fact_accuracy", "test split: facts right (entries never trained)"),
+    ("train_sample", "fact_accuracy", "trained questions: facts right"),
+    ("questions", "paraphrase_facts", "paraphrased questions: facts right"),
+    ("questions", "off_topic_declined", "off-topic questions declined"),
+    ("questions", "unanswerable_declined", "unanswerable questions declined"),
+]
+
+
+def _figure(report: dict, section: str, key: str, system: str):
+    table = report["questions"] if section == "questions" else report["splits"].get(section, {})
+    return table.get(system, {}).get(key)
+
+
+def _figure_rows(report: dict):
+    systems = list(report["systems"])
+    for section, key, label in FIGURES:
+        values = [_figure(report, section, key, s) for s in systems]
+        if any(v is not None for v in values):
+            yield label, values
+    q = report.get("questions") or {}
+    if q:
+        for key, label in (("invented_shown", "answers shown with an invented fact"),
+                           ("invented_in_declines", "declined answers with an invented fact"),
+                           ("invented_before_guard", "answers the fact guard had to stop"),
+                           ("runaway", "runaway answers cut")):
+            yield label, [q.get(s, {}).get(key) for s in systems]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0%}" if isinstance(value, float) else str(value)
 
 
 def format_summary(report: dict) -> str:
-    """A short text table: metric, base, tuned, for the test split and the training sample."""
-    lines = []
-    for title, summary in _sections(report):
-        lines.append(f"{title:<44}{'base':>10}{'tuned':>10}")
-        lines += [f"  {LABELS[m]:<42}{v['base']:>10.3f}{v['tuned']:>10.3f}"
-                  for m, v in summary.items()]
-    return "\n".join(lines)
+    """The figures a shop owner needs, one line each, per system; then the verdict."""
+    systems = list(report["systems"])
+    width = max(len(label) for label, _ in _figure_rows(report)) if report["systems"] else 40
+    lines = [f"{'':<{width}}" + "".join(f"{s:>12}" for s in systems)]
+    lines += [f"{label:<{width}}" + "".join(f"{_fmt(v):>12}" for v in values)
+              for label, values in _figure_rows(report)]
+    for name, hits in report.get("retrieval", {}).items():
+        lines.append(f"retrieval on {name.replace('_', ' ')}: hit@1 {_fmt(hits['hit@1'])}, "
+                     f"hit@3 {_fmt(hits['hit@3'])} ({hits['questions']} questions)")
+    return "\n".join(lines + [""] + report.get("verdict", []))
 
 
-def _markdown(report: dict, answers: list[dict], examples: int = 3) -> str:
+def _markdown(report: dict, answers: list[dict], examples: int = 4) -> str:
     def cell(text) -> str:
         return str(text).replace("|", "\\|").replace("\n", "<br>")
 
-    lines = [f"# Evaluation: {report['base_model']}, base vs fine-tuned", "",
+    systems = list(report["systems"])
+    lines = [f"# Evaluation: {report['base_model']}, fine-tuned vs base vs retrieval only", "",
              f"Greedy answers, up to {report['settings']['max_new_tokens']} new tokens; "
-             f"data `{report['data_dir']}`.", ""]
-    for title, summary in _sections(report):
-        lines += [f"## {title[0].upper() + title[1:]}", "", "| metric | base | tuned |",
-                  "|---|---:|---:|"]
-        lines += [f"| {LABELS[m]} | {v['base']:.3f} | {v['tuned']:.3f} |"
-                  for m, v in summary.items()]
+             f"data `{report['data_dir']}`; questions `{report['settings']['questions']}`.", "",
+             "| | " + " | ".join(report["systems"][s] for s in systems) + " |",
+             "|---|" + "---:|" * len(systems)]
+    lines += [f"| {label} | " + " | ".join(_fmt(v) for v in values) + " |"
+              for label, values in _figure_rows(report)]
+    lines.append("")
+    for name, hits in report.get("retrieval", {}).items():
+        lines.append(f"- retrieval on {name.replace('_', ' ')}: hit@1 {_fmt(hits['hit@1'])}, "
+                     f"hit@3 {_fmt(hits['hit@3'])} ({hits['questions']} questions)")
+    lines += ["", "## Verdict", ""] + [f"- {v}" for v in report.get("verdict", [])] + [""]
+    for split, figures in report["splits"].items():
+        metrics = [m for m in ("chrf", "rouge_l", "bleu", "exact_match", "loss", "ppl")
+                   if any(m in figures[s] for s in systems)]
+        lines += [f"## Text scores, {split.replace('_', ' ')}", "",
+                  "| metric | " + " | ".join(systems) + " |", "|---|" + "---:|" * len(systems)]
+        lines += [f"| {LABELS[m]} | " + " | ".join(_fmt(figures[s].get(m)) if m == "exact_match"
+                                                  else str(figures[s].get(m, "-"))
+                                                  for s in systems) + " |" for m in metrics]
         lines.append("")
-    lines += ["## Examples from the test split", ""]
-    for row in [r for r in answers if r["split"] == "test"][:examples]:
-        lines += [f"**Q:** {cell(row['question'])}", "", "| | answer | chrF |", "|---|---|---:|",
-                  f"| reference | {cell(row['reference'])} | |",
-                  f"| base | {cell(row['base_answer'])} | {row['base_chrf']:.1f} |",
-                  f"| tuned | {cell(row['tuned_answer'])} | {row['tuned_chrf']:.1f} |", ""]
-    return "\n".join(lines)
+    wrong = [a for a in answers if a.get("tuned_correct") in (0, 0.0, False)]
+    lines += ["## Questions the fine-tuned bot got wrong", ""]
+    for row in wrong[:examples * 5]:
+        lines.append(f"- **{cell(row['question'])}** ({row['split']}): expected "
+                     f"{cell(row['reference'])[:80]} — got {cell(row['tuned_answer'])[:120]}")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(report: dict, path: Path) -> None:
-    """Grouped bars base vs tuned: the scores (out of 100), then loss and perplexity on their own
-    axes, as their scales differ."""
+    """Grouped bars per figure (share of questions, 0-100 %), one bar per system."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, scaled = report["summary"], {"rouge_l": 100, "exact_match": 100}  # 0-1 -> 0-100
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4), dpi=110, width_ratios=[4, 1, 1])
-    panels = [(axes[0], ("chrf", "rouge_l", "bleu", "exact_match"), "score (out of 100)"),
-              (axes[1], ("loss",), "loss (nats per answer token)"),
-              (axes[2], ("ppl",), "perplexity (exp of the loss)")] if summary else []
-    for ax, metrics, ylabel in panels:
-        for offset, name, color in ((-0.2, "base", "tab:gray"), (0.2, "tuned", "tab:blue")):
-            values = [summary[m][name] * scaled.get(m, 1) for m in metrics]
-            x = [i + offset for i in range(len(metrics))]
-            fmt = "%.2f" if metrics == ("loss",) else "%.1f"
-            ax.bar_label(ax.bar(x, values, 0.4, label=name, color=color), fmt=fmt, fontsize=8)
-        ax.set_xticks(range(len(metrics)), [LABELS[m] + (" ×100" * (m in scaled)) for m in metrics])
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-    if summary:
-        axes[0].legend()
-    fig.suptitle(f"Base vs fine-tuned, test split ({report['rows']['test']} questions)")
+    systems = list(report["systems"])
+    figures = [(label, values) for label, values in _figure_rows(report)
+               if all(v is None or isinstance(v, float) for v in values)]
+    fig, ax = plt.subplots(figsize=(11, 4.2), dpi=110)
+    colors = {"base": "tab:gray", "tuned": "tab:blue", "retrieval": "tab:orange"}
+    width = 0.8 / max(len(systems), 1)
+    for i, system in enumerate(systems):
+        x = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(figures))]
+        values = [100 * (v[i] or 0) for _, v in figures]
+        bars = ax.bar(x, values, width, label=report["systems"][system], color=colors[system])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(figures)), [label.replace(": ", ":\n") for label, _ in figures],
+                  fontsize=7)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("% of questions")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("What the bot gets right: fine-tuned vs base vs retrieval only")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

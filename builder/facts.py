@@ -12,7 +12,9 @@ the reference's facts found in an answer (fact accuracy) and facts found nowhere
 import re
 import unicodedata
 
-PHONE = re.compile(r"\b0\d{1,3}-\d{3,4}-\d{4}\b")
+PHONE = re.compile(r"(?<![\d-])0\d{1,3}-\d{3,4}-\d{4}(?![\d-])")
+# "1만 5천원", "1만 5,000원": one amount written in two parts
+SPLIT_AMOUNT = re.compile(r"(\d+)\s*만\s*(?:(\d+)\s*천|(\d[\d,]*)(?=\s*원))")
 RATIO = re.compile(r"(?<![\d.])(\d+)\s*:\s*(\d+)(?![\d.])")
 NUMBER = r"\d[\d,]*(?:\.\d+)?"
 UNITS = ("만 원", "만원", "천 원", "천원", "원", "%", "퍼센트", "영업일", "개월", "주", "일",
@@ -39,6 +41,9 @@ def facts(text: str) -> set[tuple[str, str]]:
     for phone in PHONE.findall(text):
         found.add((phone, "tel"))
     text = PHONE.sub(" ", text)
+    text = SPLIT_AMOUNT.sub(lambda m: str(int(m[1]) * 10_000 + (int(m[2]) * 1_000 if m[2] else
+                                                                 int(m[3].replace(",", "")))),
+                            text)
     for a, b in RATIO.findall(text):
         found.add((f"{a}:{b}", "ratio"))
     text = RATIO.sub(" ", text)

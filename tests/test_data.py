@@ -51,7 +51,8 @@ def read_split(out: Path) -> list[dict]:
 def test_prepare_writes_complete_folder(faq, tmp_path):
     out = tmp_path / "prepared"
     report = prepare(faq, out, seed=7)
-    assert sorted(p.name for p in out.iterdir()) == ["dataset", "report.json", "test.csv", "train.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset", "faq.csv", "report.json", "test.csv", "train.csv"]
     assert report["rows_read"] == 12 and report["rows_kept"] == 12
     assert report["split"] == {"train": 11, "test": 1}
     on_disk = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -70,6 +71,12 @@ def test_prepare_writes_complete_folder(faq, tmp_path):
             csv_questions[split] = [r["instruction"] for r in csv.DictReader(f)]
         assert dataset[split]["instruction"] == csv_questions[split], split
     assert not set(csv_questions["test"]) & set(csv_questions["train"])
+    # faq.csv: every kept row (train and test) in the file's order, with its line in the file
+    with (out / "faq.csv").open(encoding="utf-8", newline="") as f:
+        knowledge = list(csv.DictReader(f))
+    assert list(knowledge[0]) == ["instruction", "input", "output", "line"]
+    assert [(r["instruction"], r["input"], r["output"], int(r["line"])) for r in knowledge] == [
+        (q, i, a, line) for line, (q, i, a) in enumerate(QA, start=2)]
 
 
 def test_prepare_refuses_an_out_that_is_a_file(faq, tmp_path, capsys):

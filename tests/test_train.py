@@ -141,17 +141,48 @@ def test_answer_only_loss_has_the_same_gradients(tiny_model, tokenizer):
 # The stage on a tiny model: fast
 
 
-def test_train_writes_the_run_folder(tiny_model, tmp_path):
+def test_train_writes_the_run_folder(tiny_model, tmp_path, monkeypatch):
+    import builder.raft
+    from builder.knowledge import Knowledge
+
+    made = []  # what builder.raft made for each split: train first, then validation
+
+    real = builder.raft.grounded_rows
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(builder.raft, "grounded_rows", spy)
     prepared = make_prepared(tmp_path, 30)
     run = train(prepared, tmp_path / "run", tiny_config(tiny_model, max_steps=4), log=lambda *_: None)
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "loss.png",
-                 "metrics.json", "config.yaml", "meta.json", "template.yaml"):
+                 "metrics.json", "config.yaml", "meta.json", "template.yaml",
+                 "knowledge/index.json", "knowledge/entries.jsonl"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     meta = json.loads((run / "meta.json").read_text())
     assert metrics["global_step"] == 4 and metrics["answer_tokens_trained"] > 0
     assert metrics["adapter_evaluated"] is True and metrics["best_eval_loss"] is not None
-    assert metrics["val_rows"] == 5 and metrics["train_rows"] == 22
+    # 30 rows: 3 test, 27 train of which max(4, round(27 * 0.2)) = 5 validation, 22 training;
+    # raft makes one row per FAQ row plus max(1, round(n * rag.off_topic_share)) off-topic ones
+    train_rows, val_rows = made[:2]
+    kinds = meta["knowledge"]["row_kinds"]
+    for split, rows, faq_rows in (("train", train_rows, 22), ("validation", val_rows, 5)):
+        counted = {kind: sum(r["kind"] == kind for r in rows) for kind in {r["kind"] for r in rows}}
+        assert kinds[split] == counted, split
+        assert counted["answer"] + counted.get("near_miss", 0) == faq_rows, split
+        assert counted["off_topic"] == max(1, round(faq_rows * 0.1)), split
+        assert all(r["faq"].count("질문: ") == 3 for r in rows), split
+    assert metrics["train_rows"] == len(train_rows) == 24
+    assert metrics["val_rows"] == len(val_rows) == 6
+    assert meta["rows"] == {"train": 24, "validation": 6, "test": 3}
+    # the knowledge holds every kept row, train and test, and is recorded in meta.json
+    knowledge = Knowledge.load(run / "knowledge")
+    assert len(knowledge.entries) == 30 and meta["knowledge"]["entries"] == 30
+    assert meta["knowledge"]["k"] == 3 and meta["knowledge"]["embedder"] == knowledge.settings["embedder"]
+    assert meta["knowledge"]["gate"] == knowledge.settings["gate"]
+    assert meta["knowledge"]["gate"]["dense_threshold"] is not None
     assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [2, 4]
     assert meta["backend"] == "hf" and meta["template"] == "korean" and len(meta["template_sha256"]) == 64
     assert meta["end_token_ids"][:2] == [1, 106] and "torch" in meta["versions"]

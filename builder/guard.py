@@ -1,0 +1,93 @@
+"""What a grounded answer may show: the fact guard, the runaway check and the reply record.
+
+    reply = Reply()
+    shown = GuardedText(sources=[entry texts, question, context])
+    for delta in model_deltas:
+        text = shown.feed(delta)           # released sentence by sentence, once checked
+        if shown.tripped: break
+    text = shown.finish()
+
+The fact guard: a sentence is shown only once it is complete and every number it states
+(price, days, hours, size, percentage, phone number; builder.facts) is found in the FAQ entries
+the answer was given or in the customer's own words. When a sentence states a number found
+nowhere, the answer stops there; if nothing was shown yet the bot falls back to the best entry's
+own answer. The runaway check ends a generation whose last tokens repeat an earlier stretch.
+"""
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from builder.facts import invented
+
+# where a sentence ends: ". " "? " "! " "\n", or a Korean sentence ending before a space
+SENTENCE_END = re.compile(r"(?<=[.!?…。])\s+|\n+|(?<=[다요죠네])(?=\s)")
+RUNAWAY_NGRAM = 8  # tokens: the last 8 already generated once before = a loop
+
+
+@dataclass
+class Reply:
+    """One answer and how it came about (for the doors, the logs and the eval)."""
+
+    text: str = ""
+    sources: list = field(default_factory=list)  # knowledge Hits the answer was given
+    declined: bool = False  # the answer is the decline message
+    gated: bool = False  # declined before generating: nothing in the FAQ is about the question
+    guarded: bool = False  # the fact guard cut the model's answer or replaced it
+    fallback: bool = False  # ... replaced by the best entry's own answer
+    runaway: bool = False  # the runaway check ended a repeating generation
+    invented: list = field(default_factory=list)  # facts the model stated that no source has
+    generated: str = ""  # the model's own text, before the guard
+
+
+def runaway(ids: list[int], n: int = RUNAWAY_NGRAM) -> bool:
+    """True when the last n ids already occurred, in order, earlier in `ids`."""
+    if len(ids) < 2 * n:
+        return False
+    tail = ids[-n:]
+    return any(ids[i:i + n] == tail for i in range(len(ids) - 2 * n + 1))
+
+
+def is_decline(text: str, decline_message: str) -> bool:
+    squeeze = lambda s: "".join(unicodedata.normalize("NFC", s).split())  # noqa: E731
+    head = squeeze(decline_message)[:24]
+    return bool(head) and squeeze(text).startswith(head)
+
+
+class GuardedText:
+    """Releases a growing answer sentence by sentence, after checking each one's facts."""
+
+    def __init__(self, sources: list[str], enabled: bool = True):
+        self.sources = sources
+        self.enabled = enabled
+        self.text = ""  # everything generated so far
+        self.released = 0  # characters of `text` already shown
+        self.tripped = False
+        self.invented: set = set()
+
+    def _check(self, upto: int) -> bool:
+        found = invented(self.text[:upto], self.sources) if self.enabled else set()
+        if found:
+            self.tripped, self.invented = True, found
+        return not found
+
+    def feed(self, delta: str) -> str:
+        """Add generated text; return what may be shown now (complete, checked sentences)."""
+        if self.tripped:
+            return ""
+        self.text += delta
+        ends = [m.start() for m in SENTENCE_END.finditer(self.text) if m.start() > self.released]
+        out = ""
+        for end in ends:  # one sentence at a time: stop at the first one with an invented fact
+            if not self._check(end):
+                break
+            out += self.text[self.released:end]
+            self.released = end
+        return out
+
+    def finish(self) -> str:
+        """The generation ended: check and release the rest."""
+        if self.tripped or not self._check(len(self.text)):
+            return ""
+        out, self.released = self.text[self.released:], len(self.text)
+        return out

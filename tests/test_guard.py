@@ -1,0 +1,69 @@
+"""Guards builder/guard.py: only checked, complete sentences are shown; loops and declines are recognised."""
+
+from builder.config import DECLINE_MESSAGE
+from builder.guard import GuardedText, is_decline, runaway
+
+SOURCES = ["배송비는 얼마인가요? 기본 배송비는 3,000원이며, 30,000원 이상 구매하시면 무료로 "
+           "배송해 드립니다.", "배송비 얼마임?", ""]
+
+
+def feed_all(guard: GuardedText, deltas: list[str]) -> list[str]:
+    return [guard.feed(delta) for delta in deltas]
+
+
+def test_only_complete_sentences_are_released():
+    guard = GuardedText(SOURCES)
+    shown = feed_all(guard, ["기본 배송비는 ", "3,0", "00원", "입니다. 3만원 이상", "이면 무료예요. 그리고"])
+    # nothing until the first sentence ends; a half-written "3,0" is never shown
+    assert shown[:3] == ["", "", ""]
+    assert shown[3] == "기본 배송비는 3,000원입니다."
+    assert shown[4] == " 3만원 이상이면 무료예요."
+    assert not guard.tripped
+    assert guard.finish() == " 그리고"  # the rest, once the generation ended and it is clean
+    assert guard.finish() == ""  # released once
+    assert "".join(shown) + " 그리고" == guard.text
+
+
+def test_a_sentence_with_a_made_up_price_trips_the_guard_and_nothing_follows():
+    guard = GuardedText(SOURCES)
+    shown = feed_all(guard, ["배송비는 3,000원입니다. ", "지금은 할인해서 ", "9,999원입니다. ",
+                             "30,000원 이상은 무료입니다. "])
+    assert shown == ["배송비는 3,000원입니다.", "", "", ""]
+    assert guard.tripped and guard.invented == {("9999", "원")}
+    assert guard.finish() == ""
+    assert "9,999원" in guard.text  # kept for the record, never shown
+
+
+def test_an_invented_fact_in_the_unfinished_last_sentence_is_caught_at_finish():
+    guard = GuardedText(SOURCES)
+    assert guard.feed("배송비는 3,000원입니다. 제주는 ") == "배송비는 3,000원입니다."
+    assert guard.feed("4,000원") == ""
+    assert guard.finish() == "" and guard.tripped and guard.invented == {("4000", "원")}
+
+
+def test_the_guard_can_be_turned_off():
+    guard = GuardedText(SOURCES, enabled=False)
+    assert feed_all(guard, ["배송비는 9,999원", "입니다. ", "무료"]) == ["", "배송비는 9,999원입니다.", ""]
+    assert guard.finish() == " 무료" and not guard.tripped
+
+
+def test_runaway_is_a_repeated_8_gram():
+    loop = [5, 6, 7, 8, 9, 10, 11, 12]
+    assert runaway(list(range(100, 110)) + loop + loop)
+    assert runaway([1, 2, 3] * 6)  # a short cycle repeats every 8-gram in it
+    assert not runaway(list(range(100, 140)))
+    assert not runaway(loop + [0] + loop[:-1])  # 7 tokens repeated are not yet a loop
+    assert not runaway(loop)  # too short to repeat
+    # a normal answer: words come back, but no run of 8 tokens does
+    answer = [7, 8, 9, 10, 11, 7, 8, 12, 13, 14, 15, 9, 10, 16, 17, 18, 19, 20, 7, 8, 9, 21]
+    assert not runaway(answer)
+
+
+def test_is_decline():
+    assert is_decline(DECLINE_MESSAGE, DECLINE_MESSAGE)
+    spaced = DECLINE_MESSAGE.replace(" ", "  ").replace(". ", ".\n")
+    assert is_decline(spaced + " 추가 문장", DECLINE_MESSAGE)  # spacing and a tail do not matter
+    assert not is_decline("기본 배송비는 3,000원입니다.", DECLINE_MESSAGE)
+    assert not is_decline("죄송합니다. 품절입니다.", DECLINE_MESSAGE)  # an apology is not a decline
+    assert not is_decline("", DECLINE_MESSAGE)
+    assert not is_decline("무엇이든", "")

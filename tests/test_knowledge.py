@@ -1,0 +1,220 @@
+"""Guards builder/knowledge.py and builder/rewrite.py: search, the off-topic gate, the index on disk."""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.errors import UserError
+from builder.knowledge import (
+    Knowledge,
+    entries_from_file,
+    entries_from_prepared,
+    index_run,
+    off_topic_questions,
+)
+from builder.rewrite import casual, drop_particles, keywords, rewrites
+from fixtures import sample_rows
+
+N_ROWS = 40
+DUPLICATE_OF = 3  # sample row 3 is written again after row 9: prepare leaves it out
+# casual paraphrases -> the FAQ question that answers them
+PARAPHRASES = {
+    "배송비 얼마임?": "배송비는 얼마인가요?",
+    "원두 개봉했는데 반품돼?": "원두를 개봉했는데 반품되나요?",
+    "오늘 몇시까지 주문해야 출발함?": "몇 시까지 주문하면 오늘 출발하나요?",
+}
+OFF_TOPIC = ["파이썬으로 리스트 정렬하는 코드 짜줘", "비트코인 지금 사도 돼?", "주식 추천해줘"]
+
+
+def write_faq(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["instruction", "input", "output"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def source_lines(path: Path) -> dict[int, str]:
+    """{line where a record starts: its question} of a FAQ file (header = line 1)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        lines, start = {}, 1
+        for cells in reader:
+            lines[start] = cells[0]
+            start = reader.line_num + 1
+    return lines
+
+
+@pytest.fixture(scope="module")
+def faq_file(tmp_path_factory) -> Path:
+    rows = sample_rows(N_ROWS)
+    rows = rows[:10] + [rows[DUPLICATE_OF]] + rows[10:]
+    return write_faq(tmp_path_factory.mktemp("knowledge-faq") / "faq.csv", rows)
+
+
+@pytest.fixture(scope="module")
+def kb(faq_file) -> Knowledge:
+    """One calibrated knowledge over a prepared folder of 40 sample rows (and a duplicate)."""
+    from builder.data import prepare
+
+    prepared = faq_file.parent / "prepared"
+    prepare(faq_file, prepared, test_size=0.1, seed=1)
+    return Knowledge.build(entries_from_prepared(prepared), source=str(prepared))
+
+
+# Search
+
+
+def test_search_ranks_the_entry_of_a_casual_paraphrase_first(kb):
+    for question, expected in PARAPHRASES.items():
+        hits = kb.search(question, k=3)
+        assert len(hits) == 3 and hits[0].entry.question == expected, (question, hits)
+        assert hits[0].score >= hits[1].score >= hits[2].score
+        assert -1 <= hits[0].dense <= 1 and hits[0].bm25 > 0
+
+
+def test_search_excludes_and_honours_k(kb):
+    best = kb.search("배송비 얼마임?", k=1)[0].entry
+    hits = kb.search("배송비 얼마임?", k=5, exclude={best.id})
+    assert len(hits) == 5 and best.id not in {h.entry.id for h in hits}
+
+
+def test_entries_and_hits_carry_their_line_in_the_faq_file(kb, faq_file):
+    lines = source_lines(faq_file)
+    assert len(kb.entries) == N_ROWS  # the duplicate was left out
+    assert [e.id for e in kb.entries] == list(range(N_ROWS))
+    for entry in kb.entries:
+        assert lines[entry.line] == entry.question, entry
+    # past the left-out duplicate (line 12), lines no longer follow the entry's position
+    assert kb.entries[10].line == 13 and 12 not in {e.line for e in kb.entries}
+    hit = kb.search("원두 개봉했는데 반품돼?", k=1)[0]
+    assert hit.entry.line == 23 and lines[23] == "원두를 개봉했는데 반품되나요?"
+
+
+def test_one_search_takes_well_under_a_second(kb):
+    timings = []
+    for question in ("택배 어디 거 써요?", "환불 언제 돼?", "매장 픽업 가능?"):
+        started = time.perf_counter()
+        kb.search(question, k=3)
+        timings.append(time.perf_counter() - started)
+    assert min(timings) < 1.0, timings  # the best of three: CPU time is shared on test machines
+
+
+# The gate
+
+
+def test_off_topic_questions_are_not_relevant_and_paraphrases_are(kb):
+    for question in OFF_TOPIC:
+        assert not kb.relevant(question, kb.search(question, k=3)), question
+    for question in PARAPHRASES:
+        assert kb.relevant(question, kb.search(question, k=3)), question
+    assert not kb.relevant("배송비 얼마임?", [])
+
+
+def test_calibrate_picks_a_threshold_with_balanced_accuracies(kb):
+    gate = kb.calibrate()
+    assert gate == kb.settings["gate"]  # build calibrated; the same questions give the same gate
+    assert 0 < gate["dense_threshold"] < 1
+    for name, accuracy in gate["balanced_accuracy"].items():
+        assert 0 <= accuracy <= 1, name
+    # the threshold together with the shared noun is what separates: better than chance
+    assert gate["balanced_accuracy"]["both"] >= gate["balanced_accuracy"]["shared_noun"]
+    assert gate["balanced_accuracy"]["both"] > 0.8
+    assert gate["positives"] == N_ROWS and gate["negatives"] == len(off_topic_questions())
+
+
+# Save, load, rebuild
+
+
+def test_save_and_load_give_the_same_search_results(kb, tmp_path):
+    folder = kb.save(tmp_path / "knowledge")
+    assert sorted(p.name for p in folder.iterdir()) == ["bm25", "dense.npy", "entries.jsonl",
+                                                        "index.json"]
+    kb.save(folder)  # saving again replaces it whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["knowledge"]
+    loaded = Knowledge.load(folder)
+    assert loaded.entries == kb.entries and loaded.settings == kb.settings
+    for question in [*PARAPHRASES, OFF_TOPIC[0]]:
+        ours, theirs = kb.search(question, k=3), loaded.search(question, k=3)
+        assert [h.entry for h in theirs] == [h.entry for h in ours], question
+        assert [h.score for h in theirs] == pytest.approx([h.score for h in ours])
+        assert [h.dense for h in theirs] == pytest.approx([h.dense for h in ours], abs=1e-4)
+        assert loaded.relevant(question, theirs) == kb.relevant(question, ours)
+    with pytest.raises(UserError, match="builder index"):
+        Knowledge.load(tmp_path / "nowhere")
+
+
+def test_entries_from_file_applies_the_checks_of_prepare(faq_file, tmp_path):
+    entries, report = entries_from_file(faq_file)
+    assert len(entries) == N_ROWS and report["rows_read"] == N_ROWS + 1
+    assert [(d["line"], d["reason"]) for d in report["dropped"]] == [(12, "duplicate")]
+    assert [e.question for e in entries] == [r["instruction"] for r in sample_rows(N_ROWS)]
+
+    rows = [{"instruction": "배송비는?", "input": "", "output": ""},
+            {"instruction": "", "input": "", "output": "3,000원입니다."}]
+    with pytest.raises(UserError, match="no usable rows"):
+        entries_from_file(write_faq(tmp_path / "empty.csv", rows))
+
+
+def test_index_run_rebuilds_the_knowledge_and_finds_a_new_row_at_once(tmp_path):
+    from builder.config import Config
+
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="not a run folder"):
+        index_run(run, tmp_path / "faq.csv", log=lambda *_: None)
+    (run / "merged").mkdir(parents=True)
+    (run / "config.yaml").write_text(Config().to_yaml(), encoding="utf-8")
+    (run / "merged" / "config.json").write_text("{}", encoding="utf-8")
+    new = {"instruction": "반려견 간식도 판매하나요?", "input": "",
+           "output": "네, 커피박으로 만든 강아지 쿠키를 5,000원에 판매하고 있어요."}
+    faq = write_faq(tmp_path / "faq.csv", sample_rows(9) + [new])
+
+    lines = []
+    result = index_run(run, faq, log=lines.append)
+    assert result["entries"] == 10 and len(lines) == 1 and "10 FAQ entries" in lines[0]
+    for folder in (run / "knowledge", run / "merged" / "knowledge"):  # merged/ carries a copy
+        kb = Knowledge.load(folder)
+        assert kb.settings["source"] == "faq.csv" and kb.settings["gate"]["dense_threshold"]
+        hits = kb.search("강아지 간식 팔아요?", k=3)
+        assert hits[0].entry.question == new["instruction"] and hits[0].entry.line == 11
+        assert kb.relevant("강아지 간식 팔아요?", hits)
+    index = json.loads((run / "knowledge" / "index.json").read_text(encoding="utf-8"))
+    assert index["entries"] == 10
+
+
+# Rewrites: how customers type a FAQ question (training rows and the gate's calibration)
+
+
+QUESTIONS = ["배송비는 얼마인가요?", "몇 시까지 주문하면 오늘 출발하나요?", "주문을 취소하고 싶어요.",
+             "택배사는 어디를 이용하나요?", "환불은 언제 되나요?", "매장에서 직접 픽업할 수 있나요?"]
+
+
+def test_rewrites_never_return_the_question_and_are_deterministic():
+    for question in QUESTIONS:
+        variants = rewrites(question)
+        assert len(variants) >= 4, variants
+        assert question not in variants and len(set(variants)) == len(variants), variants
+        assert rewrites(question) == variants
+
+
+def test_keywords_and_dropped_particles():
+    assert keywords("배송비는 얼마인가요?") == "배송비 얼마"
+    assert keywords("몇 시까지 주문하면 오늘 출발하나요?") == "몇 시 주문 오늘 출발"
+    assert drop_particles("배송비는 얼마인가요?") == "배송비 얼마인가요?"
+    assert drop_particles("주문을 취소하고 싶어요.") == "주문 취소하고 싶어요."
+    for question in QUESTIONS:
+        kept = keywords(question)
+        assert kept and not kept.endswith(("요", "?", ".")), kept
+        assert not any(word.endswith(("는", "을", "를", "까지")) for word in kept.split()), kept
+
+
+def test_casual_endings():
+    assert casual("배송비는 얼마인가요?") == "배송비는 얼마임?"
+    assert casual("매장에서 직접 픽업할 수 있나요?") == "매장에서 직접 픽업할 수 있어?"
+    assert casual("환불은 언제 되나요?") == "환불은 언제 돼?"
+    assert casual("주문을 취소하고 싶어요.") == "주문을 취소하고 싶어"
+    assert any(v.endswith("임?") for v in rewrites("배송비는 얼마인가요?"))
+    assert "배송비 얼마임?" in rewrites("배송비는 얼마인가요?")  # particles dropped, then casual
