@@ -1,5 +1,5 @@
 """What the web app (builder/webapp.py) does besides drawing: uploads, previews, the run list,
-the loaded chatbot and the one background training job.
+the loaded chatbot, a run's FAQ update and evaluation, and the one background training job.
 
     job = TrainingJob("runs", "configs/embedded-cpu.yaml")
     job.start("runs/data-20250101-120000", ["train.max_steps=20"])  # -> runs/app-20250101-120500
@@ -8,7 +8,10 @@ the loaded chatbot and the one background training job.
 
 Training and merging run as the same commands a user types (`python -m builder train ...`, then
 `python -m builder merge ...`) in a subprocess: the page stays responsive, and a crash or a
-kill cannot take the app down. Nothing here imports gradio.
+kill cannot take the app down. An updated FAQ file becomes a run's knowledge as `builder index`
+makes it (index_upload), and the loaded bot answers from it at once. A run's evaluation is what
+`builder eval` wrote to RUN/eval/; RUN/eval.running says one is under way. Nothing here imports
+gradio.
 """
 
 import atexit
@@ -151,17 +154,56 @@ def read_progress(run_dir: Path | None) -> dict:
         return {}
 
 
-def eval_summary(run_dir: str | Path | None) -> tuple[dict, Path | None]:
-    """RUN/eval/report.json's summary {metric: {"base": x, "tuned": y}} and RUN/eval/chart.png."""
+EVAL_RUNNING = "eval.running"  # `builder eval` keeps RUN/eval.running while it works
+# shown after builder.evaluate.FIGURES (shares of questions): (section, key, label, kind)
+MORE_FIGURES = [("summary", "chrf", "test split: chrF (0-100)", "score"),
+                ("questions", "invented_shown", "answers shown with an invented fact", "count"),
+                ("questions", "runaway", "runaway answers cut", "count")]
+
+
+@dataclass
+class EvalSummary:
+    """What the page shows of RUN/eval/: the systems, one row per figure, the verdict."""
+
+    running: bool  # RUN/eval.running exists: an eval is under way (rows are the last one's)
+    systems: dict  # {system: label} in the report's order; {} when there is no report
+    rows: list  # [(label, [value per system], kind)]; kind: "share" (0-1), "count" or "score"
+    retrieval: dict  # {"test_split" | "paraphrases": {"hit@1", "hit@3", "questions"}}
+    verdict: list  # plain sentences
+    chart: Path | None
+
+
+def eval_summary(run_dir: str | Path | None) -> EvalSummary:
+    """RUN/eval/report.json and chart.png, and whether RUN/eval.running says an eval is under
+    way. An older report (a "summary" of base and tuned only) shows its summary rows."""
+    from builder.evaluate import FIGURES
+
     if not run_dir:
-        return {}, None
-    folder = Path(run_dir) / "eval"
+        return EvalSummary(False, {}, [], {}, [], None)
+    running = (Path(run_dir) / EVAL_RUNNING).exists()
     try:
-        summary = json.loads((folder / "report.json").read_text(encoding="utf-8"))["summary"]
-    except (OSError, ValueError, KeyError):
-        summary = {}
-    chart = folder / "chart.png"
-    return summary, chart if chart.is_file() else None
+        report = json.loads((Path(run_dir) / "eval" / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no eval yet, or one being swapped in
+        report = {}
+    if not isinstance(report, dict) or not report.get("summary"):
+        return EvalSummary(running, {}, [], {}, [], None)
+    summary = report["summary"]  # {metric: {system: x}}, test split
+    systems = report.get("systems") or {s: s for s in ("base", "tuned", "retrieval")
+                                         if any(s in v for v in summary.values())}
+    tables = {"questions": report.get("questions") or {}, **(report.get("splits") or {}),
+              "summary": {s: {m: v.get(s) for m, v in summary.items()} for s in systems}}
+    if report.get("splits"):
+        figures = [(section, key, label, "share") for section, key, label in FIGURES] + MORE_FIGURES
+    else:  # an older report: its summary is all there is
+        figures = [("summary", m, f"test split: {m}", "score") for m in summary]
+    rows = []
+    for section, key, label, kind in figures:
+        values = [tables.get(section, {}).get(s, {}).get(key) for s in systems]
+        if any(v is not None for v in values):
+            rows.append((label, values, kind))
+    chart = Path(run_dir) / "eval" / "chart.png"
+    return EvalSummary(running, dict(systems), rows, report.get("retrieval") or {},
+                       list(report.get("verdict") or []), chart if chart.is_file() else None)
 
 
 class ChatbotCache:
@@ -183,6 +225,37 @@ class ChatbotCache:
                 self._bot, self._run_dir = None, None  # free the old model before loading
                 self._bot, self._run_dir = Chatbot.load(run_dir), run_dir
             return self._bot
+
+    def reload_knowledge(self, run_dir: str | Path) -> bool:
+        """After RUN/knowledge was rebuilt: the loaded bot of that run answers from it at once
+        (the model stays loaded). False when that run's bot is not loaded or has no knowledge."""
+        from builder.knowledge import Knowledge
+
+        run_dir = Path(run_dir).resolve()
+        with self._lock:
+            if self._run_dir != run_dir or getattr(self._bot, "knowledge", None) is None:
+                return False
+            self._bot.knowledge = Knowledge.load(run_dir / "knowledge")
+            return True
+
+
+def index_upload(faq_file, run_dir: str | Path | None, max_mb: float, bots: ChatbotCache) -> dict:
+    """An updated FAQ file becomes the run's knowledge (builder.knowledge.index_run, as
+    `builder index`), and the loaded bot of that run uses it for the next question.
+
+    index_run's result, plus "grounded": whether the run's template uses the FAQ at all."""
+    from builder.knowledge import index_run
+    from builder.prompts import parse_template
+
+    if not run_dir:
+        raise UserError("FAQ를 바꿀 실행(run)을 먼저 고르세요 / pick the run whose FAQ to update first")
+    path = check_upload(faq_file, max_mb)
+    result = index_run(run_dir, path, log=lambda *_: None)
+    bots.reload_knowledge(run_dir)
+    template = Path(run_dir) / "template.yaml"
+    grounded = template.is_file() and parse_template(template.read_text(encoding="utf-8"),
+                                                     str(template)).grounded
+    return {**result, "grounded": grounded}
 
 
 # ---------------------------------------------------------------------------------------------

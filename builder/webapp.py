@@ -6,9 +6,16 @@
 Each tab calls what the CLI calls (builder.data.prepare, `builder train` / `builder merge`,
 builder.chat.Chatbot, builder.hub); builder.jobs holds the logic that is not drawing. Every
 event has an `api_name`, so gradio_client can drive the page: /prepare, /start_training,
-/stop_training, /training_status, /chat, /stop_chat, /clear_chat, /push_dataset, /push_model,
-/push_adapter, /model_card. A UserError shows in the tab's error box, never as a traceback.
+/stop_training, /training_status, /chat, /stop_chat, /clear_chat, /index_faq, /eval_report,
+/push_dataset, /push_model, /push_adapter, /model_card. A UserError shows in the tab's error
+box, never as a traceback.
 The Hugging Face token goes from its password field straight to builder.hub: it is not kept.
+
+In the 채팅 tab each answer of a run that answers from its FAQ is followed by a collapsed
+"참고한 FAQ" message (the entries and their rows in the FAQ file); "FAQ 업데이트" replaces the
+run's knowledge from an updated FAQ file (as `builder index`) and the next question uses it;
+the run's evaluation (`builder eval`: RUN/eval/, or RUN/eval.running while it runs) is shown
+and read again on a timer, so an eval that ends while the page is open fills in.
 
 Visitors type paths and text, so the page only reads folders under its runs root (and the
 --run folder), caps what it queues and the length of a question. Off loopback it needs a login
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from builder import jobs
 from builder.errors import UserError
+from builder.guard import Reply
 
 CSS = """
 .error-box { background: #fdecea; border-left: 4px solid #d93025; padding: 8px 12px;
@@ -71,12 +79,71 @@ def progress_html(status: jobs.JobStatus) -> str:
             f"<p>{html.escape(status.message)}</p>")
 
 
-def eval_markdown(summary: dict) -> str:
-    if not summary:
-        return ""
-    rows = [f"| {metric} | {v.get('base')} | {v.get('tuned')} |" for metric, v in summary.items()]
-    return "### 평가 (test split)\n\n| 지표 metric | 기본 base | 학습 후 tuned |\n|---|---|---|\n" + \
-        "\n".join(rows)
+def sources_message(reply) -> dict | None:
+    """The FAQ entries an answer was given, as a collapsed "참고한 FAQ" chat message to show
+    under it; None for a declined answer or a run that does not answer from a FAQ."""
+    if reply.declined or not reply.sources:
+        return None
+    rows, items = [], []
+    for hit in reply.sources:
+        entry = hit.entry
+        row = f"{entry.line}행" if entry.line else "행 번호 없음 / no row"
+        rows.append(row)
+        answer = entry.answer if len(entry.answer) <= 120 else entry.answer[:119] + "…"
+        items.append(f"- **{row}** {entry.question} → {answer}")
+    return {"role": "assistant", "content": "\n".join(items),
+            "metadata": {"title": "참고한 FAQ / FAQ entries used", "log": ", ".join(rows),
+                         "status": "done"}}  # done: shown collapsed
+
+
+def _figure(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "share":
+        return f"{value:.0%}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def eval_markdown(summary: jobs.EvalSummary, run_dir: str | None = None) -> str:
+    """The run's evaluation: a note while one runs, the figures per system, the verdict."""
+    lines = []
+    if summary.running:
+        lines.append("⏳ **평가 진행 중 / evaluation running**" +
+                     (" — 아래는 이전 결과 / below: the previous one" if summary.systems else ""))
+    elif not summary.systems:
+        return (f"평가 결과가 아직 없습니다 / no evaluation yet: `builder eval {run_dir}`"
+                if run_dir else "")
+    if summary.systems:
+        labels = list(summary.systems.values())
+        lines += ["### 평가 evaluation", "", "| 항목 figure | " + " | ".join(labels) + " |",
+                  "|---|" + "---:|" * len(labels)]
+        lines += [f"| {label} | " + " | ".join(_figure(v, kind) for v in values) + " |"
+                  for label, values, kind in summary.rows]
+        lines.append("")
+        for name, hits in summary.retrieval.items():
+            hit1, hit3 = (_figure(hits.get(k), "share") for k in ("hit@1", "hit@3"))
+            lines.append(f"- 검색 retrieval, {name.replace('_', ' ')}: hit@1 {hit1}, hit@3 {hit3} "
+                         f"({hits.get('questions')} questions)")
+        if summary.verdict:
+            lines += ["", "**판정 verdict**", ""] + [f"- {line}" for line in summary.verdict]
+    return "\n".join(lines)
+
+
+def eval_view(run_dir: str | None, seen_chart):
+    """(markdown, chart update, chart key) of a run's evaluation; the chart is sent again only
+    when it changed (seen_chart is the key this session last got)."""
+    import gradio as gr
+
+    summary = jobs.eval_summary(run_dir)
+    chart = summary.chart
+    try:
+        key = (str(chart), chart.stat().st_mtime_ns) if chart is not None else None
+    except OSError:  # eval/ was replaced in between
+        chart = key = None
+    if key == seen_chart:
+        return eval_markdown(summary, run_dir), gr.skip(), key
+    return eval_markdown(summary, run_dir), gr.update(value=chart and str(chart),
+                                                      visible=chart is not None), key
 
 
 def too_long(what: str, text: str | None, limit: int) -> str | None:
@@ -213,6 +280,19 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
                                        elem_id="chat-max-tokens")
                 temperature = gr.Slider(0, 1.5, 0, step=0.05, label="온도 temperature (0 = greedy)",
                                         elem_id="chat-temperature")
+            with gr.Accordion("FAQ 업데이트 (재학습 없이) / update the FAQ without retraining",
+                              open=False):
+                faq_update = gr.File(label=f"새 FAQ 파일 (CSV · TSV · XLSX, 최대 {max_upload_mb} MB): "
+                                     "고른 모델이 다음 질문부터 이 FAQ로 답합니다",
+                                     file_types=[".csv", ".tsv", ".txt", ".xlsx"],
+                                     elem_id="chat-faq-file")
+                faq_update_result = gr.Markdown(elem_id="chat-faq-result")
+            with gr.Accordion("평가 evaluation (builder eval)", open=True):
+                chat_eval = gr.Markdown(elem_id="chat-eval")
+                chat_eval_chart = gr.Image(label="평가 evaluation", type="filepath",
+                                           interactive=False, visible=False,
+                                           elem_id="chat-eval-chart")
+            eval_timer = gr.Timer(5.0)  # an eval that ends while the page is open fills in
 
         # ---- 4. 배포: push to the Hugging Face Hub ------------------------------------------
         with gr.Tab("4. 배포", id="deploy") as deploy_tab:
@@ -267,19 +347,19 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
         def on_status(seen):
             status = job.status()
-            summary, chart = jobs.eval_summary(status.run_dir) if status.state == "done" else ({}, None)
+            evaluated = status.run_dir if status.state == "done" else None
+            eval_text, eval_image, eval_key = eval_view(evaluated, seen[2])
             loss = job.loss_chart(chart_dir)
             # a start/busy message is stale once the job's state changes
             message = "" if seen[1] not in (None, status.state) else gr.skip()
             return (progress_html(status), gr.skip() if loss == seen[0] else loss,
-                    "\n".join(status.log_tail.splitlines()[-12:]), eval_markdown(summary),
-                    gr.update(value=chart, visible=chart is not None), vars(status), message,
-                    (loss, status.state))
+                    "\n".join(status.log_tail.splitlines()[-12:]), eval_text, eval_image,
+                    vars(status), message, (loss, status.state, eval_key))
 
         start.click(on_start, [train_data, epochs, max_steps, lr, patience], train_message,
                     api_name="start_training")
         stop.click(lambda: job.stop(), None, train_message, api_name="stop_training")
-        seen = gr.State((None, None))  # this session's last (chart, state): resend only changes
+        seen = gr.State((None, None, None))  # this session's last (chart, state, eval chart)
         timer.tick(on_status, seen, [progress, loss_chart, log_tail, eval_table, eval_chart,
                                      status_json, train_message, seen],
                    api_name="training_status", show_progress="hidden")
@@ -287,8 +367,9 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
         # ---- Events: 채팅 ---------------------------------------------------------------
         def on_chat(text, history, run, ctx, n_tokens, temp, request: gr.Request):
             text = (text or "").strip()
-            history = [{"role": m["role"], "content": message_text(m["content"])}
-                       for m in history or []]
+            history = [{"role": m["role"], "content": message_text(m["content"]),
+                        **({"metadata": m["metadata"]} if (m.get("metadata") or {}).get("title")
+                           else {})} for m in history or []]
             if not text:
                 yield history, "", hidden
                 return
@@ -303,16 +384,18 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
             stop_event.clear()
             try:
                 bot = bots.get(inside(run))
-                answer = ""
+                answer, reply = "", Reply()
                 history.append({"role": "assistant", "content": ""})
-                for delta in bot.stream(text, ctx or "", max_new_tokens=int(n_tokens),
+                for delta in bot.stream(text, ctx or "", reply=reply, max_new_tokens=int(n_tokens),
                                         temperature=float(temp), stop_event=stop_event):
                     answer += delta
                     history[-1]["content"] = answer
                     yield history, "", hidden
                 if not answer:
                     history[-1]["content"] = "(빈 답변 / empty answer)"
-                    yield history, "", hidden
+                if sources := sources_message(reply):
+                    history.append(sources)
+                yield history, "", hidden
             except UserError as err:
                 yield history, text, shown(str(err))
 
@@ -325,6 +408,34 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
         chat_stop.click(on_stop_chat, None, None, api_name="stop_chat")
         clear.click(lambda: ([], ""), None, [chatbot, question], api_name="clear_chat")
         chat_refresh.click(runs_update, chat_run, chat_run, api_visibility="private")
+
+        def on_index(path, run):
+            try:
+                result = jobs.index_upload(path, inside(run), max_upload_mb, bots)
+            except UserError as err:
+                return "", shown(str(err))
+            n, left_out = result["entries"], len(result["report"]["dropped"])
+            text = (f"✅ FAQ {n}개 항목을 색인했습니다 (제외된 행 {left_out}개): 다음 질문부터 새 FAQ로 "
+                    f"답합니다 / indexed {n} FAQ entries ({left_out} rows left out): the next "
+                    "question is answered from them, without retraining")
+            if not result["grounded"]:
+                text += ("\n\n⚠️ 이 모델의 템플릿에는 FAQ 자리({faq})가 없어 답변에 FAQ를 쓰지 않습니다 "
+                         "/ this run's template has no {faq} slot: its answers do not use the FAQ")
+            return text, hidden
+
+        def on_eval(run, seen_chart):
+            try:
+                run = inside(run)
+            except UserError as err:
+                return f"⚠️ {err}", gr.update(value=None, visible=False), None
+            return eval_view(run, seen_chart)
+
+        faq_update.upload(on_index, [faq_update, chat_run], [faq_update_result, chat_error],
+                          api_name="index_faq")
+        eval_seen = gr.State(None)  # the eval chart this session has: resend only a new one
+        gr.on([app.load, chat_run.change, eval_timer.tick], on_eval, [chat_run, eval_seen],
+              [chat_eval, chat_eval_chart, eval_seen], api_name="eval_report",
+              show_progress="hidden")
         chat_tab.select(runs_update, chat_run, chat_run, api_visibility="private")
 
         # ---- Events: 배포 ---------------------------------------------------------------

@@ -86,6 +86,11 @@ def text_of(content) -> str:
     return ""
 
 
+def title_of(message: dict) -> str:
+    """A chat message's collapsible title ("" for a plain message)."""
+    return (message.get("metadata") or {}).get("title") or ""
+
+
 def has_hangul(text: str) -> bool:
     return any("가" <= ch <= "힣" for ch in text)
 
@@ -250,6 +255,168 @@ def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypat
     assert (kwargs["max_upload_mb"], kwargs["max_queue"], kwargs["open_access"]) == (3.5, 4, True)
 
 
+# The 채팅 tab: sources under each answer, FAQ update, the run's evaluation
+
+
+def test_sources_are_a_collapsed_message_with_rows_and_a_declined_answer_has_none():
+    from types import SimpleNamespace
+
+    from builder.guard import Reply
+    from builder.knowledge import Entry
+    from builder.webapp import sources_message
+
+    hits = [SimpleNamespace(entry=Entry(0, 2, "배송비는 얼마인가요?", "", "기본 배송비는 3,000원입니다.")),
+            SimpleNamespace(entry=Entry(1, None, "제주도도 되나요?", "", "네" * 200))]
+    message = sources_message(Reply(text="3,000원입니다.", sources=hits))
+    assert message["role"] == "assistant"
+    assert title_of(message).startswith("참고한 FAQ") and message["metadata"]["status"] == "done"
+    lines = message["content"].splitlines()
+    assert lines[0] == "- **2행** 배송비는 얼마인가요? → 기본 배송비는 3,000원입니다."
+    assert lines[1].startswith("- **행 번호 없음 / no row** 제주도도 되나요?") and lines[1].endswith("네…")
+    assert sources_message(Reply(text="죄송합니다.", declined=True, sources=hits)) is None
+    assert sources_message(Reply(text="답변")) is None  # a run without knowledge
+
+
+def test_the_eval_markdown_shows_every_system_the_figures_and_the_verdict(tmp_path):
+    from test_jobs import write_eval
+
+    from builder import jobs
+    from builder.webapp import eval_markdown
+
+    assert eval_markdown(jobs.eval_summary(tmp_path), str(tmp_path)).startswith(
+        "평가 결과가 아직 없습니다 / no evaluation yet: `builder eval")
+    (tmp_path / jobs.EVAL_RUNNING).touch()
+    assert eval_markdown(jobs.eval_summary(tmp_path)) == "⏳ **평가 진행 중 / evaluation running**"
+    report = write_eval(tmp_path)
+    text = eval_markdown(jobs.eval_summary(tmp_path))
+    assert text.startswith("⏳ **평가 진행 중 / evaluation running** — 아래는 이전 결과")
+    (tmp_path / jobs.EVAL_RUNNING).unlink()
+    text = eval_markdown(jobs.eval_summary(tmp_path))
+    assert "| 항목 figure | base + retrieval | fine-tuned + retrieval | retrieval only |" in text
+    assert "| test split: facts right (entries never trained) | 25% | 50% | 88% |" in text
+    assert "| test split: chrF (0-100) | 20.5 | 48.25 | 61 |" in text
+    assert "| runaway answers cut | 2 | 1 | 0 |" in text
+    assert "- 검색 retrieval, test split: hit@1 75%, hit@3 100% (8 questions)" in text
+    assert all(f"- {line}" in text for line in report["verdict"]) and report["verdict"]
+
+
+def make_shop_run(run: Path) -> Path:
+    """A run folder that answers from its FAQ: a tiny random gemma as merged/, the Korean
+    template, its config; no knowledge/ until one is indexed."""
+    import json
+    import shutil
+
+    from fixtures import make_tiny_gemma
+
+    make_tiny_gemma(run / "merged")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    shutil.copy(ROOT / "configs" / "embedded-cpu.yaml", run / "config.yaml")
+    meta = {"base_model": "tiny-gemma", "template": "korean", "end_token_ids": [1, 106]}
+    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    return run
+
+
+@pytest.fixture(scope="module")
+def shop_run(app):
+    return make_shop_run(app.tmp / "runs" / "shop")
+
+
+def index_faq(client, faq: Path, run) -> tuple[str, dict]:
+    from gradio_client import handle_file
+
+    result, error = client.predict(handle_file(str(faq)), str(run), api_name="/index_faq")
+    return value(result), error
+
+
+def ask(client, question: str, run, history=()) -> list[dict]:
+    history, _, error = client.predict(question, list(history), str(run), "", 16, 0,
+                                       api_name="/chat")
+    assert not value(error), value(error)
+    return history
+
+
+def test_answers_show_their_faq_rows_and_an_updated_faq_is_used_at_once(app, shop_run):
+    from test_jobs import NEW_ROW
+
+    result, error = index_faq(app, write_faq(app.tmp / "shop-30.csv", 30), shop_run)
+    assert not value(error) and "FAQ 30개 항목을 색인했습니다" in result
+    assert "indexed 30 FAQ entries" in result and "without retraining" in result
+
+    # An answer, then a collapsed "참고한 FAQ" message with the rows it came from
+    history = ask(app, "배송비는 얼마인가요?", shop_run)
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant"], history
+    assert not title_of(history[1])
+    sources = history[2]
+    assert title_of(sources).startswith("참고한 FAQ") and sources["metadata"]["status"] == "done"
+    assert text_of(sources["content"]).startswith("- **2행** 배송비는 얼마인가요? → 기본 배송비는 3,000원")
+    assert sources["metadata"]["log"].startswith("2행")
+
+    # An off-topic question is declined, without sources; the earlier sources keep their box
+    history = ask(app, "내일 부산 날씨 알려줘", shop_run, history)
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant", "user", "assistant"]
+    assert "고객센터" in text_of(history[-1]["content"])
+    assert not title_of(history[-1]) and title_of(history[2]).startswith("참고한 FAQ")
+
+    # A new row: indexed without retraining, and the loaded bot answers from it at once
+    faq = write_faq(app.tmp / "shop-31.csv", 30, [NEW_ROW, ["주소가 어디인가요?", "", ""]])
+    result, error = index_faq(app, faq, shop_run)
+    assert not value(error) and "FAQ 31개 항목을 색인했습니다 (제외된 행 1개)" in result
+    history = ask(app, NEW_ROW[0], shop_run)
+    assert title_of(history[-1]), f"the new row's question got no sources: {history}"
+    assert history[-1]["metadata"]["log"].startswith("32행")
+    assert f"- **32행** {NEW_ROW[0]} → {NEW_ROW[2]}" in text_of(history[-1]["content"])
+
+
+def test_the_faq_update_refuses_bad_files_and_folders_outside_the_runs_root(app, shop_run):
+    bad = app.tmp / "bad-update.csv"
+    bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
+    result, error = index_faq(app, bad, shop_run)
+    assert not result and error["visible"] is True and "Traceback" not in error["value"]
+    assert "bad-update.csv: no question and no answer column" in error["value"]
+    outside = app.tmp / "outside-shop"
+    outside.mkdir(exist_ok=True)
+    faq = write_faq(app.tmp / "shop-12.csv", 12)
+    result, error = index_faq(app, faq, outside)
+    assert not result and "밖의 폴더는 쓸 수 없습니다 / only folders inside" in error["value"]
+    assert not (outside / "knowledge").exists()
+    result, error = index_faq(app, faq, "")
+    assert "pick the run whose FAQ to update first" in error["value"]
+
+
+def test_the_chat_tab_shows_the_runs_eval_and_fills_in_when_it_ends(app):
+    import httpx
+    from test_jobs import write_eval
+
+    from builder.jobs import EVAL_RUNNING
+
+    run = app.tmp / "runs" / "evaluated"
+    run.mkdir()
+    text, chart = app.predict(str(run), api_name="/eval_report")
+    assert "no evaluation yet" in value(text) and value(chart) is None
+    (run / EVAL_RUNNING).touch()  # `builder eval` has started
+    text, _ = app.predict(str(run), api_name="/eval_report")
+    assert "평가 진행 중 / evaluation running" in value(text)
+
+    report = write_eval(run)  # ... and ended
+    (run / EVAL_RUNNING).unlink()
+    text, chart = app.predict(str(run), api_name="/eval_report")
+    assert "evaluation running" not in value(text)
+    header = "| 항목 figure | base + retrieval | fine-tuned + retrieval | retrieval only |"
+    assert header in value(text)
+    assert "| paraphrased questions: facts right | 10% | 60% | 70% |" in value(text)
+    assert all(line in value(text) for line in report["verdict"])
+    assert chart["visible"] is True and Path(value(chart)).read_bytes()[:4] == b"\x89PNG"
+
+    text, _ = app.predict(str(app.tmp / "outside-shop"), api_name="/eval_report")
+    assert "only folders inside the runs folder" in value(text)
+
+    # the page asks again on a timer, so an eval that ends while it is open fills in
+    config = httpx.get(app.src + "config").json()
+    timers = {c["id"] for c in config["components"] if c.get("type") == "timer"}
+    refresh = next(d for d in config["dependencies"] if d["api_name"] == "eval_report")
+    assert {(target, event) for target, event in refresh["targets"]} & {(t, "tick") for t in timers}
+
+
 def status_of(client) -> dict:
     return client.predict(api_name="/training_status")[5]
 
@@ -387,11 +554,16 @@ def test_train_merge_chat_and_push_the_merged_model(app, prepared, hub_server):
     run_dir = Path(status["run_dir"])
     assert run_dir.name.startswith("app-") and (run_dir / "merged" / "config.json").is_file()
 
-    # Chat with it: the answer streams in several updates and is Korean
-    job = app.submit("배송비는 얼마인가요?", [], str(run_dir), "", 32, 0, api_name="/chat")
-    answers = [text_of(out[0][-1]["content"]) for out in job if len(out[0]) == 2]
-    assert len(set(answers)) >= 3, answers
-    assert answers[-1] and has_hangul(answers[-1]), answers[-1]
+    # Chat with it: the question shows at once, then a Korean answer from the FAQ (shown
+    # sentence by sentence once the fact guard checked it) and the rows it came from
+    job = app.submit("배송비는 얼마인가요?", [], str(run_dir), "", 64, 0, api_name="/chat")
+    histories = [out[0] for out in job]
+    assert [m["role"] for m in histories[0]] == ["user"], histories[0]
+    history = histories[-1]
+    answer = text_of(history[1]["content"])
+    assert answer and has_hangul(answer) and not title_of(history[1]), history
+    assert title_of(history[-1]).startswith("참고한 FAQ"), history
+    assert "2행" in history[-1]["metadata"]["log"], history[-1]  # the row that asks exactly this
 
     # Push the merged model and read it back
     result, error = app.predict(hub_server.token, str(run_dir), "tester/app-model", False,

@@ -1,13 +1,13 @@
-"""Guards the web page in a real browser (Debian's chromium via Playwright): upload a FAQ, read the report, chat."""
+"""Guards the web page in a real browser (Debian's chromium via Playwright): upload a FAQ, read the report, chat,
+update a run's FAQ, see the sources under an answer and an evaluation fill in."""
 
 import json
-import shutil
 import time
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from test_app import ROOT, has_hangul, start_app, stop_app, write_faq
+from test_app import has_hangul, make_shop_run, start_app, stop_app, write_faq
 
 pytestmark = pytest.mark.browser
 
@@ -17,9 +17,29 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
+# The Korean template without its {faq} slot: a run that does not answer from a FAQ, so the
+# answer streams token by token (a grounded answer shows whole sentences once checked)
+PLAIN_TEMPLATE = """name: korean-plain
+prompt: |
+  ### 질문:
+  {instruction}
+
+  ### 답변:
+prompt_with_input: |
+  ### 질문:
+  {instruction}
+
+  ### 참고:
+  {input}
+
+  ### 답변:
+stop_markers: ["### 질문", "### 참고", "### 답변"]
+"""
+
+
 def make_base_run(run: Path) -> Path:
-    """A run folder whose merged/ is the embedded base model (files linked, end ids [1, 106]):
-    real Korean text without training."""
+    """A run folder whose merged/ is the embedded base model (files linked, end ids [1, 106])
+    and a template without a FAQ: real Korean text without training."""
     from builder.embedded import ensure_embedded_model
 
     source = ensure_embedded_model()
@@ -29,7 +49,7 @@ def make_base_run(run: Path) -> Path:
     generation = json.loads((source / "generation_config.json").read_text())
     generation["eos_token_id"] = [1, 106]
     (run / "merged" / "generation_config.json").write_text(json.dumps(generation))
-    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    (run / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
     meta = {"base_model": "embedded:gemma-3-270m", "base_model_path": str(source),
             "template": "korean", "end_token_ids": [1, 106]}
     (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -109,4 +129,61 @@ def test_upload_a_faq_then_chat_with_a_streamed_korean_answer(browser, page_url)
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def shop_page(tmp_path_factory):
+    """The page opened on a run that answers from its FAQ (no knowledge until one is uploaded)."""
+    tmp = tmp_path_factory.mktemp("browser-shop")
+    run = make_shop_run(tmp / "runs" / "shop")
+    proc, url = start_app(tmp, "--run", str(run))
+    yield url, tmp, run
+    stop_app(proc)
+
+
+def wait_for_text(page, selector: str, text: str, timeout: float = 30_000) -> None:
+    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+                           arg=[selector, text], timeout=timeout)
+
+
+def test_faq_update_sources_under_the_answer_and_an_eval_filling_in(browser, shop_page):
+    from test_jobs import NEW_ROW, write_eval
+
+    from builder.jobs import EVAL_RUNNING
+
+    url, tmp, run = shop_page
+    page = browser.new_page(viewport={"width": 1280, "height": 1400}, locale="ko-KR")
+    page.goto(url)
+    page.get_by_role("tab", name="3. 채팅").click()
+    wait_for_text(page, "#chat-eval", "no evaluation yet")
+
+    # FAQ 업데이트: the run's knowledge from an uploaded file
+    page.get_by_text("FAQ 업데이트 (재학습 없이)").click()
+    faq = write_faq(tmp / "faq.csv", 30, [NEW_ROW])
+    page.locator("#chat-faq-file input[type=file]").set_input_files(str(faq))
+    wait_for_text(page, "#chat-faq-result", "indexed 31 FAQ entries", timeout=120_000)
+
+    # The answer, then "참고한 FAQ": collapsed, and the row shows when it is opened
+    page.locator("#chat-question textarea").fill(NEW_ROW[0])
+    page.locator("#chat-send").click()
+    title = page.locator("#chatbot").get_by_text("참고한 FAQ")
+    title.wait_for(timeout=90_000)
+    row = page.locator("#chatbot").get_by_text(f"{NEW_ROW[0]} → {NEW_ROW[2]}")
+    assert row.is_hidden()
+    title.click()
+    row.wait_for(state="visible", timeout=5_000)
+    assert "32행" in page.locator("#chatbot").inner_text()
+
+    # `builder eval` starts, then ends: the page fills in on its timer
+    (run / EVAL_RUNNING).touch()
+    wait_for_text(page, "#chat-eval", "평가 진행 중 / evaluation running", timeout=15_000)
+    report = write_eval(run)
+    (run / EVAL_RUNNING).unlink()
+    wait_for_text(page, "#chat-eval", report["verdict"][0], timeout=15_000)
+    assert "retrieval only" in page.locator("#chat-eval").inner_text()
+    page.locator("#chat-eval-chart img").wait_for(state="visible", timeout=10_000)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-chat-faq.png"), full_page=True)
     page.close()

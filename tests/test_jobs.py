@@ -225,3 +225,163 @@ def test_a_redrawn_loss_chart_replaces_the_previous_png(tmp_path):
     assert len(set(drawn)) == 4  # a new name per drawing, so the page fetches it again
     assert list(charts.iterdir()) == [drawn[-1]] and drawn[-1].name == "app-1-loss-4.png"
     assert job.loss_chart(charts) == drawn[-1] and drawn[-1].is_file()  # unchanged: kept
+
+
+# A run's evaluation, as `builder eval` writes it
+
+
+def write_eval(run: Path, *, questions: bool = True, chart: bool = True) -> dict:
+    """RUN/eval/report.json shaped like builder.evaluate's (three systems, its own verdict)
+    and a chart.png; the report."""
+    from PIL import Image
+
+    from builder.evaluate import SYSTEM_LABELS, verdict
+
+    test = {"base": {"fact_accuracy": 0.25, "chrf": 20.5},
+            "tuned": {"fact_accuracy": 0.5, "chrf": 48.25},
+            "retrieval": {"fact_accuracy": 0.875, "chrf": 61.0}}
+    trained = {"base": {"fact_accuracy": 0.3}, "tuned": {"fact_accuracy": 0.9},
+               "retrieval": {"fact_accuracy": 1.0}}
+    asked = {s: {"paraphrase_facts": p, "off_topic_declined": 1.0, "unanswerable_declined": u,
+                 "invented_shown": n, "runaway": r}
+             for s, p, u, n, r in (("base", 0.1, 0.2, 3, 2), ("tuned", 0.6, 0.8, 1, 1),
+                                   ("retrieval", 0.7, 0.9, 0, 0))}
+    report = {"systems": dict(SYSTEM_LABELS), "splits": {"test": test, "train_sample": trained},
+              "questions": asked if questions else {},
+              "retrieval": {"test_split": {"hit@1": 0.75, "hit@3": 1.0, "questions": 8}},
+              "summary": {m: {s: v[m] for s, v in test.items()} for m in ("fact_accuracy", "chrf")}}
+    report["verdict"] = verdict(report)
+    (run / "eval").mkdir(parents=True, exist_ok=True)
+    (run / "eval" / "report.json").write_text(json.dumps(report, ensure_ascii=False),
+                                              encoding="utf-8")
+    if chart:
+        Image.new("RGB", (40, 20), "white").save(run / "eval" / "chart.png")
+    return report
+
+
+def test_eval_summary_reads_three_systems_their_figures_the_verdict_and_the_chart(tmp_path):
+    from builder.evaluate import FIGURES
+
+    report = write_eval(tmp_path)
+    summary = jobs.eval_summary(tmp_path)
+    assert not summary.running and summary.chart == tmp_path / "eval" / "chart.png"
+    assert list(summary.systems) == ["base", "tuned", "retrieval"]
+    rows = {label: (values, kind) for label, values, kind in summary.rows}
+    assert [label for label, _, _ in summary.rows][:len(FIGURES)] == [f[2] for f in FIGURES]
+    assert rows[FIGURES[0][2]] == ([0.25, 0.5, 0.875], "share")
+    assert rows["trained questions: facts right"] == ([0.3, 0.9, 1.0], "share")
+    assert rows["paraphrased questions: facts right"] == ([0.1, 0.6, 0.7], "share")
+    assert rows["test split: chrF (0-100)"] == ([20.5, 48.25, 61.0], "score")
+    assert rows["runaway answers cut"] == ([2, 1, 0], "count")
+    assert summary.retrieval["test_split"]["hit@1"] == 0.75
+    assert summary.verdict == report["verdict"] and any("below the retrieval-only" in line
+                                                        for line in summary.verdict)
+
+
+def test_eval_summary_without_question_figures_or_with_an_older_report(tmp_path):
+    write_eval(tmp_path, questions=False, chart=False)
+    summary = jobs.eval_summary(tmp_path)
+    labels = [label for label, _, _ in summary.rows]
+    assert "test split: facts right (entries never trained)" in labels and summary.chart is None
+    assert not any("paraphrased" in label or "runaway" in label for label in labels)
+
+    older = {"summary": {"chrf": {"base": 11.5, "tuned": 47.25},
+                         "exact_match": {"base": 0.0, "tuned": 0.3}}}
+    (tmp_path / "eval" / "report.json").write_text(json.dumps(older))
+    summary = jobs.eval_summary(tmp_path)
+    assert summary.systems == {"base": "base", "tuned": "tuned"} and summary.verdict == []
+    assert summary.rows == [("test split: chrf", [11.5, 47.25], "score"),
+                            ("test split: exact_match", [0.0, 0.3], "score")]
+
+
+def test_eval_running_marker_and_a_missing_or_half_written_report(tmp_path):
+    assert jobs.eval_summary(None) == jobs.eval_summary("") == jobs.EvalSummary(
+        False, {}, [], {}, [], None)
+    assert jobs.eval_summary(tmp_path) == jobs.EvalSummary(False, {}, [], {}, [], None)
+    (tmp_path / jobs.EVAL_RUNNING).touch()
+    assert jobs.eval_summary(tmp_path).running and not jobs.eval_summary(tmp_path).systems
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "report.json").write_text('{"systems": {"ba')  # being written
+    assert jobs.eval_summary(tmp_path).running and not jobs.eval_summary(tmp_path).systems
+    write_eval(tmp_path)  # an eval again while the last one's report is there
+    summary = jobs.eval_summary(tmp_path)
+    assert summary.running and len(summary.systems) == 3
+
+
+# A run's FAQ update, without retraining
+
+NEW_ROW = ["선물용 보자기 포장도 해 주시나요?", "", "네, 선물용 보자기 포장은 한 상품당 2,900원에 해 드려요."]
+
+
+def make_faq(path: Path, n_rows: int, extra_rows=()) -> Path:
+    import csv
+
+    from fixtures import sample_rows
+
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["instruction", "input", "output"])
+        writer.writerows([[r["instruction"], r["input"], r["output"]] for r in sample_rows(n_rows)])
+        writer.writerows(extra_rows)
+    return path
+
+
+def test_an_updated_faq_replaces_the_knowledge_and_the_loaded_bot_answers_from_it(tmp_path,
+                                                                                 monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from builder.chat import Chatbot
+    from builder.knowledge import Knowledge
+
+    run = tmp_path / "runs" / "shop"
+    run.mkdir(parents=True)
+    shutil.copy(CONFIG, run / "config.yaml")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    loads = []  # a bot stand-in: only its knowledge matters here, the model is not loaded
+    monkeypatch.setattr(Chatbot, "load", lambda run_dir: loads.append(run_dir) or SimpleNamespace(
+        knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
+    bots = jobs.ChatbotCache()
+
+    result = jobs.index_upload(make_faq(tmp_path / "faq.csv", 12), run, 1, bots)
+    assert (result["entries"], result["grounded"]) == (12, True)
+    bot = bots.get(run)
+    assert len(bot.knowledge.entries) == 12
+
+    updated = make_faq(tmp_path / "faq-new.csv", 12, [NEW_ROW, ["주소가 어디인가요?", "", ""]])
+    result = jobs.index_upload(updated, run, 1, bots)
+    assert result["entries"] == 13 and len(result["report"]["dropped"]) == 1
+    assert bots.get(run) is bot and len(loads) == 1  # the same bot, not loaded again ...
+    hits = bot.knowledge.search(NEW_ROW[0], 3)  # ... answering from the new knowledge
+    assert (hits[0].entry.line, hits[0].entry.answer) == (14, NEW_ROW[2])
+    assert len(Knowledge.load(run / "knowledge").entries) == 13
+
+    with pytest.raises(UserError, match="upload a FAQ file"):
+        jobs.index_upload(None, run, 1, bots)
+    with pytest.raises(UserError, match="pick the run whose FAQ to update"):
+        jobs.index_upload(updated, "", 1, bots)
+    with pytest.raises(UserError, match="too large"):
+        jobs.index_upload(updated, run, 0.0001, bots)
+    (tmp_path / "runs" / "bare").mkdir()
+    with pytest.raises(UserError, match="is not a run folder"):
+        jobs.index_upload(updated, tmp_path / "runs" / "bare", 1, bots)
+    assert len(bot.knowledge.entries) == 13
+
+
+def test_reloading_knowledge_leaves_other_runs_and_bots_without_knowledge_alone(tmp_path,
+                                                                               monkeypatch):
+    from types import SimpleNamespace
+
+    from builder.chat import Chatbot
+
+    bots = jobs.ChatbotCache()
+    assert bots.reload_knowledge(tmp_path) is False  # nothing loaded: the next load reads it
+    kept = object()
+    monkeypatch.setattr(Chatbot, "load", lambda run_dir: SimpleNamespace(
+        knowledge=kept if Path(run_dir).name == "grounded" else None))
+    (tmp_path / "grounded").mkdir()
+    (tmp_path / "plain").mkdir()
+    bot = bots.get(tmp_path / "grounded")
+    assert bots.reload_knowledge(tmp_path / "plain") is False and bot.knowledge is kept
+    bot = bots.get(tmp_path / "plain")  # a template without {faq}: no knowledge to reload
+    assert bots.reload_knowledge(tmp_path / "plain") is False and bot.knowledge is None
