@@ -3,6 +3,8 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 RUN     := runs/demo
+# what the sample shop's bot answers when its FAQ does not cover a question
+DECLINE := 죄송합니다. 문의하신 내용은 FAQ에 없어 정확히 안내드리기 어려워요. 고객센터(02-0000-0000)나 카카오톡 채널로 문의해 주세요.
 
 .PHONY: demo test browser-deps clean
 
@@ -20,7 +22,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 # output goes to runs/demo-eval.log and runs/demo/eval/.
 demo: $(STAMP)
 	$(PY) -m builder prepare data/sample_faq.csv --out runs/data
-	$(PY) -m builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml
+	$(PY) -m builder train runs/data --out $(RUN) --config configs/embedded-cpu.yaml \
+		--set 'rag.decline_message=$(DECLINE)'
 	$(PY) -m builder merge $(RUN)
 	$(PY) -m builder eval $(RUN) --train-sample 10 --max-new-tokens 96 \
 		--questions data/sample_questions.csv > runs/demo-eval.log 2>&1 & \

@@ -258,8 +258,9 @@ class Chatbot:
         return hits
 
     def _guarded(self, hits, question: str, context: str) -> GuardedText:
-        return GuardedText([h.entry.text for h in hits] + [question, context],
-                           enabled=self.rag.fact_guard)
+        # the decline message may name the shop's phone number: the model says it when it declines
+        sources = [h.entry.text for h in hits] + [question, context, self.rag.decline_message]
+        return GuardedText(sources, enabled=self.rag.fact_guard)
 
     def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:
         """After the guard saw the whole answer: the fallback text to add ('' if none)."""

@@ -184,7 +184,10 @@ def _losses(bot, rows: dict, max_length: int) -> dict:
 def _cache_key(meta: dict, bot, items, max_new_tokens: int) -> str:
     from builder.train import library_versions
 
-    knowledge = bot.knowledge.settings if bot.knowledge is not None else None
+    knowledge = None  # what answers depend on: the entries, the embedder and the gate
+    if bot.knowledge is not None:
+        settings = bot.knowledge.settings
+        knowledge = [settings.get(k) for k in ("entries_sha256", "embedder", "gate")]
     rag = vars(bot.rag) if bot.rag is not None else None
     blob = json.dumps([meta.get("base_model_path"), bot.template.sha256, knowledge, rag, items,
                        max_new_tokens, sorted(bot.end_ids), library_versions()],

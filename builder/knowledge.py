@@ -171,7 +171,10 @@ class Knowledge:
             raise UserError("the knowledge needs at least one FAQ entry")
         started = time.perf_counter()
         bm25 = bm25s.BM25()
-        bm25.index([content_morphemes(e.text) or [""] for e in entries], show_progress=False)
+        # the question counts twice: customers word their question like the FAQ's question more
+        # than like its answer (on the sample question set: hit@1 33 -> 36 of 40, hit@3 39 -> 40)
+        bm25.index([content_morphemes(f"{e.question} {e.text}") or [""] for e in entries],
+                   show_progress=False)
         dense = embedder(embedder_name).passage([e.text for e in entries])
         settings = {"embedder": embedder_name, "entries": len(entries), "source": source,
                     "entries_sha256": entries_sha256(entries), "gate": {"dense_threshold": None}}

@@ -147,6 +147,9 @@ def tiny_run(tiny_model, tmp_path_factory):
             "data_sha256": file_sha256(prepared / "train.csv", prepared / "test.csv"),
             "config": cfg.to_dict()}
     (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    from builder.knowledge import Knowledge, entries_from_prepared
+
+    Knowledge.build(entries_from_prepared(prepared)).save(run / "knowledge")
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(run / "adapter")
     return run
@@ -158,38 +161,77 @@ def test_evaluate_writes_the_eval_folder(tiny_run):
     eval_dir = tiny_run / "eval"
     assert sorted(p.name for p in eval_dir.iterdir()) == ["answers.csv", "chart.png", "report.json", "report.md"]
     assert json.loads((eval_dir / "report.json").read_text(encoding="utf-8")) == report
-    assert report["rows"] == {"test": 3, "train_sample": 4}
+    assert report["rows"] == {"test": 3, "train_sample": 4, "questions": 0}
     assert report["tuned_weights"] == "adapter" and report["data_matches_run"] is True
-    for key in ("summary", "train_sample"):
-        assert set(report[key]) == {"chrf", "rouge_l", "bleu", "exact_match", "loss", "ppl"}
-        for metric, by_model in report[key].items():
-            assert set(by_model) == {"base", "tuned"}, metric
-        assert report[key]["ppl"]["base"] > 1000  # a random model knows nothing
+    assert report["grounded"] and set(report["systems"]) == {"base", "tuned", "retrieval"}
+    for split in ("test", "train_sample"):
+        figures = report["splits"][split]
+        assert set(figures) == {"base", "tuned", "retrieval"}
+        assert figures["base"]["ppl"] > 1000  # a random model knows nothing
+        assert figures["retrieval"]["exact_match"] == 1.0  # its own FAQ question: the entry itself
+    assert set(report["summary"]["chrf"]) == {"base", "tuned", "retrieval"}
+    assert report["retrieval"]["test_split"]["hit@1"] == 1.0
     with (eval_dir / "answers.csv").open(encoding="utf-8-sig", newline="") as f:
         answers = list(csv.DictReader(f))
     assert [a["split"] for a in answers] == ["test"] * 3 + ["train_sample"] * 4
-    assert list(answers[0]) == [
-        "split", "question", "context", "reference", "base_answer", "tuned_answer",
-        "base_chrf", "tuned_chrf", "base_rouge_l", "tuned_rouge_l", "base_bleu", "tuned_bleu",
-        "base_exact_match", "tuned_exact_match", "base_loss", "tuned_loss"]
+    assert {"base_answer", "tuned_answer", "retrieval_answer", "tuned_flags",
+            "retrieval_sources"} <= set(answers[0])
     # the sample comes from rows the run trained on, never from the test split
     test_questions = {a["question"] for a in answers[:3]}
     assert not test_questions & {a["question"] for a in answers[3:]}
-    assert "| chrF |" in (eval_dir / "report.md").read_text(encoding="utf-8")
+    assert "retrieval only" in (eval_dir / "report.md").read_text(encoding="utf-8")
     assert (eval_dir / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert lines[-1].startswith(f"wrote {eval_dir}")
-    assert "test split, 3 questions" in format_summary(report)
+    assert "trained questions: facts right" in format_summary(report)
+    assert not (tiny_run / "eval.running").exists()
+
+
+def test_a_question_file_scores_declines_paraphrases_and_caches_base_answers(tiny_run, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
+    faq = sample_rows(30)
+    questions = tmp_path / "questions.csv"
+    questions.write_text(
+        "question,expected,kind,line\n"
+        f"{faq[0]['instruction']},\"3,000원\",paraphrase,2\n"
+        "파이썬으로 리스트 정렬하는 코드 짜줘,,off_topic,\n"
+        "대한민국 수도가 어디야?,,off_topic,\n", encoding="utf-8")
+    lines = []
+    report = evaluate(tiny_run, train_sample=0, max_new_tokens=4, limit=1, questions=questions,
+                      log=lines.append)
+    q = report["questions"]
+    assert q["retrieval"]["paraphrase_facts"] == 1.0 and q["retrieval"]["off_topic_declined"] == 1.0
+    assert q["tuned"]["off_topic_declined"] == 1.0  # the gate declines before generating
+    assert q["tuned"]["invented_in_declines"] == 0 and q["tuned"]["counts"]["off_topic"] == 2
+    assert report["retrieval"]["paraphrases"]["hit@1"] == 1.0
+    assert not any("from the cache" in line for line in lines)
+    again = []
+    evaluate(tiny_run, train_sample=0, max_new_tokens=4, limit=1, questions=questions,
+             log=again.append)
+    assert any("from the cache" in line for line in again)  # same base, template, questions
+
+
+def test_a_bad_question_file_names_the_line(tmp_path):
+    from builder.evaluate import read_questions
+
+    bad = tmp_path / "q.csv"
+    bad.write_text("question,expected,kind\n배송비?,,paraphrase\n", encoding="utf-8")
+    with pytest.raises(UserError, match="line 2: a paraphrase needs an expected fact"):
+        read_questions(bad)
+    bad.write_text("질문,답\n배송비?,3000원\n", encoding="utf-8")
+    with pytest.raises(UserError, match="question and expected"):
+        read_questions(bad)
 
 
 def test_evaluate_again_replaces_eval_and_honours_limit(tiny_run):
     (tiny_run / "eval").mkdir(exist_ok=True)
     (tiny_run / "eval" / "stale.txt").write_text("old")
     report = evaluate(tiny_run, train_sample=0, max_new_tokens=4, limit=2, log=lambda *_: None)
-    assert report["rows"] == {"test": 2, "train_sample": 0}
-    assert report["train_sample"] == {} and report["summary"]
+    assert report["rows"] == {"test": 2, "train_sample": 0, "questions": 0}
+    assert "train_sample" not in report["splits"] and report["summary"]
     assert not (tiny_run / "eval" / "stale.txt").exists()
     assert not [p for p in tiny_run.iterdir() if p.name.startswith(".eval")]  # no staging left
-    assert "training sample" not in format_summary(report)
+    assert "trained questions" not in format_summary(report)
 
 
 def test_evaluate_errors_name_the_missing_piece_and_the_command(tiny_run, tmp_path):
@@ -225,7 +267,7 @@ def test_the_tuned_model_is_released_before_the_base_model_loads(tiny_run, monke
     monkeypatch.setattr(builder.evaluate, "_base_bot", base_bot)
     report = evaluate(tiny_run, train_sample=1, max_new_tokens=2, limit=1, log=lambda *_: None)
     assert tuned_alive == [False]  # one model in memory at a time
-    assert report["rows"] == {"test": 1, "train_sample": 1}
+    assert report["rows"] == {"test": 1, "train_sample": 1, "questions": 0}
 
 
 def test_the_base_model_loads_in_fp16_on_a_gpu_without_bf16(tiny_model, monkeypatch):
@@ -272,11 +314,11 @@ def trained_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("eval-embedded")
     prepare(ROOT / "data" / "sample_faq.csv", tmp / "data")
-    # The shipped CPU config cut to 24 steps x 8 rows (1.2 epochs of 162 rows), one validation
-    # on 4 held-out rows at the end. Measured, chrF on 8 test questions (base 6.3) and whole
-    # test on 2 cores: 16 steps 7.7; 24 steps 8.3 (4.8 min); 30 steps 8.9 (5.9 min).
+    # The shipped CPU config cut to 8 steps x 8 rows, one validation on 4 held-out rows at the
+    # end. Grounded rows carry 3 retrieved entries (~300 tokens): ~25 s a step on 2 cores. The
+    # answer loss falls from ~0.3 (the base model copying from the entries) to ~0.1 by step 8.
     cfg = load_config(ROOT / "configs" / "embedded-cpu.yaml",
-                      ["train.max_steps=24", "train.eval_steps=24", "train.val_fraction=0.02"])
+                      ["train.max_steps=8", "train.eval_steps=8", "train.val_fraction=0.02"])
     started = time.perf_counter()
     run = train(tmp / "data", tmp / "run", cfg, log=lambda *_: None)
     merge(run, log=lambda *_: None)
