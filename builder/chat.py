@@ -26,16 +26,19 @@ and whether the guard or the runaway check stepped in.
 """
 
 import json
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.guard import GuardedText, Reply, is_decline, runaway
+from builder.guard import GuardedText, Reply, is_decline, runaway, supported
 from builder.prompts import Template, parse_template
 
+log = logging.getLogger(__name__)
 END_TOKEN_NAMES = ("<end_of_turn>", "<|eot_id|>", "<|end_of_text|>")
 # decode() gives U+FFFD for a character whose bytes are not all generated yet (byte fallback)
 REPLACEMENT_CHAR = "\ufffd"
@@ -176,6 +179,7 @@ class Chatbot:
                  knowledge=None, rag=None):
         self.model = model
         self.knowledge = knowledge  # builder.knowledge.Knowledge for a grounded run, else None
+        self.log_path: Path | None = None  # RUN/chat.log once loaded from a run folder
         self.rag = rag  # the run's RagConfig (k, decline message, repetition penalty, guard)
         self.tokenizer = tokenizer
         self.template = template
@@ -212,6 +216,7 @@ class Chatbot:
         end_ids |= set(meta.get("end_token_ids") or [])  # what training appended
         knowledge, rag = _read_knowledge(run_dir, template, meta)
         bot = cls(model, tokenizer, template, end_ids, knowledge=knowledge, rag=rag)
+        bot.log_path = run_dir / "chat.log"
         if bot.context_length is None:  # a config without it: the length the run trained on
             bot.context_length = meta.get("config", {}).get("model", {}).get("max_seq_length")
         return bot
@@ -245,6 +250,20 @@ class Chatbot:
             yield text
         if text := self._settle(reply, shown, hits):
             yield text
+        if reply.guarded or reply.runaway:
+            self._log_event(question, reply)
+
+    def _log_event(self, question: str, reply: Reply) -> None:
+        """The fact guard or the runaway check stepped in: a line in RUN/chat.log, so the owner
+        can count how often (the eval counts it on its questions too)."""
+        event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "question": question,
+                 "event": "fact guard" if reply.guarded else "runaway check",
+                 "outcome": "fallback to the best entry" if reply.fallback else "answer cut",
+                 "invented": [list(f) for f in reply.invented], "generated": reply.generated}
+        log.info("%s: %r -> %s", event["event"], question, event["outcome"])
+        if self.log_path is not None:
+            with self.log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(event, ensure_ascii=False) + "\n")
 
     def _ground(self, question: str, reply: Reply):
         """The entries retrieved for `question`, or None when the gate declines it (then the
@@ -266,6 +285,11 @@ class Chatbot:
         """After the guard saw the whole answer: the fallback text to add ('' if none)."""
         reply.generated, reply.invented = shown.text, sorted(shown.invented)
         added = ""
+        declined = is_decline(reply.text, self.rag.decline_message)
+        if not shown.tripped and not declined and not supported(
+                reply.text, [h.entry.answer for h in hits]):
+            reply.text = ""  # an echo of the question, or words from no entry: not an answer
+            shown.tripped = True
         if shown.tripped:
             reply.guarded = True
             if not reply.text:  # nothing shown yet: the best entry's own answer instead

@@ -256,7 +256,9 @@ def score_split(rows: list[dict], replies: list, decline_message: str) -> dict:
         return {}
     refs = [r["output"] for r in rows]
     hyps = [r.text for r in replies]
-    recalls = [fact_recall(h, ref) for h, ref in zip(hyps, refs)]
+    # a declined answer states no fact, whatever numbers the decline message carries
+    recalls = [None if fact_recall(r.text, ref) is None else 0.0 if r.declined
+               else fact_recall(r.text, ref) for r, ref in zip(replies, refs)]
     with_facts = [x for x in recalls if x is not None]
     return {
         "fact_accuracy": _share(x == 1.0 for x in with_facts),
@@ -523,7 +525,9 @@ def _answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: 
         for i, row in enumerate(split_rows):
             replies = {s: by_split[split][s][i] for s in systems}
             table.append(record(split, row["instruction"], row.get("input") or "", row["output"],
-                                replies, lambda r, ref=row["output"]: fact_recall(r.text, ref)))
+                                replies, lambda r, ref=row["output"]:
+                                0.0 if r.declined and fact_recall(r.text, ref) is not None
+                                else fact_recall(r.text, ref)))
     for i, q in enumerate(asked):
         replies = {s: asked_replies[s][i] for s in systems}
         if q["expected"]:

@@ -48,6 +48,20 @@ def runaway(ids: list[int], n: int = RUNAWAY_NGRAM) -> bool:
     return any(ids[i:i + n] == tail for i in range(len(ids) - 2 * n + 1))
 
 
+def supported(text: str, sources: list[str], floor: float = 0.3) -> bool:
+    """Does the answer come from one of its sources? At least `floor` of its character bigrams
+    (spaces and punctuation aside) occur in one source. A grounded answer copies or rewords an
+    entry; an echo of the question or an answer from nowhere shares little with any answer."""
+    def bigrams(s: str) -> set[str]:
+        s = "".join(ch for ch in unicodedata.normalize("NFC", s) if ch.isalnum())
+        return {s[i:i + 2] for i in range(len(s) - 1)}
+
+    mine = bigrams(text)
+    if not mine:
+        return False
+    return any(len(mine & bigrams(source)) / len(mine) >= floor for source in sources)
+
+
 def is_decline(text: str, decline_message: str) -> bool:
     squeeze = lambda s: "".join(unicodedata.normalize("NFC", s).split())  # noqa: E731
     head = squeeze(decline_message)[:24]

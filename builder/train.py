@@ -98,7 +98,16 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
         raise UserError(f"--index must be between 0 and {len(rows) - 1}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.name))
     template = load_template(cfg.train.template)
-    example = tokenize_row(tokenizer, template, rows[index], cfg.model.max_seq_length,
+    row = dict(rows[index])
+    if template.grounded:  # the row as training sees it: reworded, with its retrieved entries
+        from builder.knowledge import Knowledge, entries_from_prepared
+        from builder.raft import grounded_rows
+
+        knowledge = Knowledge.build(entries_from_prepared(prepared_dir),
+                                    embedder_name=cfg.rag.embedder, calibrate=False)
+        row = grounded_rows([row], knowledge, template, cfg.rag, seed=cfg.train.seed,
+                            off_topic=False)[0]
+    example = tokenize_row(tokenizer, template, row, cfg.model.max_seq_length,
                            tokenizer.eos_token_id)
     pieces = [tokenizer.convert_ids_to_tokens(i) for i in example["input_ids"]]
     masked = [p for p, m in zip(pieces, example["completion_mask"]) if not m]
@@ -106,7 +115,10 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
     n_prompt, n_answer = len(masked), len(trained)
     return "\n".join([
         f"template: {template.name} ({template.sha256[:12]}), model: {cfg.model.name}",
-        f"row {index}: {rows[index]['instruction']!r}",
+        f"row {index}: {rows[index]['instruction']!r}"
+        + (f" -> asked as {row['instruction']!r} ({row['kind']} row)" if "kind" in row else ""),
+        *(["", "FAQ entries retrieved into the prompt (masked, no loss):", row["faq"]]
+          if row.get("faq") else []),
         "",
         f"MASKED prompt tokens (label -100, no loss): {n_prompt}",
         "  " + " ".join(f"[{p}]" for p in masked),

@@ -571,7 +571,35 @@ def test_a_looping_answer_is_cut(grounded_bot):
     reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=60, logits_processor=[loop],
                                generated_ids=ids)
     assert reply.runaway and 16 <= len(ids) < 60, len(ids)
-    assert reply.text.startswith("배송은 내일")
+    assert reply.generated.startswith("배송은 내일배송은 내일")
+    # words from no entry are not an answer: the best entry's own answer is shown instead
+    assert reply.fallback and reply.text == reply.sources[0].entry.answer
+    assert "배송은 내일" not in reply.text
+
+
+def test_an_answer_from_no_entry_is_replaced_by_the_best_entry(grounded_bot, tmp_path):
+    import torch
+
+    question = ON_TOPIC[0]
+    nowhere = "오늘 날씨가 맑고 바람이 붑니다."  # no number to catch, no words from any entry
+    forced_ids = grounded_bot.tokenizer(nowhere, add_special_tokens=False)["input_ids"] + [1]
+    said: list = []
+
+    def say(input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, forced_ids[min(len(said), len(forced_ids) - 1)]] = 0.0
+        said.append(1)
+        return forced
+
+    grounded_bot.log_path = tmp_path / "chat.log"
+    try:
+        reply = grounded_bot.reply(question, max_new_tokens=40, logits_processor=[say])
+    finally:
+        grounded_bot.log_path = None
+    assert reply.generated == nowhere and reply.fallback and not reply.invented, reply
+    assert reply.text == reply.sources[0].entry.answer
+    logged = [json.loads(line) for line in (tmp_path / "chat.log").read_text().splitlines()]
+    assert logged[-1]["event"] == "fact guard" and logged[-1]["question"] == question
 
 
 def test_reply_batch_gives_the_replies_of_reply(grounded_bot):
