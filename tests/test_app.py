@@ -59,7 +59,7 @@ def start_app(tmp: Path, *flags: str, timeout: float = 90,
 def stop_app(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGINT)  # closes the server and any training subprocess
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)  # a clean exit takes seconds, more on a loaded 2-core machine
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -334,4 +334,6 @@ def test_the_tuned_model_beats_the_base_model(trained_run):
     summary = report["summary"]
     assert report["tuned_weights"] == "merged"
     assert summary["chrf"]["tuned"] > summary["chrf"]["base"], summary["chrf"]
-    assert summary["loss"]["tuned"] < summary["loss"]["base"] - 0.2, summary["loss"]
+    # the base model already copies from the retrieved entries (loss ~0.2): the tuned one
+    # must do it far more surely
+    assert summary["loss"]["tuned"] < summary["loss"]["base"] / 2, summary["loss"]

