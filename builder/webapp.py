@@ -520,6 +520,9 @@ def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
     open_note = "" if loopback or auth else " (open: no login, anyone who reaches it can use it)"
     print(f"builder app: http://{host}:{port}/{open_note}", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server and ends a training run
+    # Ctrl-C too, even when started in the background (a shell then starts it with SIGINT
+    # ignored, and Python installs no KeyboardInterrupt handler of its own)
+    signal.signal(signal.SIGINT, _interrupt)
     app.block_thread()  # returns once Ctrl-C or SIGTERM has closed the server
     # Python joins every non-daemon thread before it runs the atexit handlers, and a thread
     # the server leaves behind can hang that join (seen on a loaded machine): run the handlers
