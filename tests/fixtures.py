@@ -4,6 +4,23 @@ import csv
 import shutil
 from pathlib import Path
 
+# The Korean template without its {faq} slot: a run that answers without retrieval
+PLAIN_TEMPLATE = """name: korean-plain
+prompt: |
+  ### 질문:
+  {instruction}
+
+  ### 답변:
+prompt_with_input: |
+  ### 질문:
+  {instruction}
+
+  ### 참고:
+  {input}
+
+  ### 답변:
+stop_markers: ["### 질문", "### 참고", "### 답변"]
+"""
 SAMPLE = Path(__file__).parents[1] / "data" / "sample_faq.csv"
 
 

@@ -7,6 +7,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from fixtures import PLAIN_TEMPLATE
 from test_app import has_hangul, make_shop_run, start_app, stop_app, write_faq
 
 pytestmark = pytest.mark.browser
@@ -17,24 +18,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
-# The Korean template without its {faq} slot: a run that does not answer from a FAQ, so the
-# answer streams token by token (a grounded answer shows whole sentences once checked)
-PLAIN_TEMPLATE = """name: korean-plain
-prompt: |
-  ### 질문:
-  {instruction}
-
-  ### 답변:
-prompt_with_input: |
-  ### 질문:
-  {instruction}
-
-  ### 참고:
-  {input}
-
-  ### 답변:
-stop_markers: ["### 질문", "### 참고", "### 답변"]
-"""
 
 
 def make_base_run(run: Path) -> Path:

@@ -18,26 +18,10 @@ from builder.chat import (
     visible_answer,
 )
 from builder.errors import UserError
+from fixtures import PLAIN_TEMPLATE
 
 MARKERS = ("### 질문", "### 참고", "### 답변")
 KOREAN_TEMPLATE = Path(__file__).parents[1] / "prompts" / "korean.yaml"
-# the runs below answer without retrieval: the shipped korean template without its {faq} block
-PLAIN_TEMPLATE = """name: korean-plain
-prompt: |
-  ### 질문:
-  {instruction}
-
-  ### 답변:
-prompt_with_input: |
-  ### 질문:
-  {instruction}
-
-  ### 참고:
-  {input}
-
-  ### 답변:
-stop_markers: ["### 질문", "### 참고", "### 답변"]
-"""
 QUESTION = "배송은 보통 며칠 걸리나요?"
 
 
