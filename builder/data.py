@@ -1,17 +1,16 @@
-"""The data stage: a shop's FAQ file -> a validated, de-duplicated, split dataset folder.
+"""The data stage: a shop's FAQ file or folder -> a validated, de-duplicated, split dataset folder.
 
     builder prepare data/sample_faq.csv --out runs/data
+    builder prepare my_faqs/ --out runs/data     # every CSV/TSV/XLSX/JSON/JSONL inside
 
-Reads CSV/TSV/XLSX in UTF-8, UTF-8 with BOM, UTF-16 (Excel's "Unicode text") or CP949/EUC-KR,
-maps the header to Alpaca columns (instruction / input / output), cleans every cell (NFC,
-trimmed), leaves out empty, duplicate and conflicting rows with their line numbers, and writes
-`train.csv`, `test.csv`, `dataset/` (a DatasetDict) and `report.json` into the output folder,
-which is either complete or absent.
+Reading (CSV/TSV/XLSX, JSON/JSONL in Alpaca, Dolly or ShareGPT shape, folders) is
+`builder.formats`; this module leaves out empty, duplicate and conflicting rows with their line
+(and file, in a folder), and writes `train.csv`, `test.csv`, `faq.csv`, `dataset/` (a
+DatasetDict) and `report.json` into the output folder, which is either complete or absent.
 """
 
 import csv
 import hashlib
-import io
 import json
 import os
 import random
@@ -21,218 +20,20 @@ import subprocess
 import sys
 import tempfile
 import threading
-import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import UserError
+from builder.formats import FaqTable, Row, read_any
 
 ALPACA_COLUMNS = ("instruction", "input", "output")
-
-# Accepted header names for each Alpaca column, compared after NFC, trimming and lower-casing.
-# Alpaca instruction/input/output; question/answer; 질문/답변; Dolly instruction/context/response;
-# prompt/completion.
-COLUMN_ALIASES = {
-    "instruction": ("instruction", "question", "질문", "prompt"),
-    "input": ("input", "context", "맥락", "입력"),
-    "output": ("output", "answer", "답변", "response", "completion"),
-}
-ACCEPTED_HEADERS = (
-    "instruction,input,output | question,answer | 질문,답변 | "
-    "instruction,context,response | prompt,completion"
-)
 
 # Without the embedded tokenizer, lengths are estimated: gemma's tokenizer gives 0.60 tokens
 # per Korean character, so 0.6 tokens/char is the documented estimate.
 TOKENS_PER_CHAR_ESTIMATE = 0.6
 MIN_ROWS_TO_SPLIT = 10
 
-
-@dataclass
-class Row:
-    line: int  # line in the source file where the record starts (header is line 1)
-    instruction: str
-    input: str
-    output: str
-
-
-@dataclass
-class FaqTable:
-    """A FAQ file read into rows, plus what was learned while reading it."""
-
-    path: Path
-    encoding: str
-    delimiter: str
-    columns_found: list[str]
-    column_map: dict[str, str]  # Alpaca column -> header in the file
-    extra_columns: list[str]
-    rows: list[Row] = field(default_factory=list)
-    blank_lines: list[int] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-
-
-def clean_cell(value) -> str:
-    """NFC (macOS sends decomposed Hangul), unified newlines, trimmed."""
-    if value is None:
-        return ""
-    text = str(value)
-    if text == "nan":  # pandas' empty cell in xlsx
-        return ""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return text.strip()
-
-
-def decode(raw: bytes, name: str) -> tuple[str, str]:
-    """Bytes -> (text, encoding name), trying what Korean users actually save."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return raw.decode("utf-16"), "utf-16"
-    if b"\x00" in raw[:4096]:
-        raise UserError(
-            f"{name}: this is not a text table (it contains binary data). "
-            "Save the FAQ as CSV (UTF-8) or XLSX and try again."
-        )
-    if raw.startswith(b"\xef\xbb\xbf"):
-        return raw[3:].decode("utf-8"), "utf-8-sig"
-    try:
-        return raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
-    try:
-        # cp949 is a superset of EUC-KR: what Korean Excel saves as "CSV"
-        return raw.decode("cp949"), "cp949"
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{name}: the text is neither UTF-8 nor CP949/EUC-KR, so it cannot be read. "
-            "Save it again as 'CSV UTF-8' and try again."
-        ) from None
-
-
-def guess_delimiter(text: str, suffix: str) -> str:
-    if suffix == ".tsv":
-        return "\t"
-    first_line = text.split("\n", 1)[0]
-    counts = {d: first_line.count(d) for d in (",", "\t", ";")}
-    best = max(counts, key=counts.get)
-    return best if counts[best] else ","
-
-
-def map_columns(headers: list[str], name: str) -> tuple[dict[str, int], list[str]]:
-    """Header cells -> {alpaca column: index}, extra headers. Raises on missing columns."""
-    normalized = [clean_cell(h).lower() for h in headers]
-    mapping: dict[str, int] = {}
-    for column, aliases in COLUMN_ALIASES.items():
-        for alias in aliases:
-            if alias in normalized:
-                mapping[column] = normalized.index(alias)
-                break
-    missing = [c for c in ("instruction", "output") if c not in mapping]
-    if missing:
-        found = ", ".join(repr(clean_cell(h)) for h in headers if clean_cell(h)) or "none"
-        role = {"instruction": "question", "output": "answer"}
-        raise UserError(
-            f"{name}: no {' and no '.join(role[m] for m in missing)} column. "
-            f"Found columns: {found}. The first row must be a header; accepted headers: "
-            f"{ACCEPTED_HEADERS}."
-        )
-    used = set(mapping.values())
-    extra = [clean_cell(h) for i, h in enumerate(headers) if i not in used and clean_cell(h)]
-    return mapping, extra
-
-
-def read_records(path: Path, raw: bytes) -> tuple[list[tuple[int, list]], str, str]:
-    """Raw file -> [(start line, cells)], encoding, delimiter. The header is the first record."""
-    name = path.name
-    if raw.startswith(b"PK\x03\x04"):  # a zip: xlsx, whatever the file is called
-        return read_xlsx(path), "xlsx", "xlsx"
-    text, encoding = decode(raw, name)
-    if not text.strip():
-        raise UserError(
-            f"{name} is empty. Expected a table whose first row is a header: {ACCEPTED_HEADERS}."
-        )
-    delimiter = guess_delimiter(text, path.suffix.lower())
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records, end_line = [], 0
-    try:
-        for cells in reader:
-            records.append((end_line + 1, cells))
-            end_line = reader.line_num
-    except csv.Error as err:
-        raise UserError(
-            f"{name} line {end_line + 1}: the CSV cannot be parsed ({err}). "
-            "Check the quotes on that line."
-        ) from None
-    return records, encoding, delimiter
-
-
-def read_xlsx(path: Path, max_unzipped_mb: float = 100) -> list[tuple[int, list]]:
-    import zipfile
-
-    import pandas as pd
-
-    # A small xlsx can unpack to gigabytes (a zip bomb): check the sizes its members declare
-    # before openpyxl unpacks them (zipfile never inflates a member past its declared size).
-    try:
-        with zipfile.ZipFile(path) as archive:
-            unzipped_mb = sum(member.file_size for member in archive.infolist()) / 2**20
-    except zipfile.BadZipFile:
-        unzipped_mb = 0.0  # broken: pandas below says so
-    if unzipped_mb > max_unzipped_mb:
-        raise UserError(
-            f"{path.name}: 압축을 풀면 너무 큽니다 ({unzipped_mb:.0f} MB > {max_unzipped_mb:g} MB) "
-            f"/ this Excel file unpacks to {unzipped_mb:.0f} MB, over the {max_unzipped_mb:g} MB "
-            "limit: save the FAQ sheet alone as .xlsx or CSV UTF-8."
-        )
-    try:
-        frame = pd.read_excel(path, header=None, dtype=str, keep_default_na=False)
-    except Exception as err:  # openpyxl raises many kinds for a broken file
-        raise UserError(
-            f"{path.name}: this looks like an Excel file but it cannot be read ({err}). "
-            "Open it in Excel and save it again as .xlsx or CSV UTF-8."
-        ) from None
-    return [(i + 1, list(row)) for i, row in enumerate(frame.itertuples(index=False))]
-
-
-def read_faq(path: str | Path) -> FaqTable:
-    """Read a FAQ file into cleaned rows. Raises UserError for anything the user must fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file. Give the path of your FAQ CSV/TSV/XLSX file.")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise UserError(
-            f"{path.name} is empty. Expected a table whose first row is a header: "
-            f"{ACCEPTED_HEADERS}."
-        )
-    records, encoding, delimiter = read_records(path, raw)
-    records = [(line, cells) for line, cells in records if any(clean_cell(c) for c in cells)]
-    if not records:
-        raise UserError(f"{path.name} is empty. Expected a header row: {ACCEPTED_HEADERS}.")
-    header_line, headers = records[0]
-    mapping, extra = map_columns(headers, path.name)
-    table = FaqTable(
-        path=path,
-        encoding=encoding,
-        delimiter={",": "comma", "\t": "tab", ";": "semicolon"}.get(delimiter, delimiter),
-        columns_found=[clean_cell(h) for h in headers],
-        column_map={c: clean_cell(headers[i]) for c, i in mapping.items()},
-        extra_columns=extra,
-    )
-    for line, cells in records[1:]:
-
-        def cell(column: str) -> str:
-            i = mapping.get(column)
-            return clean_cell(cells[i]) if i is not None and i < len(cells) else ""
-
-        table.rows.append(Row(line, cell("instruction"), cell("input"), cell("output")))
-    if not table.rows:
-        raise UserError(
-            f"{path.name} has a header (line {header_line}) but no data rows. "
-            "Add one question and answer per row under the header."
-        )
-    return table
+# The readers live in builder.formats; `read_faq` is the name the other stages call.
+read_faq = read_any
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,31 +45,43 @@ def duplicate_key(text: str) -> str:
     return " ".join(text.split())
 
 
+def origin(row: Row, reason: str) -> dict:
+    """A dropped row's entry: its line, and where it is when the line alone does not say
+    (a file in a folder, a JSON record, a conversation pair)."""
+    if row.plain():
+        return {"line": row.line, "reason": reason}
+    return {"line": row.line, "reason": reason, "where": row.where()} | (
+        {"file": row.file} if row.file else {})
+
+
 def check_rows(rows: list[Row]) -> tuple[list[Row], list[dict], list[dict]]:
     """-> kept rows, dropped [{line, reason, ...}], conflicts [{question, lines, answers}]."""
-    dropped: list[dict] = []
+    order = {id(row): i for i, row in enumerate(rows)}  # rows are told apart by position
+    dropped: list[tuple[int, dict]] = []
     candidates: list[tuple[tuple, Row]] = []
     for row in rows:
         if not row.instruction and not row.output:
-            dropped.append({"line": row.line, "reason": "empty question and answer"})
+            dropped.append((order[id(row)], origin(row, "empty question and answer")))
         elif not row.instruction:
-            dropped.append({"line": row.line, "reason": "empty question"})
+            dropped.append((order[id(row)], origin(row, "empty question")))
         elif not row.output:
-            dropped.append({"line": row.line, "reason": "empty answer"})
+            dropped.append((order[id(row)], origin(row, "empty answer")))
         else:
             key = (duplicate_key(row.instruction), duplicate_key(row.input), duplicate_key(row.output))
             candidates.append((key, row))
 
     # Exact duplicates: keep the first, drop the rest.
-    first_seen: dict[tuple, int] = {}
+    first_seen: dict[tuple, Row] = {}
     unique: list[tuple[tuple, Row]] = []
     for key, row in candidates:
         if key in first_seen:
-            dropped.append(
-                {"line": row.line, "reason": "duplicate", "duplicate_of": first_seen[key]}
-            )
+            first = first_seen[key]
+            entry = origin(row, "duplicate") | {"duplicate_of": first.line}
+            if not (row.plain() and first.plain()):
+                entry["duplicate_of_where"] = first.where()
+            dropped.append((order[id(row)], entry))
         else:
-            first_seen[key] = row.line
+            first_seen[key] = row
             unique.append((key, row))
 
     # Same question (and context), different answers: the bot cannot learn both; leave all out.
@@ -276,22 +89,27 @@ def check_rows(rows: list[Row]) -> tuple[list[Row], list[dict], list[dict]]:
     for key, row in unique:
         by_question.setdefault(key[:2], []).append(row)
     conflicts = []
+    conflicting: set[int] = set()
     for group in by_question.values():
         if len(group) == 1:
             continue
+        places = {} if all(r.plain() for r in group) else {"where": [r.where() for r in group]}
         conflicts.append(
             {
                 "question": group[0].instruction,
                 "lines": [r.line for r in group],
                 "answers": [r.output for r in group],
-            }
+            } | places
         )
         for r in group:
-            dropped.append({"line": r.line, "reason": "conflict", "lines": [g.line for g in group]})
-    conflicting = {line for c in conflicts for line in c["lines"]}
-    kept = [r for _, r in unique if r.line not in conflicting]
-    dropped.sort(key=lambda d: d["line"])
-    return kept, dropped, conflicts
+            entry = origin(r, "conflict") | {"lines": [g.line for g in group]}
+            if places:
+                entry["lines_where"] = places["where"]
+            dropped.append((order[id(r)], entry))
+            conflicting.add(order[id(r)])
+    kept = [r for _, r in unique if order[id(r)] not in conflicting]
+    dropped.sort(key=lambda d: d[0])  # in the order the rows were read
+    return kept, [entry for _, entry in dropped], conflicts
 
 
 # Run as `python -c` in a child process: loads the embedded tokenizer (~3 s, holding the GIL)
@@ -337,7 +155,8 @@ def measure_lengths(rows: list[Row], max_length: int, tokens: list[int] | None =
         tokens = [round(len(t) * TOKENS_PER_CHAR_ESTIMATE) for t in row_texts(rows)]
         unit = f"estimated tokens ({TOKENS_PER_CHAR_ESTIMATE} per character)"
     too_long = [
-        {"line": r.line, "tokens": n} for r, n in zip(rows, tokens) if n > max_length
+        {"line": r.line, "tokens": n} | ({} if r.plain() else {"where": r.where()})
+        for r, n in zip(rows, tokens) if n > max_length
     ]
 
     def stats(values: list[int]) -> dict:
@@ -387,11 +206,14 @@ def split_rows(rows: list[Row], test_size: float, seed: int, name: str) -> tuple
 
 
 def write_csv(rows: list[Row], path: Path, *, with_line: bool = False) -> None:
+    """Alpaca columns; with_line adds each row's line (and its file, for a folder's rows)."""
+    with_file = with_line and any(r.file for r in rows)
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(ALPACA_COLUMNS + (("line",) if with_line else ()))
+        writer.writerow(ALPACA_COLUMNS + (("line",) if with_line else ())
+                        + (("file",) if with_file else ()))
         writer.writerows((r.instruction, r.input, r.output) + ((r.line,) if with_line else ())
-                         for r in rows)
+                         + ((r.file,) if with_file else ()) for r in rows)
 
 
 def save_dataset(train: list[Row], test: list[Row], path: Path) -> None:
@@ -418,6 +240,27 @@ def replace_dir(staging: Path, out_dir: Path) -> None:
         staging.rename(out_dir)
 
 
+def source_sha256(faq_file: Path, table: FaqTable) -> str:
+    if not faq_file.is_dir():
+        return hashlib.sha256(faq_file.read_bytes()).hexdigest()
+    digest = hashlib.sha256()  # a folder: each file read, by its path and contents
+    for f in table.files:
+        digest.update(f["file"].encode() + b"\0")
+        digest.update(hashlib.sha256((faq_file / f["file"]).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def format_report(table: FaqTable) -> dict:
+    """What reading JSON, JSONL or a folder found; nothing for a table file."""
+    if not table.format:
+        return {}
+    found = {"format": table.format, "records_left_out": table.left_out}
+    for key in ("categories", "conversations", "files", "files_skipped"):
+        if getattr(table, key):
+            found[key] = getattr(table, key)
+    return found
+
+
 def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_long, lengths,
                  train, test, test_size: float, seed: int) -> dict:
     reasons: dict[str, int] = {}
@@ -425,12 +268,13 @@ def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_
         reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
     return {
         "source_file": faq_file.name,
-        "source_sha256": hashlib.sha256(faq_file.read_bytes()).hexdigest(),
+        "source_sha256": source_sha256(faq_file, table),
         "encoding": table.encoding,
         "delimiter": table.delimiter,
         "columns_found": table.columns_found,
         "column_map": table.column_map,
         "extra_columns_ignored": table.extra_columns,
+        **format_report(table),
         "rows_read": len(table.rows),
         "rows_kept": len(kept),
         "rows_dropped": len(dropped),
@@ -451,6 +295,8 @@ def read_checked(faq_file: str | Path) -> tuple[list[Row], dict]:
     (kept rows in file order, {"dropped", "conflicts", "rows_read"})."""
     table = read_faq(faq_file)
     kept, dropped, conflicts = check_rows(table.rows)
+    if table.left_out:  # JSON records and conversation breaks that gave no row
+        dropped = table.left_out + dropped
     if not kept:
         raise UserError(f"{Path(faq_file).name}: no usable rows (every row was left out: "
                         f"{', '.join(sorted({d['reason'] for d in dropped}))})")
@@ -511,29 +357,70 @@ def prepare(
     return report
 
 
+def places(entries: list[dict], more: str = " ...", limit: int = 10) -> str:
+    """"lines 3, 5" for one table file; "a.csv line 3, b.json record 2" otherwise."""
+    shown = [str(e.get("where", e["line"])) for e in entries[:limit]]
+    more = more if len(entries) > limit else ""
+    if any("where" in e for e in entries):
+        return ", ".join(shown) + more
+    return "lines " + ", ".join(shown) + more
+
+
+def format_summary(report: dict) -> list[str]:
+    """The lines about what reading JSON, JSONL or a folder found."""
+    lines = []
+    for f in report.get("files", [])[:20]:
+        lines.append(f"  {f['file']}: {f['rows']} rows ({f['format']}, {f['encoding']})")
+    if len(report.get("files", [])) > 20:
+        lines.append(f"  ... and {len(report['files']) - 20} more files")
+    if report.get("files_skipped"):
+        lines.append(f"  not read (not a FAQ file type): {', '.join(report['files_skipped'][:10])}")
+    if report.get("categories"):
+        counts = ", ".join(f"{label} {n}" for label, n in report["categories"].items())
+        lines.append(f"  categories (reported, not trained): {counts}")
+    talk = report.get("conversations")
+    if talk:
+        lines.append(
+            f"  conversations: {talk['records']} -> {talk['pairs']} question/answer rows, earlier "
+            f"turns as context up to {talk['context_chars']} characters "
+            f"({talk['contexts_cut']} cut from the oldest end)")
+    left_out = report.get("records_left_out", [])
+    if left_out:
+        lines.append(f"  records left out or cut short: {len(left_out)}")
+    for d in left_out[:10]:
+        lines.append(f"    {d['where']}: {d['reason']}")
+    return lines
+
+
 def summary(report: dict, out_dir: str | Path) -> str:
     """A short human summary of a prepare report (Korean and English)."""
+    if report.get("format") == "folder":
+        read = f"{len(report['files'])} files"
+    else:
+        read = f"{report['encoding']}, {report['delimiter']}"
+        read += f", {report['format']}" if report.get("format") else ""
     lines = [
         f"{report['source_file']}: {report['rows_read']} rows read "
-        f"({report['encoding']}, {report['delimiter']}), {report['rows_kept']} kept "
+        f"({read}), {report['rows_kept']} kept "
         f"/ {report['rows_read']}행 중 {report['rows_kept']}행 사용",
+        *format_summary(report),
     ]
     if report["extra_columns_ignored"]:
         lines.append(f"  ignored columns: {', '.join(report['extra_columns_ignored'])}")
-    by_reason: dict[str, list[int]] = {}
+    by_reason: dict[str, list[dict]] = {}
     for d in report["dropped"]:
-        by_reason.setdefault(d["reason"], []).append(d["line"])
-    for reason, lines_ in by_reason.items():
-        shown = ", ".join(map(str, lines_[:10])) + (" ..." if len(lines_) > 10 else "")
-        lines.append(f"  left out, {reason}: {len(lines_)} (lines {shown})")
+        by_reason.setdefault(d["reason"], []).append(d)
+    for reason, entries in by_reason.items():
+        lines.append(f"  left out, {reason}: {len(entries)} ({places(entries)})")
     for c in report["conflicts"][:5]:
-        lines.append(f"  conflict: {c['question'][:40]!r} has different answers on lines "
-                     f"{', '.join(map(str, c['lines']))}; fix one and keep the other")
+        at = ", ".join(c["where"]) if "where" in c else "lines " + ", ".join(map(str, c["lines"]))
+        lines.append(f"  conflict: {c['question'][:40]!r} has different answers on {at}; "
+                     "fix one and keep the other")
     if report["too_long"]:
-        shown = ", ".join(str(t["line"]) for t in report["too_long"][:10])
         lines.append(
             f"  longer than {report['lengths']['max_length']} {report['lengths']['unit']}: "
-            f"{len(report['too_long'])} rows (lines {shown}); they will be cut in training"
+            f"{len(report['too_long'])} rows ({places(report['too_long'], more='')}); "
+            "they will be cut in training"
         )
     stats = report["lengths"]["row_tokens"]
     lines.append(
