@@ -148,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("prepare", help="validate a FAQ CSV/TSV/XLSX and split it 9:1")
-    p.add_argument("faq_file", help="the FAQ file (instruction,input,output or question,answer ...)")
+    p = commands.add_parser("prepare", help="validate a FAQ CSV/TSV/XLSX/JSON/JSONL file or a "
+                            "folder of them, and split it 9:1")
+    p.add_argument("faq_file", help="the FAQ file (instruction,input,output or question,answer "
+                   "...; JSON/JSONL also Dolly or ShareGPT) or a folder read recursively")
     p.add_argument("--out", required=True, help="folder to write (complete or absent)")
     p.add_argument("--test-size", type=float, default=0.1, help="share held out for testing")
     p.add_argument("--seed", type=int, default=42, help="seed of the split")
