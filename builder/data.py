@@ -5,15 +5,17 @@
 
 Reading (CSV/TSV/XLSX, JSON/JSONL in Alpaca, Dolly or ShareGPT shape, folders) is
 `builder.formats`; this module leaves out empty, duplicate and conflicting rows with their line
-(and file, in a folder), and writes `train.csv`, `test.csv`, `faq.csv`, `dataset/` (a
-DatasetDict) and `report.json` into the output folder, which is either complete or absent.
+(and file, in a folder), splits the rest with scikit-learn (the original notebook's
+`train_test_split`, or GroupShuffleSplit where a question repeats), and writes `train.csv`,
+`test.csv`, `faq.csv`, `dataset/` (a DatasetDict) and `report.json` into the output folder,
+which is either complete or absent.
 """
 
 import csv
 import hashlib
 import json
+import math
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -184,25 +186,34 @@ def measure_lengths(rows: list[Row], max_length: int, tokens: list[int] | None =
 # Split and write
 
 
-def split_rows(rows: list[Row], test_size: float, seed: int, name: str) -> tuple[list, list]:
-    """Seeded split by question, so the same question never lands on both sides."""
+def split_rows(rows: list[Row], test_size: float, seed: int, name: str) -> tuple[list, list, str]:
+    """scikit-learn's split -> (train, test, method).
+
+    Without a repeated question this is exactly the original notebook's
+    `train_test_split(rows, test_size=0.1, random_state=42)`, rows in the shuffled order it
+    returns. Where a question repeats (same text after `duplicate_key`, different contexts),
+    GroupShuffleSplit keeps each question on one side; its rows stay in file order."""
+    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
     if not 0 < test_size < 1:
         raise UserError(f"--test-size must be between 0 and 1 (got {test_size}); 0.1 means 9:1.")
-    n_test = round(len(rows) * test_size)
-    if len(rows) < MIN_ROWS_TO_SPLIT or n_test < 1 or n_test >= len(rows):
+    questions = [duplicate_key(row.instruction) for row in rows]
+    n_groups = len(set(questions))
+    # scikit-learn rounds the test side up and the train side down (10 rows at 0.1 -> 9:1)
+    n_test = math.ceil(n_groups * test_size)
+    if len(rows) < MIN_ROWS_TO_SPLIT or n_groups - n_test < 1:
         raise UserError(
-            f"{name}: only {len(rows)} usable rows, too few to split into train and test "
-            f"(test size {test_size}). Add rows until there are at least {MIN_ROWS_TO_SPLIT}."
+            f"{name}: only {len(rows)} usable rows ({n_groups} different question"
+            f"{'s' if n_groups > 1 else ''}), too few to "
+            f"split into train and test (test size {test_size}). Add rows until there are at "
+            f"least {MIN_ROWS_TO_SPLIT} different questions."
         )
-    groups: dict[str, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(duplicate_key(row.instruction), []).append(row)
-    keys = list(groups)
-    random.Random(seed).shuffle(keys)
-    test, train = [], []
-    for key in keys:
-        (test if len(test) < n_test else train).extend(groups[key])
-    return train, test
+    if n_groups == len(rows):
+        train, test = train_test_split(rows, test_size=test_size, random_state=seed)
+        return train, test, "train_test_split"
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    train_index, test_index = next(splitter.split(rows, groups=questions))
+    return [rows[i] for i in train_index], [rows[i] for i in test_index], "GroupShuffleSplit"
 
 
 def write_csv(rows: list[Row], path: Path, *, with_line: bool = False) -> None:
@@ -262,7 +273,7 @@ def format_report(table: FaqTable) -> dict:
 
 
 def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_long, lengths,
-                 train, test, test_size: float, seed: int) -> dict:
+                 train, test, split_method: str, test_size: float, seed: int) -> dict:
     reasons: dict[str, int] = {}
     for d in dropped:
         reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
@@ -284,7 +295,7 @@ def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_
         "conflicts": conflicts,
         "too_long": too_long,
         "lengths": lengths,
-        "split": {"train": len(train), "test": len(test)},
+        "split": {"train": len(train), "test": len(test), "method": split_method},
         "test_size": test_size,
         "seed": seed,
     }
@@ -325,7 +336,7 @@ def prepare(
     try:
         table = read_faq(faq_file)
         kept, dropped, conflicts = check_rows(table.rows)
-        train, test = split_rows(kept, test_size, seed, faq_file.name)
+        train, test, split_method = split_rows(kept, test_size, seed, faq_file.name)
         # the child counts tokens while this process writes the split
         counted: list = []
         counting = threading.Thread(target=lambda: counted.append(
@@ -342,7 +353,7 @@ def prepare(
         counting.join()
         lengths, too_long = measure_lengths(kept, max_length, counted[0])
         report = build_report(faq_file, table, kept, dropped, conflicts, too_long, lengths,
-                              train, test, test_size, seed)
+                              train, test, split_method, test_size, seed)
         (staging / "report.json").write_text(
             json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
         )
@@ -429,7 +440,7 @@ def summary(report: dict, out_dir: str | Path) -> str:
     )
     split = report["split"]
     lines.append(
-        f"split (seed {report['seed']}): train {split['train']} / test {split['test']} "
-        f"-> {out_dir}"
+        f"split (seed {report['seed']}, {split.get('method', 'seeded shuffle')}): "
+        f"train {split['train']} / test {split['test']} -> {out_dir}"
     )
     return "\n".join(lines)

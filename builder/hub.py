@@ -178,7 +178,7 @@ def dataset_card(repo_id: str, report: dict) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 
     split = report.get("split", {})
-    total = sum(split.values()) or report.get("rows_kept", 0)
+    total = sum(split.get(s, 0) for s in SPLITS) or report.get("rows_kept", 0)
     data_files = [{"split": s, "path": f"data/{s}-*"} for s in SPLITS]  # what load_dataset reads
     data = DatasetCardData(
         language=["ko"], license="unknown", pretty_name=repo_id.split("/")[1],

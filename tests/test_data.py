@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import unicodedata
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_prepare_writes_complete_folder(faq, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "dataset", "faq.csv", "report.json", "test.csv", "train.csv"]
     assert report["rows_read"] == 12 and report["rows_kept"] == 12
-    assert report["split"] == {"train": 11, "test": 1}
+    assert report["split"] == {"train": 10, "test": 2, "method": "train_test_split"}
     on_disk = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert on_disk["source_sha256"] == report["source_sha256"] and len(report["source_sha256"]) == 64
     assert on_disk["seed"] == 7 and on_disk["source_file"] == "faq.csv"
@@ -62,7 +63,7 @@ def test_prepare_writes_complete_folder(faq, tmp_path):
 
     dataset = load_from_disk(str(out / "dataset"))
     assert dataset["train"].column_names == ["instruction", "input", "output"]
-    assert len(dataset["train"]) == 11 and len(dataset["test"]) == 1
+    assert len(dataset["train"]) == 10 and len(dataset["test"]) == 2
     assert {r["instruction"] for r in read_split(out)} == {q for q, _, _ in QA}
     # the CSVs hold the dataset's splits, row for row, and no question is in both
     csv_questions = {}
@@ -93,12 +94,53 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     a = prepare(faq, tmp_path / "a", seed=1)
     prepare(faq, tmp_path / "b", seed=1)
     c = prepare(faq, tmp_path / "c", seed=2, test_size=0.2)
-    assert a["split"] == {"train": 90, "test": 10} and c["split"] == {"train": 80, "test": 20}
+    assert (a["split"]["train"], a["split"]["test"], c["split"]["train"], c["split"]["test"]) == (
+        90, 10, 80, 20)
     assert (tmp_path / "a/test.csv").read_bytes() == (tmp_path / "b/test.csv").read_bytes()
     assert (tmp_path / "a/test.csv").read_bytes() != (tmp_path / "c/test.csv").read_bytes()
     train = {r["instruction"] for r in csv.DictReader((tmp_path / "a/train.csv").open())}
     test = {r["instruction"] for r in csv.DictReader((tmp_path / "a/test.csv").open())}
     assert not train & test and len(train | test) == 100
+
+
+def test_split_is_the_notebooks_train_test_split(tmp_path):
+    """No repeated question: exactly sklearn's train_test_split(rows, 0.1, random_state=42)."""
+    from sklearn.model_selection import train_test_split
+
+    rows = [(f"질문 {i}번은 무엇인가요?", "", f"답변 {i}번입니다.") for i in range(37)]
+    faq = write_table(tmp_path / "faq.csv", ["instruction", "input", "output"], rows)
+    assert main(["prepare", str(faq), "--out", str(tmp_path / "out"), "--seed", "42"]) == 0
+    expected_train, expected_test = train_test_split(rows, test_size=0.1, random_state=42)
+
+    def on_disk(name):
+        with (tmp_path / "out" / name).open(encoding="utf-8", newline="") as f:
+            return [(r["instruction"], r["input"], r["output"]) for r in csv.DictReader(f)]
+
+    assert on_disk("train.csv") == expected_train and on_disk("test.csv") == expected_test
+    report = json.loads((tmp_path / "out/report.json").read_text(encoding="utf-8"))
+    assert report["split"] == {"train": 33, "test": 4, "method": "train_test_split"}
+
+
+def test_repeated_questions_stay_on_one_side(tmp_path, capsys):
+    """A question asked with different contexts: GroupShuffleSplit, never on both sides."""
+    rows = []
+    for i in range(20):
+        for order in range(1 + i % 3):  # some questions once, some two or three times
+            rows.append((f"{i}번 상품 배송은 언제 되나요?", f"주문번호 HR-{i:03d}-{order}",
+                         f"{i}번 상품은 {order + 1}일 안에 출고됩니다."))
+    faq = write_table(tmp_path / "faq.csv", ["instruction", "input", "output"], rows)
+    assert main(["prepare", str(faq), "--out", str(tmp_path / "out"), "--seed", "42"]) == 0
+    assert "GroupShuffleSplit" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out/report.json").read_text(encoding="utf-8"))
+    assert report["split"]["method"] == "GroupShuffleSplit"
+    assert report["split"]["train"] + report["split"]["test"] == len(rows)
+    sides = {}
+    for name in ("train.csv", "test.csv"):
+        with (tmp_path / "out" / name).open(encoding="utf-8", newline="") as f:
+            for r in csv.DictReader(f):
+                sides.setdefault(" ".join(r["instruction"].split()), set()).add(name)
+    assert len(sides) == 20 and all(len(s) == 1 for s in sides.values())
+    assert any("test.csv" in s for s in sides.values())
 
 
 def test_cp949_file_is_detected(tmp_path):
@@ -227,6 +269,11 @@ def test_too_small_to_split(tmp_path):
     with pytest.raises(UserError, match="only 4 usable rows"):
         prepare(faq, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # many rows but one question (different contexts): nothing to put on the test side
+    one = write_table(tmp_path / "one.csv", ["instruction", "input", "output"],
+                      [("배송은 언제 되나요?", f"주문번호 {i}", f"{i}일 안에 출고됩니다.") for i in range(12)])
+    with pytest.raises(UserError, match="1 different question\\)"):
+        prepare(one, tmp_path / "out")
 
 
 def test_rerun_replaces_a_prepared_folder_but_not_a_foreign_one(faq, tmp_path):
@@ -245,14 +292,14 @@ def test_rerun_replaces_a_prepared_folder_but_not_a_foreign_one(faq, tmp_path):
 def test_cli_prints_summary(faq, tmp_path, capsys):
     assert main(["prepare", str(faq), "--out", str(tmp_path / "out"), "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "12 rows read" in out and "train 11 / test 1" in out and "builder train" in out
+    assert "12 rows read" in out and "train 10 / test 2" in out and "train_test_split" in out and "builder train" in out
 
 
 def test_shipped_sample_faq_prepares_cleanly(tmp_path):
     sample = Path(__file__).parents[1] / "data" / "sample_faq.csv"
     report = prepare(sample, tmp_path / "out")
     assert report["rows_read"] >= 150 and report["rows_kept"] == report["rows_read"]
-    assert report["split"]["test"] == round(report["rows_kept"] * 0.1)
+    assert report["split"]["test"] == math.ceil(report["rows_kept"] * 0.1)  # as scikit-learn rounds
     assert sum(1 for r in read_split(tmp_path / "out") if r["input"]) >= 10
 
 
