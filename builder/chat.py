@@ -181,9 +181,13 @@ class Chatbot:
         self.knowledge = knowledge  # builder.knowledge.Knowledge for a grounded run, else None
         self.log_path: Path | None = None  # RUN/chat.log once loaded from a run folder
         self.rag = rag  # the run's RagConfig (k, decline message, repetition penalty, guard)
+        self.exact_answers = True  # an FAQ question asked word for word gets the FAQ's answer
         self.tokenizer = tokenizer
         self.template = template
         self.end_ids = end_ids
+        if model is None:  # the model runs elsewhere: a subclass's generate_stream asks it
+            self.device = self.pad_id = self.context_length = None  # (builder.serve)
+            return
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_ids)
         # the most tokens (prompt + answer) the model has positions for; longer prompts are cut
@@ -231,7 +235,7 @@ class Chatbot:
                 reply.text += delta
                 yield delta
             return
-        hits = self._ground(question, reply)
+        hits = self._ground(question, context, reply)
         if hits is None:
             yield reply.text
             return
@@ -265,9 +269,13 @@ class Chatbot:
             with self.log_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(event, ensure_ascii=False) + "\n")
 
-    def _ground(self, question: str, reply: Reply):
-        """The entries retrieved for `question`, or None when the gate declines it (then the
-        reply is the decline message)."""
+    def _ground(self, question: str, context: str, reply: Reply):
+        """The entries retrieved for `question`, or None when the reply is settled without
+        generating: the FAQ's own answer for a question that is an FAQ question word for word
+        (with the same context), or the decline message when the gate declines it."""
+        if self.exact_answers and (hit := self.knowledge.exact(question, context)) is not None:
+            reply.exact, reply.sources, reply.text = True, [hit], hit.entry.answer
+            return None
         hits = self.knowledge.search(question, self.rag.k)
         if not self.knowledge.relevant(question, hits):
             reply.declined = reply.gated = True
@@ -306,7 +314,7 @@ class Chatbot:
         replies = [Reply() for _ in items]
         todo = []  # (reply, question, context, faq, hits)
         for reply, (question, context) in zip(replies, items):
-            hits = [] if self.knowledge is None else self._ground(question, reply)
+            hits = [] if self.knowledge is None else self._ground(question, context, reply)
             if hits is not None:
                 faq = self.template.render_faq([h.entry for h in hits]) if hits else ""
                 todo.append((reply, question, context, faq, hits))

@@ -90,6 +90,9 @@ class RagConfig:
     decline_message: str = help_field(
         DECLINE_MESSAGE, "what the bot answers when the FAQ does not cover a question: say "
         "where to ask instead (the customer centre)")
+    coverage_floor: float = help_field(
+        0.5, "decline when the best FAQ entry holds less than this share of the question's "
+        "words (IDF-weighted; 0 turns the check off)")
     original_share: float = help_field(
         0.25, "share of training rows that keep the FAQ's own wording of the question "
         "(the rest are rewritten the way customers type)")
@@ -153,7 +156,7 @@ def check(cfg: Config) -> None:
         raise UserError(f"train.warmup_steps = {cfg.train.warmup_steps}: must be 0 or more")
     if cfg.rag.k <= 0:
         raise UserError("rag.k must be greater than 0")
-    for key in ("original_share", "near_miss_share", "off_topic_share"):
+    for key in ("coverage_floor", "original_share", "near_miss_share", "off_topic_share"):
         if not 0 <= getattr(cfg.rag, key) <= 1:
             raise UserError(f"rag.{key} must be between 0 and 1")
     if cfg.rag.repetition_penalty < 1:

@@ -158,7 +158,11 @@ def retrieval_replies(knowledge, rag, items: list[tuple[str, str]]) -> list:
     from builder.guard import Reply
 
     replies = []
-    for question, _ in items:
+    for question, context in items:
+        if (hit := knowledge.exact(question, context)) is not None:
+            replies.append(Reply(text=hit.entry.answer, sources=[hit], exact=True,
+                                 generated=hit.entry.answer))
+            continue
         hits = knowledge.search(question, rag.k)
         if knowledge.relevant(question, hits):
             replies.append(Reply(text=hits[0].entry.answer, sources=hits[:1],
@@ -221,7 +225,8 @@ class _SourceHit:
 
 
 def _save_replies(path: Path, replies) -> None:
-    records = [{"text": r.text, "declined": r.declined, "gated": r.gated, "guarded": r.guarded,
+    records = [{"text": r.text, "declined": r.declined, "gated": r.gated, "exact": r.exact,
+                "guarded": r.guarded,
                 "fallback": r.fallback, "runaway": r.runaway,
                 "invented": [list(f) for f in r.invented], "generated": r.generated,
                 "source_ids": [h.entry.id for h in r.sources]} for r in replies]
@@ -264,6 +269,8 @@ def score_split(rows: list[dict], replies: list, decline_message: str) -> dict:
         "fact_accuracy": _share(x == 1.0 for x in with_facts),
         "rows_with_facts": len(with_facts),
         "declined": _share(r.declined for r in replies),
+        # asked word for word as in the FAQ: the entry's own answer, nothing generated
+        "exact": sum(r.exact for r in replies),
         "invented": sum(_invented_shown(r, row["instruction"], row.get("input") or "",
                                         decline_message) for r, row in zip(replies, rows)),
         "chrf": round(corpus_chrf(hyps, refs), 2),
@@ -293,6 +300,7 @@ def score_questions(questions: list[dict], replies: list, decline_message: str) 
                                                                    decline_message)
                                     for q, r in zip(questions, replies)),
         "invented_before_guard": sum(bool(r.invented) for r in replies),
+        "exact": sum(r.exact for r in replies),
         "guard_fallbacks": sum(r.fallback for r in replies),
         "guard_cuts": sum(r.guarded and not r.fallback for r in replies),
         "runaway": sum(r.runaway for r in replies),
@@ -411,6 +419,15 @@ def _evaluate(run_dir, meta, data_dir, rows, asked, items, max_new_tokens, max_l
     weights = "adapter" if hasattr(tuned.model, "peft_config") else "merged"
     replies = {"tuned": tuned.reply_batch(items, max_new_tokens=max_new_tokens,
                                           batch_size=batch_size)}
+    # the model's own answers to the split questions, without the FAQ lookup of questions asked
+    # word for word (which answers every one of them with its entry)
+    n_split = sum(map(len, rows.values()))
+    model_alone = []
+    if tuned.knowledge is not None and n_split:
+        tuned.exact_answers = False
+        model_alone = tuned.reply_batch(items[:n_split], max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size)
+        tuned.exact_answers = True
     losses = {"tuned": _losses(tuned, rows, max_length)}
     knowledge, rag = tuned.knowledge, tuned.rag
     tuned_s = time.perf_counter() - started
@@ -446,6 +463,12 @@ def _evaluate(run_dir, meta, data_dir, rows, asked, items, max_new_tokens, max_l
     for system in ("base", "tuned"):
         for split, figures in _loss_summary(losses[system]).items():
             splits[split][system].update(figures)
+    offset = 0
+    for split, split_rows in rows.items():
+        if model_alone and split_rows:
+            alone = score_split(split_rows, model_alone[offset:offset + len(split_rows)], decline)
+            splits[split]["tuned"]["model_fact_accuracy"] = alone["fact_accuracy"]
+        offset += len(split_rows)
     data_sha256 = file_sha256(data_dir / "train.csv", data_dir / "test.csv")
     if data_sha256 != meta.get("data_sha256"):
         log(f"note: {data_dir} is not the data this run was trained on (data_sha256 differs)")
@@ -515,8 +538,8 @@ def _answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: 
             out[f"{s}_sources"] = ";".join(str(h.entry.line or h.entry.id) for h in r.sources)
         tuned = replies.get("tuned")
         if tuned is not None:
-            out["tuned_flags"] = " ".join(name for name in ("gated", "guarded", "fallback",
-                                                            "runaway") if getattr(tuned, name))
+            flags = ("exact", "gated", "guarded", "fallback", "runaway")
+            out["tuned_flags"] = " ".join(name for name in flags if getattr(tuned, name))
             out["tuned_generated"] = tuned.generated
         return out
 
@@ -558,6 +581,15 @@ def _figure_rows(report: dict):
         values = [_figure(report, section, key, s) for s in systems]
         if any(v is not None for v in values):
             yield label, values
+    for split, label in (("train_sample", "trained questions"), ("test", "test questions")):
+        table = report["splits"].get(split, {})
+        if "model_fact_accuracy" in table.get("tuned", {}):
+            yield (f"{label}: facts right by the model itself (no FAQ lookup)",
+                   [table["tuned"]["model_fact_accuracy"] if s == "tuned" else None
+                    for s in systems])
+        if any("exact" in table.get(s, {}) for s in systems):
+            yield (f"{label} asked word for word (FAQ answer shown)",
+                   [table.get(s, {}).get("exact") for s in systems])
     q = report.get("questions") or {}
     if q:
         for key, label in (("invented_shown", "answers shown with an invented fact"),

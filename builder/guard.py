@@ -33,6 +33,7 @@ class Reply:
     sources: list = field(default_factory=list)  # knowledge Hits the answer was given
     declined: bool = False  # the answer is the decline message
     gated: bool = False  # declined before generating: nothing in the FAQ is about the question
+    exact: bool = False  # an FAQ question word for word: the entry's own answer, not generated
     guarded: bool = False  # the fact guard cut the model's answer or replaced it
     fallback: bool = False  # ... replaced by the best entry's own answer
     runaway: bool = False  # the runaway check ended a repeating generation

@@ -330,10 +330,13 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
                   "embeddings (`dense.npy`). The model was trained with the retrieved entries in "
                   "its prompt (the template's FAQ block) and to answer the decline message when "
                   "they do not answer the question; without them it does not know the shop's "
-                  "facts. `builder.chat.Chatbot` retrieves, declines questions that share no "
-                  f"content noun with the entries or fall under dense similarity "
-                  f"{gate.get('dense_threshold')}, and never shows a number that is in none of "
-                  "the retrieved entries. Update the FAQ without retraining with "
+                  "facts. `builder.chat.Chatbot` answers a question asked exactly as in the "
+                  "FAQ with its entry's answer; otherwise it retrieves, declines questions that "
+                  "share no content noun with the entries, fall under dense similarity "
+                  f"{gate.get('dense_threshold')} or whose best entry holds under "
+                  f"{gate.get('coverage_floor') or 0:.0%} of their words, and never shows a "
+                  "number that is in none of the retrieved entries. Update the FAQ without "
+                  "retraining with "
                   "`builder index RUN FAQ_FILE`.", ""]
     if evaluation:
         systems = list(report.get("systems") or ("base", "tuned"))

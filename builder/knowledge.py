@@ -35,6 +35,9 @@ NOUN_TAGS = ("NNG", "NNP", "SL", "SH", "XR")
 # nouns every shop question may carry; sharing one says nothing about the topic
 GENERIC_NOUNS = frozenset({"얼마", "며칠", "정도", "이상", "이하", "경우", "가능", "방법", "문의",
                            "질문", "답변", "시간", "오늘", "지금", "하나", "다음", "이번", "사람"})
+# stems every question may carry whatever it asks about (있다, 되다, 하다, 수, ...)
+LIGHT_WORDS = frozenset({"있", "없", "하", "되", "수", "것", "주", "보", "받", "가", "오", "알", "이"})
+COVERAGE_FLOOR = 0.5  # the best entry must hold at least half of the question's word weight
 OFF_TOPIC_FILE = Path(__file__).resolve().parents[1] / "prompts" / "off_topic_ko.txt"
 
 
@@ -159,12 +162,17 @@ class Knowledge:
         self.dense = dense  # (n_entries, dim) float32, normalised
         self.settings = settings  # embedder, gate calibration, source, sha256
         self._vectors: dict = {}  # question -> its query embedding (see `prime`)
+        self._terms: list[set[str]] | None = None  # each entry's content morphemes (coverage)
+        self._exact: dict[tuple[str, str], Entry] | None = None  # see `exact`
+        self._entry_nouns: list[set[str]] | None = None
+        self._idf: dict[str, float] = {}
 
     # Build, save, load
 
     @classmethod
     def build(cls, entries: list[Entry], *, embedder_name: str = DEFAULT_EMBEDDER,
-              source: str = "", calibrate: bool = True) -> "Knowledge":
+              source: str = "", calibrate: bool = True,
+              coverage_floor: float = COVERAGE_FLOOR) -> "Knowledge":
         import bm25s
 
         if not entries:
@@ -177,10 +185,12 @@ class Knowledge:
                    show_progress=False)
         dense = embedder(embedder_name).passage([e.text for e in entries])
         settings = {"embedder": embedder_name, "entries": len(entries), "source": source,
-                    "entries_sha256": entries_sha256(entries), "gate": {"dense_threshold": None}}
+                    "entries_sha256": entries_sha256(entries),
+                    "gate": {"dense_threshold": None, "coverage_floor": coverage_floor}}
         knowledge = cls(entries, bm25, dense, settings)
         if calibrate:
-            settings["gate"] = knowledge.calibrate()
+            settings["gate"] = {**knowledge.calibrate(), "coverage_floor": coverage_floor}
+            settings["gate"]["measured"] = knowledge.gate_figures()
         settings["build_s"] = round(time.perf_counter() - started, 2)
         return knowledge
 
@@ -262,18 +272,62 @@ class Knowledge:
         best = [i for i in np.argsort(-fused, kind="stable") if int(i) not in exclude][:k]
         return [Hit(self.entries[i], float(fused[i]), float(bm25[i]), float(dense[i])) for i in best]
 
+    def exact(self, question: str, context: str = "") -> Hit | None:
+        """The entry whose question (and context) is `question` word for word, ignoring spaces,
+        punctuation and letter case; None otherwise. Its own answer is the right one."""
+        if self._exact is None:
+            self._exact = {}
+            for e in self.entries:  # the first of repeated questions wins, as in the FAQ file
+                self._exact.setdefault((_squeeze(e.question), _squeeze(e.context)), e)
+        entry = self._exact.get((_squeeze(question), _squeeze(context)))
+        return None if entry is None else Hit(entry, 1.0, 0.0, 1.0)
+
     # The gate: is the question about anything the FAQ says?
 
     def relevant(self, question: str, hits: list[Hit]) -> bool:
-        """False when the question shares no content noun with the retrieved entries, or its
-        best dense similarity is under the threshold calibrated on this knowledge."""
+        """False when the question shares no content noun with the retrieved entries, its
+        best dense similarity is under the threshold calibrated on this knowledge, or the best
+        entry covers too little of what it asks (`coverage`)."""
         if not hits:
             return False
         nouns = content_nouns(question)
-        shared = any(nouns & content_nouns(h.entry.text) for h in hits)
-        threshold = self.settings.get("gate", {}).get("dense_threshold")
+        shared = any(nouns & self._nouns(h.entry) for h in hits)
+        gate = self.settings.get("gate", {})
+        threshold = gate.get("dense_threshold")
         close = threshold is None or max(h.dense for h in hits) >= threshold
-        return shared and close
+        floor = gate.get("coverage_floor") or 0.0
+        return shared and close and (floor <= 0 or self.coverage(question, hits[0].entry) >= floor)
+
+    def _nouns(self, entry: Entry) -> set[str]:
+        """content_nouns(entry.text), computed once per entry."""
+        if self._entry_nouns is None:
+            self._entry_nouns = [content_nouns(e.text) for e in self.entries]
+        if 0 <= entry.id < len(self._entry_nouns):
+            return self._entry_nouns[entry.id]
+        return content_nouns(entry.text)
+
+    def coverage(self, question: str, entry: Entry) -> float:
+        """Share of the question's words found in `entry`, each word weighted by its IDF over
+        this FAQ: "새벽배송도 되나요?" against "주말에도 배송이 되나요?" misses 새벽, the word
+        that says what is asked. Words the FAQ never uses do not count (they are often a
+        customer's synonym: 가게 for 매장), nor do stems any question has (있다, 되다)."""
+        import math
+
+        if self._terms is None:
+            self._terms = [set(content_morphemes(e.text)) for e in self.entries]
+            df: dict[str, int] = {}
+            for terms in self._terms:
+                for term in terms:
+                    df[term] = df.get(term, 0) + 1
+            n = len(self.entries)  # BM25's IDF, always positive
+            self._idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+        asked = {t for t in content_morphemes(question)
+                 if t in self._idf and t not in LIGHT_WORDS and t not in GENERIC_NOUNS}
+        total = sum(self._idf[t] for t in asked)
+        if not total:
+            return 1.0
+        found = self._terms[entry.id] if 0 <= entry.id < len(self._terms) else set()
+        return sum(self._idf[t] for t in asked if t in found) / total
 
     def calibrate(self, k: int = 3) -> dict:
         """Pick the dense threshold on this knowledge's own questions: rule-made rewrites of
@@ -291,7 +345,7 @@ class Knowledge:
         def features(question):
             hits = self.search(question, k)
             nouns = content_nouns(question)
-            shared = any(nouns & content_nouns(h.entry.text) for h in hits)
+            shared = any(nouns & self._nouns(h.entry) for h in hits)
             return shared, max(h.dense for h in hits)
 
         pos = [features(q) for q in positives]
@@ -319,6 +373,37 @@ class Knowledge:
             },
             "positives": len(pos), "negatives": len(neg),
         }
+
+    def gate_figures(self, k: int = 3) -> dict:
+        """How the whole gate does on this FAQ's own questions: rule rewrites of each question
+        (should pass), the shipped off-topic list (should be declined) and leave-one-out near
+        misses: each question asked without its own entry and the entries sharing a key fact
+        with it (should be declined: no other entry answers it)."""
+        import random
+
+        from builder.facts import key_facts
+        from builder.rewrite import rewrites
+
+        rng = random.Random(1)
+        asked = [(e, rng.choice(rewrites(e.question))) for e in self.entries]
+        self.prime([q for _, q in asked] + off_topic_questions())
+        passed = [self.relevant(q, self.search(q, k)) for _, q in asked]
+        off = [self.relevant(q, self.search(q, k)) for q in off_topic_questions()]
+        facts = [key_facts(e.answer) for e in self.entries]
+        near = []
+        for entry, question in asked:
+            same = {e.id for e in self.entries
+                    if e.answer == entry.answer or facts[entry.id] & facts[e.id]}
+            hits = self.search(question, k, exclude=same | {entry.id})
+            near.append(self.relevant(question, hits))
+        share = lambda xs, want: round(sum(x == want for x in xs) / max(len(xs), 1), 4)  # noqa: E731
+        return {"rewrites_passed": share(passed, True), "off_topic_declined": share(off, False),
+                "near_misses_declined": share(near, False)}
+
+
+def _squeeze(text: str) -> str:
+    """Letters and digits only, NFC, lower-case: '배송비는 얼마인가요?' -> '배송비는얼마인가요'."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", text).lower() if ch.isalnum())
 
 
 def entries_sha256(entries: list[Entry]) -> str:
@@ -374,7 +459,8 @@ def index_run(run_dir: str | Path, faq_file: str | Path, log=print) -> dict:
 
     cfg = load_config(run_dir / "config.yaml")
     entries, report = entries_from_file(faq_file)
-    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=Path(faq_file).name)
+    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=Path(faq_file).name,
+                                coverage_floor=cfg.rag.coverage_floor)
     knowledge.save(run_dir / "knowledge")
     if (run_dir / "merged" / "config.json").is_file():  # the merged model carries a copy
         knowledge.save(run_dir / "merged" / "knowledge")

@@ -104,7 +104,8 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
         from builder.raft import grounded_rows
 
         knowledge = Knowledge.build(entries_from_prepared(prepared_dir),
-                                    embedder_name=cfg.rag.embedder, calibrate=False)
+                                    embedder_name=cfg.rag.embedder, calibrate=False,
+                                    coverage_floor=cfg.rag.coverage_floor)
         row = grounded_rows([row], knowledge, template, cfg.rag, seed=cfg.train.seed,
                             off_topic=False)[0]
     example = tokenize_row(tokenizer, template, row, cfg.model.max_seq_length,
@@ -139,12 +140,15 @@ def build_knowledge(prepared_dir: Path, run_dir: Path, cfg: Config, *, reuse: bo
         return Knowledge.load(folder)
     started = time.perf_counter()
     entries = entries_from_prepared(prepared_dir)
-    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=str(prepared_dir))
+    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=str(prepared_dir),
+                                coverage_floor=cfg.rag.coverage_floor)
     knowledge.save(folder)
     gate = knowledge.settings["gate"]
     log(f"knowledge: {len(entries)} FAQ entries indexed in {time.perf_counter() - started:.0f} s "
         f"(BM25 over Kiwi morphemes + {cfg.rag.embedder}); decline gate: dense similarity "
-        f">= {gate['dense_threshold']} and a shared content noun")
+        f">= {gate['dense_threshold']}, a shared content noun and the best entry holding "
+        f">= {gate['coverage_floor']:.0%} of the question's words; on the FAQ's own questions "
+        f"{gate['measured']}")
     return knowledge
 
 

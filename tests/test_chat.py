@@ -511,6 +511,25 @@ def test_an_off_topic_question_is_declined_without_generating(grounded_bot, monk
     assert batched.text == grounded_bot.rag.decline_message and batched.gated
 
 
+def test_an_faq_question_asked_word_for_word_gets_its_own_answer(grounded_bot, monkeypatch):
+    from builder.guard import Reply
+
+    entry = grounded_bot.knowledge.entries[0]
+    monkeypatch.setattr(grounded_bot.model, "generate", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("generate was called for an FAQ question asked word for word")))
+    reply = Reply()
+    assert list(grounded_bot.stream(entry.question, entry.context, reply=reply)) == [entry.answer]
+    assert reply.exact and not reply.declined and [h.entry for h in reply.sources] == [entry]
+    [batched] = grounded_bot.reply_batch([(entry.question, entry.context)])
+    assert batched.exact and batched.text == entry.answer
+    grounded_bot.exact_answers = False  # the model itself answers (the eval measures both)
+    try:
+        with pytest.raises(AssertionError, match="generate was called"):
+            grounded_bot.reply(entry.question, entry.context)
+    finally:
+        grounded_bot.exact_answers = True
+
+
 def test_a_made_up_price_is_never_shown(grounded_bot):
     from builder.guard import Reply
 
@@ -604,7 +623,7 @@ def test_format_sources_names_the_faq_lines(grounded_bot):
     from builder.guard import Reply
 
     reply = Reply()
-    hits = grounded_bot._ground(ON_TOPIC[1], reply)
+    hits = grounded_bot._ground(ON_TOPIC[1], "", reply)
     text = format_sources(reply)
     assert text.startswith("참고한 FAQ: ") and text.count(" · ") == len(hits) - 1
     for hit in hits:

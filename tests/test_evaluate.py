@@ -169,6 +169,11 @@ def test_evaluate_writes_the_eval_folder(tiny_run):
         assert set(figures) == {"base", "tuned", "retrieval"}
         assert figures["base"]["ppl"] > 1000  # a random model knows nothing
         assert figures["retrieval"]["exact_match"] == 1.0  # its own FAQ question: the entry itself
+        # asked word for word, every system shows the entry's own answer; the model's own
+        # answers to the same questions (no lookup) are scored beside them
+        n = report["rows"][split]
+        assert [figures[s]["exact"] for s in ("base", "tuned", "retrieval")] == [n, n, n]
+        assert "model_fact_accuracy" in figures["tuned"]
     assert set(report["summary"]["chrf"]) == {"base", "tuned", "retrieval"}
     assert report["retrieval"]["test_split"]["hit@1"] == 1.0
     with (eval_dir / "answers.csv").open(encoding="utf-8-sig", newline="") as f:
@@ -183,6 +188,8 @@ def test_evaluate_writes_the_eval_folder(tiny_run):
     assert (eval_dir / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert lines[-1].startswith(f"wrote {eval_dir}")
     assert "trained questions: facts right" in format_summary(report)
+    assert "facts right by the model itself (no FAQ lookup)" in format_summary(report)
+    assert "tuned_answer" in answers[0] and answers[0]["tuned_flags"].split()[0] == "exact"
     assert not (tiny_run / "eval.running").exists()
 
 

@@ -116,7 +116,8 @@ def test_off_topic_questions_are_not_relevant_and_paraphrases_are(kb):
 
 def test_calibrate_picks_a_threshold_with_balanced_accuracies(kb):
     gate = kb.calibrate()
-    assert gate == kb.settings["gate"]  # build calibrated; the same questions give the same gate
+    # build calibrated; the same questions give the same gate
+    assert gate == {key: kb.settings["gate"][key] for key in gate}
     assert 0 < gate["dense_threshold"] < 1
     for name, accuracy in gate["balanced_accuracy"].items():
         assert 0 <= accuracy <= 1, name
@@ -124,6 +125,59 @@ def test_calibrate_picks_a_threshold_with_balanced_accuracies(kb):
     assert gate["balanced_accuracy"]["both"] >= gate["balanced_accuracy"]["shared_noun"]
     assert gate["balanced_accuracy"]["both"] > 0.8
     assert gate["positives"] == N_ROWS and gate["negatives"] == len(off_topic_questions())
+
+
+def test_the_best_entry_must_cover_what_the_question_asks(kb):
+    from builder.knowledge import content_morphemes
+
+    weekend = next(e for e in kb.entries if e.question == "주말에도 배송이 되나요?")
+    fee = next(e for e in kb.entries if e.question == "배송비는 얼마인가요?")
+    assert kb.coverage("배송비 얼마임?", fee) == 1.0
+    assert kb.coverage("주말에도 배송돼요?", weekend) == 1.0
+    # 반품 환불 is what is asked, and the weekend entry never says it: only 주말's weight counts
+    question = "주말에 반품 환불 되나요?"
+    assert content_morphemes(question) == ["주말", "반품", "환불", "되"]  # 되 carries no topic
+    idf = kb._idf
+    assert kb.coverage(question, weekend) == pytest.approx(
+        idf["주말"] / (idf["주말"] + idf["반품"] + idf["환불"]))
+    assert kb.coverage(question, weekend) < 0.75
+    # words the FAQ never uses (often a customer's own synonym) do not count
+    assert kb.coverage("블록체인 주말에도 되나요?", weekend) == 1.0
+
+
+def test_the_gate_declines_what_the_best_entry_does_not_cover(kb):
+    question = "주말에 반품 환불 되나요?"
+    hits = kb.search(question, k=3)
+    gate = kb.settings["gate"]
+    assert gate["coverage_floor"] == 0.5
+    covered = kb.coverage(question, hits[0].entry)
+    try:
+        gate["coverage_floor"] = 0.0  # off: the other rules alone
+        without = kb.relevant(question, hits)
+        gate["coverage_floor"] = min(covered + 0.01, 1.0)  # just above what the best entry holds
+        above = kb.relevant(question, hits)
+        gate["coverage_floor"] = covered  # exactly at it: passes
+        at = kb.relevant(question, hits)
+    finally:
+        gate["coverage_floor"] = 0.5
+    assert without == at == (max(h.dense for h in hits) >= gate["dense_threshold"]) and not above
+
+
+def test_the_gate_is_measured_on_the_faqs_own_questions(kb):
+    measured = kb.settings["gate"]["measured"]
+    assert set(measured) == {"rewrites_passed", "off_topic_declined", "near_misses_declined"}
+    assert measured["rewrites_passed"] > 0.7 and measured["off_topic_declined"] > 0.9
+    assert 0 < measured["near_misses_declined"] <= 1
+
+
+def test_an_faq_question_asked_word_for_word_finds_its_entry(kb):
+    fee = next(e for e in kb.entries if e.question == "배송비는 얼마인가요?")
+    assert kb.exact("배송비는 얼마인가요?").entry == fee
+    assert kb.exact("  배송비는얼마인가요 ").entry == fee  # spaces and punctuation aside
+    assert kb.exact("배송비 얼마임?") is None  # a paraphrase is answered by the model
+    with_context = next(e for e in kb.entries if e.context)
+    assert kb.exact(with_context.question, with_context.context).entry == with_context
+    assert kb.exact(with_context.question, "다른 상황") is None
 
 
 # Save, load, rebuild
