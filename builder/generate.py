@@ -15,7 +15,10 @@ import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from builder.errors import UserError
@@ -26,6 +29,7 @@ TEMPERATURE = 0.8
 # seconds: a local model on a busy GPU can take a while for one reply; connecting should not
 READ_TIMEOUT_S = 120
 CONNECT_TIMEOUT_S = 10
+MAX_WAIT_S = 60  # the longest wait for a rate limit before trying again, in seconds
 MAX_LENGTH_RATIO = 3  # a paraphrase longer than 3 x the question is an explanation, not a question
 
 
@@ -121,53 +125,95 @@ def check_prepared(prepared_dir: Path) -> None:
 # Talking to the endpoint
 
 
-def ask(client, url: str, model: str, prompt: str, api_key_env: str, has_key: bool) -> str:
-    """The text of one chat completion; UserError for anything that would fail every question."""
+def retry_wait(response, attempt: int, backoff_s: float) -> float:
+    """Seconds to wait before trying again: the server's Retry-After (seconds or an HTTP date)
+    when it sends one, else backoff_s doubled per attempt; never more than MAX_WAIT_S."""
+    value = response.headers.get("Retry-After", "") if response is not None else ""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            seconds = backoff_s * 2 ** attempt
+    return min(max(seconds, 0.0), MAX_WAIT_S)
+
+
+def ask(client, url: str, model: str, prompt: str, api_key_env: str, has_key: bool, *,
+        temperature: float = TEMPERATURE, optional: dict | None = None, retries: int = 0,
+        backoff_s: float = 1.0) -> str:
+    """The text of one chat completion; UserError for anything that would fail every question.
+
+    `retries`: how often a 429, a 5xx or a timeout is tried again (waiting as `retry_wait`
+    says) before it becomes the error. `optional`: body fields the endpoint may not know
+    (response_format); when it answers 400/422 with them, the request is sent again without
+    them and the dict is emptied, so the caller's next requests go without them too."""
     import httpx
 
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "temperature": TEMPERATURE}
-    try:
-        response = client.post(url, json=body)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-        raise UserError(
-            f"cannot reach {url} ({type(error).__name__}): start an OpenAI-compatible server "
-            "there (e.g. `vllm serve MODEL` or llama.cpp's `llama-server`) or fix --endpoint"
-        ) from None
-    except httpx.TimeoutException:
-        raise UserError(f"{url} gave no reply within {READ_TIMEOUT_S} s: is the model loaded "
-                        "and the server not overloaded?") from None
-    except httpx.HTTPError as error:
-        raise UserError(f"request to {url} failed: {type(error).__name__}") from None
-    if response.status_code in (401, 403):
-        if has_key:
-            raise UserError(f"{url} refused the API key in ${api_key_env} "
-                            f"(HTTP {response.status_code}): set {api_key_env} to a key it accepts")
-        raise UserError(f"{url} asks for an API key (HTTP {response.status_code}): set "
-                        f"{api_key_env}, or name another variable with --api-key-env")
-    if response.status_code >= 400:
-        detail = " ".join(response.text.split())[:200]
-        hint = " (is --model a model the server serves?)" if response.status_code == 404 else ""
-        raise UserError(f"{url} answered HTTP {response.status_code}{hint}: {detail}")
-    try:
-        return response.json()["choices"][0]["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise UserError(f"{url} did not answer like an OpenAI chat-completions endpoint "
-                        "(no choices[0].message.content): check --endpoint (often ends in /v1)"
-                        ) from None
+    attempts = retries + 1
+    for attempt in range(attempts):
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                "temperature": temperature} | (optional or {})
+        tries = f" (tried {attempts} times)" if attempts > 1 else ""
+        response = None
+        try:
+            response = client.post(url, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise UserError(
+                f"cannot reach {url} ({type(error).__name__}): start an OpenAI-compatible server "
+                "there (e.g. `vllm serve MODEL` or llama.cpp's `llama-server`) or fix --endpoint"
+            ) from None
+        except httpx.TimeoutException:
+            if attempt + 1 < attempts:
+                time.sleep(retry_wait(None, attempt, backoff_s))
+                continue
+            raise UserError(f"{url} gave no reply within {client.timeout.read:g} s{tries}: is the "
+                            "model loaded and the server not overloaded?") from None
+        except httpx.HTTPError as error:
+            raise UserError(f"request to {url} failed: {type(error).__name__}") from None
+        if response.status_code in (400, 422) and optional:
+            optional.clear()  # e.g. a server without response_format: ask the plain way
+            return ask(client, url, model, prompt, api_key_env, has_key, temperature=temperature,
+                       retries=retries, backoff_s=backoff_s)
+        if response.status_code == 429 or response.status_code >= 500:
+            if attempt + 1 < attempts:
+                time.sleep(retry_wait(response, attempt, backoff_s))
+                continue
+        if response.status_code in (401, 403):
+            if has_key:
+                raise UserError(f"{url} refused the API key in ${api_key_env} "
+                                f"(HTTP {response.status_code}): set {api_key_env} to a key it "
+                                "accepts")
+            raise UserError(f"{url} asks for an API key (HTTP {response.status_code}): set "
+                            f"{api_key_env}, or name another variable with --api-key-env")
+        if response.status_code == 429:
+            raise UserError(f"{url} answered HTTP 429 (too many requests){tries}: the rate limit "
+                            "or quota of this key is used up; wait, or raise the limit, and run "
+                            "again")
+        if response.status_code >= 400:
+            detail = " ".join(response.text.split())[:200]
+            hint = " (is --model a model the server serves?)" if response.status_code == 404 else ""
+            raise UserError(f"{url} answered HTTP {response.status_code}{hint}{tries}: {detail}")
+        try:
+            return response.json()["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UserError(f"{url} did not answer like an OpenAI chat-completions endpoint "
+                            "(no choices[0].message.content): check --endpoint (often ends in "
+                            "/v1)") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 # ---------------------------------------------------------------------------------------------
 # The stage
 
 
-def write_rows(rows: list[tuple[str, str]], path: Path) -> None:
-    """question,paraphrase rows into `path`, atomically: a reader sees the old file or the new."""
+def write_rows(rows: list[tuple], path: Path, header: tuple = ("question", "paraphrase")) -> None:
+    """CSV rows under `header` into `path`, atomically: a reader sees the old file or the new."""
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(("question", "paraphrase"))
+            writer.writerow(header)
             writer.writerows(rows)
         os.chmod(temp, 0o644)
         os.replace(temp, path)
