@@ -124,6 +124,25 @@ def cmd_push_model(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    if args.docs and args.paraphrases:
+        raise UserError("give documents (FAQ pairs -> --out) or --paraphrases PREPARED_DIR, "
+                        "not both")
+    if args.docs:
+        from builder.faqgen import generate_from_docs, summary
+
+        if not args.out:
+            raise UserError("give --out FILE.csv for the generated FAQ, e.g. --out faq.csv")
+        result = generate_from_docs(
+            args.docs, args.out, endpoint=args.endpoint, model=args.model, rows=args.rows,
+            chunk_tokens=args.chunk_tokens, api_key_env=args.api_key_env, dry_run=args.dry_run,
+            timeout_s=args.timeout)
+        print(summary(result))
+        return
+    if not args.paraphrases:
+        raise UserError("give documents to turn into FAQ pairs (builder generate DOCS... --out "
+                        "faq.csv) or --paraphrases PREPARED_DIR")
+    if not args.endpoint or not args.model:
+        raise UserError("--paraphrases needs --endpoint URL and --model NAME")
     from builder.generate import generate_paraphrases
 
     result = generate_paraphrases(args.paraphrases, args.endpoint, args.model, n=args.n,
@@ -259,13 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "reaches it can train and chat")
     p.set_defaults(run=cmd_app)
 
-    p = commands.add_parser("generate", help="paraphrase the training questions with an "
-                            "OpenAI-compatible chat endpoint (PREPARED_DIR/paraphrases.csv)")
-    p.add_argument("--paraphrases", required=True, metavar="PREPARED_DIR",
+    p = commands.add_parser("generate", help="with an OpenAI-compatible chat endpoint: FAQ "
+                            "pairs from the shop's documents (DOCS... --out faq.csv), or "
+                            "paraphrases of the training questions (--paraphrases PREPARED_DIR)")
+    p.add_argument("docs", nargs="*", metavar="DOCS",
+                   help=".txt .md .html .pdf .docx files or folders of them")
+    p.add_argument("--out", help="the FAQ CSV to write (instruction,input,output,source)")
+    p.add_argument("--paraphrases", metavar="PREPARED_DIR",
                    help="a folder written by `builder prepare`; only its train.csv is read")
-    p.add_argument("--endpoint", required=True,
-                   help="e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp's llama-server)")
-    p.add_argument("--model", required=True, help="model name the endpoint serves")
+    p.add_argument("--endpoint",
+                   help="e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1 (vLLM, "
+                   "llama.cpp's llama-server), http://127.0.0.1:11434/v1 (Ollama)")
+    p.add_argument("--model", help="model name the endpoint serves")
+    p.add_argument("--rows", type=int, help="documents: about this many rows in all "
+                   "(default: one per ~120 characters of text)")
+    p.add_argument("--chunk-tokens", type=int, default=400,
+                   help="documents: estimated tokens of text per request")
+    p.add_argument("--dry-run", action="store_true", help="documents: print the chunks, the "
+                   "requests and an estimated token count; send nothing")
+    p.add_argument("--timeout", type=float, default=120,
+                   help="documents: seconds to wait for one reply")
     p.add_argument("--n", type=int, default=3, help="paraphrases per question")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (sent only when set)")

@@ -271,7 +271,8 @@ def test_too_small_to_split(tmp_path):
     assert not (tmp_path / "out").exists()
     # many rows but one question (different contexts): nothing to put on the test side
     one = write_table(tmp_path / "one.csv", ["instruction", "input", "output"],
-                      [("배송은 언제 되나요?", f"주문번호 {i}", f"{i}일 안에 출고됩니다.") for i in range(12)])
+                      [("배송은 언제 되나요?", f"주문번호 {i}", f"{i}일 안에 출고됩니다.")
+                       for i in range(12)])
     with pytest.raises(UserError, match="1 different question\\)"):
         prepare(one, tmp_path / "out")
 
