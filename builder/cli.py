@@ -115,6 +115,14 @@ def cmd_app(args) -> None:
            max_queue=args.max_queue)
 
 
+def cmd_serve(args) -> None:
+    from builder.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
+          max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
+          concurrency=args.concurrency, use=args.use, engine_model=args.engine_model)
+
+
 def cmd_push_model(args) -> None:
     from builder.hub import push_model
 
@@ -277,6 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="off loopback, serve without a login ($BUILDER_APP_PASSWORD): anyone who "
                    "reaches it can train and chat")
     p.set_defaults(run=cmd_app)
+
+    p = commands.add_parser("serve", help="an OpenAI-compatible API over a run's chatbot "
+                            "(/v1/chat/completions, /v1/models, /health)")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--engine", default="local",
+                   help="local (in-process model) or the URL of an OpenAI-compatible completion "
+                   "server, e.g. http://127.0.0.1:8001/v1 (vLLM, llama.cpp, Ollama, TGI)")
+    p.add_argument("--engine-model", help="model name at --engine URL (default: the first it lists)")
+    p.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY' "
+                   "(default: $BUILDER_API_KEY; prefer it, a flag shows in the process list)")
+    p.add_argument("--max-queue", type=int, default=8,
+                   help="requests that may wait for the engine; more get 429 + Retry-After")
+    p.add_argument("--max-tokens-cap", type=int, default=512,
+                   help="the largest max_tokens a request may ask for")
+    p.add_argument("--concurrency", type=int,
+                   help="answers generated at once (default 1 local, 8 with an engine URL)")
+    use_flag(p)
+    p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser("generate", help="with an OpenAI-compatible chat endpoint: FAQ "
                             "pairs from the shop's documents (DOCS... --out faq.csv), or "

@@ -1,0 +1,588 @@
+"""The HTTP door: a run's grounded chatbot behind an OpenAI-compatible API (FastAPI + uvicorn).
+
+    builder serve runs/NAME                                    # http://127.0.0.1:8000/v1
+    BUILDER_API_KEY=... builder serve runs/NAME --host 0.0.0.0 # clients send "Bearer ..."
+    builder serve runs/NAME --engine http://GPU-HOST:8001/v1   # vLLM, llama.cpp, Ollama, TGI
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")
+    reply = client.chat.completions.create(
+        model="NAME", messages=[{"role": "user", "content": "배송비는 얼마인가요?"}])
+    reply.choices[0].message.content, reply.choices[0].message.sources
+
+GET /v1/models, POST /v1/chat/completions (whole, or `stream: true` as server-sent events
+ending with `data: [DONE]`), GET /health (no key needed, for load balancers). Every answer is
+`Chatbot.stream`'s: retrieval, the decline rule, the fact guard and the stop rules stay here.
+
+- The question is the last user message. When it is a short follow-up (at most
+  FOLLOW_UP_CHARS letters, "제주도는요?") retrieval also searches it with the previous user
+  message in front (see _Retrieval); the prompt gets the question as asked. System messages are ignored (the
+  run's template is the prompt); an extra `context` field fills the template's context block.
+- Replies carry extra fields that standard clients ignore: `sources` ([{"line", "question"}],
+  the FAQ rows the answer came from) and `declined`, on the message (whole answers) or on the
+  last chunk (streams).
+- Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with its status.
+- At most `concurrency` answers are generated at once (1 for the in-process model: on CPU one
+  generation takes all cores) and `max_queue` more wait; beyond that 429 with Retry-After. A
+  client that leaves stops its generation after the current token and frees its place.
+- `--engine URL`: the model runs in an OpenAI-compatible completion server; the builder renders
+  the prompt and asks only for its completion (POST URL/completions, streamed, with the
+  template's stop markers). The server adds <bos>, as training did.
+- The API key is compared in constant time and never logged: uvicorn's access log is off and
+  the log line written instead has the method, the path without its query, status and time.
+"""
+
+import asyncio
+import copy
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+from builder.chat import Chatbot, answer_deltas
+from builder.errors import UserError
+from builder.guard import Reply
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "BUILDER_API_KEY"
+ENGINE_API_KEY_ENV = "BUILDER_ENGINE_API_KEY"  # sent to an --engine URL that wants one
+MAX_BODY_BYTES = 256 * 1024  # a chat request with its history is a few kB
+FOLLOW_UP_CHARS = 8  # letters (spaces and punctuation aside): "제주도는요?" is 5
+ROLES = ("system", "developer", "user", "assistant")
+END = object()  # the end of a job's deltas
+
+
+class ApiError(Exception):
+    """A request the API refuses: status and OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.type, self.param, self.code = status, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class EngineError(Exception):
+    """The completion server behind --engine failed or answered an error."""
+
+
+# The engine behind --engine URL: only the generation step differs from Chatbot's
+
+
+class RemoteChatbot(Chatbot):
+    """A Chatbot whose model runs in an OpenAI-compatible completion server (vLLM, llama.cpp's
+    server, Ollama, TGI). Retrieval, the decline rule, the fact guard and the stop markers are
+    Chatbot's; the prompt is sent whole (the server cuts nothing: a prompt over its context is
+    its error). logits_processor / generated_ids options do not apply and are ignored."""
+
+    def __init__(self, url: str, engine_model: str, template, *, knowledge=None, rag=None,
+                 api_key: str | None = None, timeout_s: float = 120.0):
+        super().__init__(None, None, template, set(), knowledge=knowledge, rag=rag)
+        self.url, self.engine_model = url.rstrip("/"), engine_model
+        self.api_key, self.timeout_s = api_key, timeout_s
+
+    def generate_stream(self, question: str, context: str = "", *, faq: str = "",
+                        reply: Reply | None = None, max_new_tokens: int = 256,
+                        temperature: float = 0.0, top_p: float = 0.9,
+                        stop_event: threading.Event | None = None, **ignored):
+        body = {"model": self.engine_model, "prompt": self.template.render(question, context, faq),
+                "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                "stop": list(self.template.stop_markers), "stream": True}
+        if self.rag is not None and self.rag.repetition_penalty > 1:
+            body["repetition_penalty"] = self.rag.repetition_penalty  # vLLM, TGI; others ignore it
+        # text pieces instead of token ids: "decoding" a list of pieces is joining them
+        with closing(self._pieces(body, stop_event)) as pieces:
+            yield from answer_deltas(pieces, "".join, self.template.stop_markers, set())
+
+    def _pieces(self, body: dict, stop_event):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        timeout = httpx.Timeout(self.timeout_s, connect=5.0)
+        try:
+            with httpx.stream("POST", f"{self.url}/completions", json=body, headers=headers,
+                              timeout=timeout) as response:
+                if response.status_code != 200:
+                    raise EngineError(f"the engine at {self.url} answered "
+                                      f"{response.status_code}: {response.read()[:300]!r}")
+                for line in response.iter_lines():
+                    if stop_event is not None and stop_event.is_set():
+                        return
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        raise EngineError(f"the engine at {self.url} failed: {chunk['error']}")
+                    for choice in chunk.get("choices") or []:
+                        if choice.get("text"):
+                            yield choice["text"]
+        except (httpx.HTTPError, ValueError) as err:
+            raise EngineError(f"the engine at {self.url} failed: {type(err).__name__}: {err}") \
+                from None
+
+
+def engine_model_name(url: str, api_key: str | None = None) -> str:
+    """The first model the completion server lists (GET URL/models)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=10.0)
+        response.raise_for_status()
+        return response.json()["data"][0]["id"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError) as err:
+        raise UserError(f"{url}/models: no model listed ({type(err).__name__}: {err}); start the "
+                        f"engine first, or name its model with --engine-model") from None
+
+
+def load_bot(run_dir: str | Path, engine: str = "local", *, use: str = "auto",
+             engine_model: str | None = None) -> Chatbot:
+    """The run's Chatbot: in-process (engine "local") or generating at an engine URL."""
+    if engine == "local":
+        return Chatbot.load(run_dir, use=use)
+    if not engine.startswith(("http://", "https://")):
+        raise UserError(f"--engine must be 'local' or a URL like http://HOST:PORT/v1, not "
+                        f"{engine!r}")
+    from builder.chat import _read_knowledge, _read_meta, _read_template
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    template, meta = _read_template(run_dir), _read_meta(run_dir)
+    knowledge, rag = _read_knowledge(run_dir, template, meta)
+    api_key = os.environ.get(ENGINE_API_KEY_ENV)
+    bot = RemoteChatbot(engine, engine_model or engine_model_name(engine, api_key), template,
+                        knowledge=knowledge, rag=rag, api_key=api_key)
+    bot.log_path = run_dir / "chat.log"
+    return bot
+
+
+# Reading a request
+
+
+def _text(content, param: str) -> str:
+    """A message's text: a string or a list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"{param} must be a string or a list of text parts (only text is "
+                   "understood)", param=param, code="invalid_type")
+
+
+def _number(body: dict, key: str, default, low: float, high: float, *, integer=False):
+    value = body.get(key)
+    if value is None:
+        return default
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        raise ApiError(400, f"{key} must be {'an integer' if integer else 'a number'} from "
+                       f"{low} to {high}, not {value!r}", param=key, code="invalid_value")
+    return value
+
+
+def read_request(body, model: str, max_tokens_cap: int) -> dict:
+    """The chat request's question, retrieval prefix, context and generation options, or an
+    ApiError that names the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ApiError(400, "you must provide a model parameter", param="model")
+    if body["model"] != model:
+        raise ApiError(404, f"the model {body['model']!r} does not exist; this server serves "
+                       f"{model!r} (GET /v1/models)", param="model", code="model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content}",
+                       param="messages")
+    turns = []  # (role, text)
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            role = message.get("role") if isinstance(message, dict) else None
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, not "
+                           f"{role!r}", param=f"messages[{i}].role", code="invalid_value")
+        content = message.get("content")
+        if content is None and message["role"] == "assistant":
+            content = ""
+        turns.append((message["role"], _text(content, f"messages[{i}].content")))
+    if turns[-1][0] != "user":
+        raise ApiError(400, "the last message must be the user's question",
+                       param=f"messages[{len(turns) - 1}].role", code="invalid_value")
+    question = turns[-1][1].strip()
+    if not question:
+        raise ApiError(400, "the last user message is empty", param=f"messages[{len(turns) - 1}]"
+                       ".content", code="invalid_value")
+    earlier = [text.strip() for role, text in turns[:-1] if role == "user" and text.strip()]
+    short = sum(ch.isalnum() for ch in question) <= FOLLOW_UP_CHARS
+    context = body.get("context") or ""
+    if not isinstance(context, str):
+        raise ApiError(400, "context must be a string", param="context", code="invalid_type")
+    if not isinstance(body.get("stream", False), bool):
+        raise ApiError(400, "stream must be true or false", param="stream", code="invalid_type")
+    if _number(body, "n", 1, 1, 1, integer=True) != 1:
+        raise ApiError(400, "n must be 1", param="n")
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(key)
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > max_tokens_cap:
+        raise ApiError(400, f"{key} is {max_tokens}; this server allows at most {max_tokens_cap}",
+                       param=key, code="invalid_value")
+    return {
+        "question": question, "context": context, "stream": bool(body.get("stream", False)),
+        "retrieval_prefix": earlier[-1] if short and earlier else "",
+        "options": {"max_new_tokens": _number(body, key, min(256, max_tokens_cap), 1,
+                                              max_tokens_cap, integer=True),
+                    "temperature": _number(body, "temperature", 0.0, 0, 2),
+                    "top_p": _number(body, "top_p", 0.9, 0, 1)},
+    }
+
+
+class _Retrieval:
+    """The run's knowledge for one request, one search at a time (answers may be generated side
+    by side). A short follow-up after an earlier question ("제주도는요?" after "배송비는
+    얼마인가요?") gets its own hits and those of both questions together, in turn; it passes
+    the gate when it does alone or together with the earlier question."""
+
+    def __init__(self, knowledge, earlier: str, lock: threading.Lock):
+        self.knowledge, self.earlier, self.lock = knowledge, earlier, lock
+
+    def search(self, question, k=3, **kwargs):
+        with self.lock:
+            own = self.knowledge.search(question, k, **kwargs)
+            if not self.earlier:
+                return own
+            both = self.knowledge.search(f"{self.earlier} {question}", k, **kwargs)
+        hits, seen = [], set()
+        for hit in (h for pair in zip(own, both) for h in pair):
+            if hit.entry.id not in seen:
+                seen.add(hit.entry.id)
+                hits.append(hit)
+        return hits[:k]
+
+    def relevant(self, question, hits):
+        queries = [question] + ([f"{self.earlier} {question}"] if self.earlier else [])
+        with self.lock:
+            return any(self.knowledge.relevant(q, hits) for q in queries)
+
+    def exact(self, question, context=""):
+        with self.lock:
+            return self.knowledge.exact(question, context)
+
+    def __getattr__(self, name):
+        return getattr(self.knowledge, name)
+
+
+# One answer being generated, and the queue in front of the engine
+
+
+class Gate:
+    """At most `concurrency` answers generated at once and `max_queue` waiting."""
+
+    def __init__(self, concurrency: int, max_queue: int):
+        self.concurrency, self.max_queue = concurrency, max_queue
+        self.running = self.waiting = 0
+        self.turns = asyncio.Semaphore(concurrency)
+        self.seconds = 2.0  # a running mean of how long an answer takes, for Retry-After
+
+    def admit(self) -> None:
+        if self.running + self.waiting >= self.concurrency + self.max_queue:
+            retry = math.ceil(self.seconds * (self.waiting + 1) / self.concurrency)
+            raise ApiError(429, f"the server is busy ({self.running} answering, {self.waiting} "
+                           f"waiting); retry in {retry} s", type="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": str(retry)})
+        self.waiting += 1
+
+
+class Job:
+    """One answer: waits for its turn, then streams deltas from a thread into `deltas`."""
+
+    def __init__(self, bot: Chatbot, gate: Gate, request: dict):
+        self.bot, self.gate, self.request = bot, gate, request
+        self.reply = Reply()
+        self.deltas: asyncio.Queue = asyncio.Queue()
+        self.stop = threading.Event()  # set when the client leaves: generation ends
+        self.error: BaseException | None = None
+        self.started = False
+        gate.admit()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def cancel(self) -> None:
+        """The client left: leave the queue, or stop generating after the current token."""
+        self.stop.set()
+        if not self.started:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        try:
+            await self.gate.turns.acquire()
+        except asyncio.CancelledError:
+            self.gate.waiting -= 1
+            self.deltas.put_nowait(END)
+            raise
+        self.gate.waiting -= 1
+        self.gate.running += 1
+        self.started = True
+        begun, loop, finished = time.monotonic(), asyncio.get_running_loop(), asyncio.Event()
+        try:
+            thread = threading.Thread(target=self._generate, args=(loop, finished),
+                                      name="serve-answer", daemon=True)
+            thread.start()
+            await finished.wait()  # not cancelled: the slot is free only once the thread is done
+        finally:
+            self.gate.running -= 1
+            self.gate.turns.release()
+            self.gate.seconds = 0.8 * self.gate.seconds + 0.2 * (time.monotonic() - begun)
+            self.deltas.put_nowait(END)
+
+    def _generate(self, loop, finished: asyncio.Event) -> None:
+        def hand(callback, *args):
+            try:
+                loop.call_soon_threadsafe(callback, *args)
+            except RuntimeError:  # the server loop is gone (shutdown)
+                pass
+
+        request, bot = self.request, self.bot
+        if bot.knowledge is not None:  # this request's view of the knowledge
+            bot = copy.copy(bot)
+            bot.knowledge = _Retrieval(self.bot.knowledge, request["retrieval_prefix"],
+                                       _KNOWLEDGE_LOCK)
+        try:
+            with closing(bot.stream(request["question"], request["context"], reply=self.reply,
+                                    stop_event=self.stop, **request["options"])) as deltas:
+                for delta in deltas:
+                    if self.stop.is_set():
+                        break
+                    hand(self.deltas.put_nowait, delta)
+        except BaseException as err:  # handed to the response
+            self.error = err
+        finally:
+            hand(finished.set)
+
+
+_KNOWLEDGE_LOCK = threading.Lock()
+
+
+# The app
+
+
+class _Door:
+    """ASGI middleware: the API key for /v1/*, and one log line per request (method, path
+    without its query, status, seconds), never a header."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    def _authorized(self, scope) -> bool:
+        sent = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = sent.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
+                                                                   self.api_key.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        begun, status = time.monotonic(), [500]
+
+        async def send_noting_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and scope["path"].startswith("/v1") \
+                    and not self._authorized(scope):
+                refused = ApiError(401, "missing or wrong API key (send Authorization: Bearer "
+                                   "KEY)", code="invalid_api_key")
+                await _error_response(refused)(scope, receive, send_noting_status)
+            else:
+                await self.app(scope, receive, send_noting_status)
+        finally:
+            log.info("%s %s %d %.2fs", scope["method"], scope["path"], status[0],
+                     time.monotonic() - begun)
+
+
+def _error_response(err: ApiError):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _failure(err: BaseException) -> ApiError:
+    """What the client is told about an answer that failed (the traceback stays in the log)."""
+    if isinstance(err, UserError):
+        return ApiError(400, str(err))
+    if isinstance(err, EngineError):
+        log.error("%s", err)
+        return ApiError(502, "the completion engine failed; see the server log",
+                        type="server_error", code="engine_error")
+    log.error("answer failed", exc_info=err)
+    return ApiError(500, "the answer failed; see the server log", type="server_error")
+
+
+def _sources(reply: Reply) -> list[dict]:
+    return [{"line": h.entry.line, "question": h.entry.question} for h in reply.sources]
+
+
+def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue: int = 8,
+              max_tokens_cap: int = 512, concurrency: int = 1, engine: str = "local"):
+    """The FastAPI app serving `bot` as `model`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="builder serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_Door, api_key=api_key)
+    app.state.gate = None  # made in the server's event loop, on the first request
+    created = int(time.time())
+
+    def gate() -> Gate:
+        if app.state.gate is None:
+            app.state.gate = Gate(concurrency, max_queue)
+        return app.state.gate
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):  # unknown paths and methods, in OpenAI's shape
+        return _error_response(ApiError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, exc):  # a bug: JSON for the client, the traceback logged
+        return _error_response(_failure(exc))
+
+    @app.get("/health")
+    async def health():
+        g = gate()
+        return {"status": "ok", "model": model, "engine": engine, "running": g.running,
+                "waiting": g.waiting, "max_queue": max_queue}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": created,
+                                            "owned_by": "builder"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = await _read_json(request)
+            job = Job(bot, gate(), read_request(body, model, max_tokens_cap))
+        except ApiError as err:
+            return _error_response(err)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        if job.request["stream"]:
+            async def leave():  # runs after the stream, also when the client left before it began
+                job.cancel()
+
+            return StreamingResponse(_events(job, head), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"},
+                                     background=BackgroundTask(leave))
+        text = await _whole(job, request)
+        if text is None:  # the client left
+            return JSONResponse({}, status_code=499)
+        if job.error is not None:
+            return _error_response(_failure(job.error))
+        message = {"role": "assistant", "content": text, "sources": _sources(job.reply),
+                   "declined": job.reply.declined}
+        return {**head, "object": "chat.completion", "choices": [
+            {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}]}
+
+    return app
+
+
+async def _read_json(request) -> object:
+    """The body as JSON, at most MAX_BODY_BYTES (413 beyond, read no further)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes",
+                       code="body_too_large")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes",
+                           code="body_too_large")
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise ApiError(400, f"the request body is not valid JSON ({err})",
+                       code="invalid_json") from None
+
+
+async def _whole(job: Job, request) -> str | None:
+    """The joined answer; None when the client left before it was done (its job is stopped)."""
+    parts, getter = [], None
+    while True:
+        getter = getter or asyncio.ensure_future(job.deltas.get())
+        done, _ = await asyncio.wait({getter}, timeout=0.5)
+        if not done:
+            if await request.is_disconnected():
+                getter.cancel()
+                job.cancel()
+                return None
+            continue
+        item, getter = getter.result(), None
+        if item is END:
+            return "".join(parts)
+        parts.append(item)
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _events(job: Job, head: dict):
+    """The answer as chat.completion.chunk events; the last one has the sources."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        return _sse({**head, "object": "chat.completion.chunk", **extra, "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (item := await job.deltas.get()) is not END:
+            yield chunk({"content": item})
+        if job.error is not None:
+            yield _sse(_failure(job.error).body())
+        else:
+            yield chunk({}, "stop", sources=_sources(job.reply), declined=job.reply.declined)
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # a no-op once done; when the client left, its generation stops
+
+
+# The door's one call
+
+
+def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          engine: str = "local", api_key: str | None = None, max_queue: int = 8,
+          max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
+          engine_model: str | None = None) -> None:
+    """Load the run and serve it until Ctrl-C."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who reaches it can ask; set $%s",
+                    host, API_KEY_ENV)
+    if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
+        concurrency = 1 if engine == "local" else 8
+    bot = load_bot(run_dir, engine, use=use, engine_model=engine_model)
+    model = Path(run_dir).resolve().name
+    app = build_app(bot, model, api_key=api_key, max_queue=max_queue,
+                    max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine)
+    log.info("serving %s (engine %s) on http://%s:%d/v1%s", model, engine, host, port,
+             " (API key required)" if api_key else "")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -1,0 +1,591 @@
+"""Guards builder/serve.py: the OpenAI-compatible API, through the official openai client, over a
+tiny random gemma3 run (real tokenizer) and over a scripted completion engine."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from builder.chat import Chatbot
+from builder.serve import build_app, load_bot
+from fixtures import PLAIN_TEMPLATE, sample_rows
+
+openai = pytest.importorskip("openai")
+
+ROOT = Path(__file__).parents[1]
+ON_TOPIC = "배송비 얼마임?"  # best entry: "배송비는 얼마인가요?" (3,000원, 30,000원 이상 무료)
+OFF_TOPIC = "파이썬으로 리스트 정렬하는 코드 짜줘"
+KEY = "sk-builder-test-" + os.urandom(8).hex()  # distinctive, so a leak is easy to grep
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Run folders: a grounded one (korean template, knowledge/) and a plain one, one tiny model
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from builder.config import Config
+    from builder.knowledge import Entry, Knowledge
+    from fixtures import make_tiny_gemma
+
+    tmp = tmp_path_factory.mktemp("serve")
+    grounded, plain = tmp / "shop", tmp / "plain"
+    for run in (grounded, plain):
+        run.mkdir()
+    merged = make_tiny_gemma(grounded / "merged")
+    config = json.loads((merged / "generation_config.json").read_text())
+    (merged / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [1, 106]}))
+    (plain / "merged").symlink_to(merged)
+    meta = {"base_model": "tiny-gemma3", "end_token_ids": [1, 106],
+            "config": Config().to_dict()}
+    for run in (grounded, plain):
+        (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", grounded / "template.yaml")
+    (plain / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
+    rows = sample_rows(30)
+    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
+               for i, r in enumerate(rows)]
+    Knowledge.build(entries, calibrate=False).save(grounded / "knowledge")
+    return grounded, plain
+
+
+@pytest.fixture(scope="module")
+def shop_bot(runs):
+    return Chatbot.load(runs[0])
+
+
+@pytest.fixture(scope="module")
+def plain_bot(runs):
+    return Chatbot.load(runs[1])
+
+
+class Server:
+    """uvicorn serving `app` on 127.0.0.1 in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, access_log=False,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def client(self, **kwargs):
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "none"),
+                             max_retries=0, timeout=60, **kwargs)
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health").json()
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@contextmanager
+def serving(bot, name="shop", **options):
+    server = Server(build_app(bot, name, **options))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shop(shop_bot):
+    with serving(shop_bot, max_tokens_cap=64) as server:
+        yield server
+
+
+# What the tiny model writes: scripted through a logits processor added to every generate call
+
+
+def scripted(tokenizer, text: str, end_id: int = 1):
+    """A logits processor factory: the model writes `text`, then the end token."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [end_id]
+
+    def make():
+        start = []
+
+        def process(input_ids, scores):
+            start.append(start[0] if start else input_ids.shape[1])
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, ids[min(input_ids.shape[1] - start[0], len(ids) - 1)]] = 0.0
+            return forced
+
+        return process
+
+    return make
+
+
+def slow_distinct(tokenizer, seconds: float, calls: list):
+    """A logits processor factory: distinct Hangul tokens (no loop, no end), `seconds` each;
+    every generate call appends its own step counter to `calls`."""
+    import torch
+
+    text = " ".join(r["output"] for r in sample_rows(60))
+    ids = sorted({i for i in tokenizer(text, add_special_tokens=False)["input_ids"]
+                  if any("가" <= ch <= "힣" for ch in tokenizer.convert_ids_to_tokens(i))})
+    assert len(ids) > 200
+
+    def make():
+        steps = [0]
+        calls.append(steps)
+
+        def process(input_ids, scores):
+            time.sleep(seconds)
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, ids[steps[0] % len(ids)]] = 0.0
+            steps[0] += 1
+            return forced
+
+        return process
+
+    return make
+
+
+@contextmanager
+def generating(bot, make_processor):
+    """Every generate call of `bot` gets a fresh processor from `make_processor`."""
+    original = bot.model.generate
+
+    def generate(**kwargs):
+        kwargs["logits_processor"].append(make_processor())
+        return original(**kwargs)
+
+    bot.model.generate = generate
+    try:
+        yield
+    finally:
+        del bot.model.generate
+
+
+def ask(client, question, model="shop", **options):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], **options)
+
+
+def ask_streamed(client, question, model="shop", **options):
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], stream=True, **options))
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+
+# Answers
+
+
+def test_models_and_health(shop):
+    assert [m.id for m in shop.client().models.list()] == ["shop"]
+    health = shop.health()
+    assert health["status"] == "ok" and health["running"] == 0 and health["waiting"] == 0
+
+
+def test_streamed_and_whole_answers_are_the_grounded_answer_with_its_sources(shop, shop_bot):
+    answer = "기본 배송비는 3,000원입니다. 30,000원 이상 구매하시면 무료입니다."
+    make = scripted(shop_bot.tokenizer, answer)
+    with generating(shop_bot, make):
+        expected = shop_bot.reply(ON_TOPIC)
+        whole = ask(shop.client(), ON_TOPIC)
+        streamed, chunks = ask_streamed(shop.client(), ON_TOPIC)
+    assert expected.text == answer and not expected.guarded
+    message = whole.choices[0].message
+    assert message.content == streamed == answer
+    assert whole.choices[0].finish_reason == "stop" and whole.model == "shop"
+    sources = [{"line": h.entry.line, "question": h.entry.question} for h in expected.sources]
+    assert sources[0] == {"line": 2, "question": "배송비는 얼마인가요?"}
+    assert message.sources == sources and message.declined is False
+    assert chunks[0].choices[0].delta.role == "assistant"
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop" and last.sources == sources
+    assert len(chunks) >= 3  # role, at least one sentence, the end
+
+
+def test_an_unscripted_answer_streams_as_it_is_whole(runs, plain_bot):
+    with serving(plain_bot, "plain") as server:
+        whole = ask(server.client(), "환불은 어떻게 하나요?", model="plain", max_tokens=12)
+        streamed, chunks = ask_streamed(server.client(), "환불은 어떻게 하나요?", model="plain",
+                                        max_tokens=12)
+    expected = plain_bot.answer("환불은 어떻게 하나요?", max_new_tokens=12)
+    assert whole.choices[0].message.content == streamed == expected
+    assert whole.choices[0].message.sources == [] and chunks[-1].sources == []
+
+
+def test_the_fact_guard_and_the_decline_rule_hold(shop, shop_bot):
+    make = scripted(shop_bot.tokenizer, "배송비는 9,999원입니다.")
+    with generating(shop_bot, make):
+        guarded = ask(shop.client(), ON_TOPIC).choices[0].message
+        streamed, _ = ask_streamed(shop.client(), ON_TOPIC)
+    best = shop_bot.knowledge.search(ON_TOPIC, 3)[0].entry
+    assert guarded.content == streamed == best.answer and "9,999" not in streamed
+    assert guarded.sources == [{"line": best.line, "question": best.question}]
+
+    calls = []
+    with generating(shop_bot, lambda: calls.append(1)):
+        declined = ask(shop.client(), OFF_TOPIC).choices[0].message
+    assert declined.content == shop_bot.rag.decline_message and declined.declined is True
+    assert declined.sources == [] and calls == []  # declined without generating
+
+
+def test_a_short_follow_up_is_retrieved_with_the_previous_question(shop, shop_bot, monkeypatch):
+    searched, prompts = [], []
+    search = shop_bot.knowledge.search
+    monkeypatch.setattr(shop_bot.knowledge, "search",
+                        lambda q, k=3, **kw: searched.append(q) or search(q, k, **kw))
+    original = shop_bot.model.generate
+
+    def generate(**kwargs):
+        prompts.append(shop_bot.tokenizer.decode(kwargs["input_ids"][0]))
+        return original(**kwargs)
+
+    monkeypatch.setattr(shop_bot.model, "generate", generate)
+    history = [{"role": "system", "content": "You are a helpful assistant."},
+               {"role": "user", "content": "배송비는 얼마인가요?"},
+               {"role": "assistant", "content": "3,000원입니다."}]
+    client = shop.client()
+    replies = []
+    for follow_up in ("제주도는요?", "제주도나 도서산간 지역은 추가 배송비가 있나요"):
+        replies.append(client.chat.completions.create(
+            model="shop", max_tokens=4,
+            messages=history + [{"role": "user", "content": follow_up}]).choices[0].message)
+    assert replies[0].sources and not replies[0].declined
+    # the FAQ block has both questions' entries, the follow-up's own best first
+    faq = [line for line in prompts[0].split("\n") if line.startswith("질문: ")]
+    assert faq[:2] == ["질문: 제주도도 무료배송 되나요?", "질문: 배송비는 얼마인가요?"]
+    assert searched == ["제주도는요?", "배송비는 얼마인가요? 제주도는요?",
+                        "제주도나 도서산간 지역은 추가 배송비가 있나요"]
+    # the prompt has the question as asked, and no system message
+    assert "### 질문:\n제주도는요?\n\n### 답변:\n" in prompts[0]
+    assert "helpful" not in prompts[0] and "배송비는 얼마인가요?\n\n### 답변" not in prompts[0]
+
+
+# Bad requests
+
+
+def post(server, body, **headers):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}/v1/chat/completions", content=content,
+                      headers={"Content-Type": "application/json", **headers}, timeout=30)
+
+
+USER = [{"role": "user", "content": "배송비는?"}]
+BAD = [  # (body, status, param, code)
+    (b'{"model": "shop", "messages": [', 400, None, "invalid_json"),
+    ([USER], 400, None, None),
+    ({"model": "shop"}, 400, "messages", None),
+    ({"model": "shop", "messages": []}, 400, "messages", None),
+    ({"model": "shop", "messages": ["배송비는?"]}, 400, "messages[0].role", "invalid_value"),
+    ({"model": "shop", "messages": [{"role": "tool", "content": "x"}]}, 400,
+     "messages[0].role", "invalid_value"),
+    ({"model": "shop", "messages": [{"role": "user", "content": 12}]}, 400,
+     "messages[0].content", "invalid_type"),
+    ({"model": "shop", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400,
+     "messages[0].content", "invalid_type"),
+    ({"model": "shop", "messages": USER + [{"role": "assistant", "content": "네"}]}, 400,
+     "messages[1].role", "invalid_value"),
+    ({"model": "shop", "messages": [{"role": "user", "content": "  "}]}, 400,
+     "messages[0].content", "invalid_value"),
+    ({"model": "shop", "messages": USER, "max_tokens": 65}, 400, "max_tokens", "invalid_value"),
+    ({"model": "shop", "messages": USER, "max_completion_tokens": 1000}, 400,
+     "max_completion_tokens", "invalid_value"),
+    ({"model": "shop", "messages": USER, "max_tokens": "10"}, 400, "max_tokens", "invalid_value"),
+    ({"model": "shop", "messages": USER, "temperature": 3}, 400, "temperature", "invalid_value"),
+    ({"model": "shop", "messages": USER, "stream": "yes"}, 400, "stream", "invalid_type"),
+    ({"model": "shop", "messages": USER, "n": 2}, 400, "n", "invalid_value"),
+    ({"messages": USER}, 400, "model", None),
+    ({"model": "gpt-4o", "messages": USER}, 404, "model", "model_not_found"),
+]
+
+
+@pytest.mark.parametrize("body,status,param,code", BAD)
+def test_a_bad_request_gets_an_openai_error(shop, body, status, param, code):
+    response = post(shop, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert (error["param"], error["code"]) == (param, code)
+    assert "Traceback" not in response.text
+
+
+def test_a_body_over_the_cap_gets_413_and_a_stream_of_one_too(shop):
+    from builder.serve import MAX_BODY_BYTES
+
+    big = {"model": "shop", "messages": [{"role": "user", "content": "가" * MAX_BODY_BYTES}]}
+    response = post(shop, big)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+    def chunks():  # no Content-Length: read until the cap, then refused
+        payload = json.dumps(big).encode()
+        for i in range(0, len(payload), 65536):
+            yield payload[i:i + 65536]
+
+    response = httpx.post(f"{shop.url}/v1/chat/completions", content=chunks(), timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+
+def test_the_openai_client_raises_its_own_errors(shop):
+    client = shop.client()
+    with pytest.raises(openai.NotFoundError) as err:
+        ask(client, "배송비는?", model="gpt-4o")
+    assert err.value.code == "model_not_found" and err.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "배송비는?", max_tokens=10_000)
+    assert err.value.param == "max_tokens" and "64" in err.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="shop", messages=[], stream=True)
+    for path, method, status in (("/v1/completions", "POST", 404),
+                                 ("/v1/chat/completions", "GET", 405)):
+        response = httpx.request(method, f"{shop.url}{path}")
+        assert response.status_code == status and response.json()["error"]["message"]
+
+
+# The API key
+
+
+def test_the_api_key_is_enforced_and_never_logged(shop_bot, caplog):
+    caplog.set_level("INFO")
+    with serving(shop_bot, api_key=KEY) as server:
+        with pytest.raises(openai.AuthenticationError) as err:
+            server.client(api_key="sk-wrong").models.list()
+        assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
+        no_key = httpx.get(f"{server.url}/v1/models")
+        assert no_key.status_code == 401 and no_key.json()["error"]["type"]
+        with pytest.raises(openai.AuthenticationError):
+            ask(server.client(api_key=KEY[:-1]), OFF_TOPIC)
+        assert [m.id for m in server.client(api_key=KEY).models.list()] == ["shop"]
+        assert ask(server.client(api_key=KEY), OFF_TOPIC).choices[0].message.declined
+        assert httpx.get(f"{server.url}/health").status_code == 200  # for load balancers
+        # a key in the query string is not a key, and is not logged either
+        assert httpx.get(f"{server.url}/v1/models?api_key={KEY}").status_code == 401
+    # what the server logged (the test's own client logs its URLs too)
+    logged = "\n".join(r.getMessage() for r in caplog.records
+                       if r.name.startswith(("builder", "uvicorn", "fastapi", "starlette")))
+    assert "POST /v1/chat/completions 200" in logged and "GET /v1/models 401" in logged
+    assert KEY not in logged and KEY[:-1] not in logged
+
+
+def test_builder_serve_runs_from_the_cli_and_logs_no_key(runs, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "BUILDER_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "builder", "serve", str(runs[0]), "--port", str(port),
+             "--max-tokens-cap", "32"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+        reply = ask(client, OFF_TOPIC, model="shop")
+        assert reply.choices[0].message.declined is True
+        streamed, _ = ask_streamed(client, OFF_TOPIC, model="shop")
+        assert streamed == reply.choices[0].message.content
+        with pytest.raises(openai.BadRequestError):
+            ask(client, OFF_TOPIC, model="shop", max_tokens=33)
+        with pytest.raises(openai.AuthenticationError):
+            ask(openai.OpenAI(base_url=f"{url}/v1", api_key="sk-" + KEY[::-1],
+                              max_retries=0), OFF_TOPIC, model="shop")
+        httpx.get(f"{url}/v1/models?key={KEY}")
+    finally:
+        process.terminate()
+        process.wait(30)
+    logged = log_path.read_text()
+    assert "POST /v1/chat/completions 200" in logged and "POST /v1/chat/completions 401" in logged
+    assert KEY not in logged and KEY[::-1] not in logged
+
+
+# Load: the queue and clients that leave
+
+
+def wait_for(predicate, timeout=20.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_full_queue_gets_429_with_retry_after(plain_bot):
+    calls: list = []
+    with serving(plain_bot, "plain", max_queue=1) as server, \
+            generating(plain_bot, slow_distinct(plain_bot.tokenizer, 0.05, calls)):
+        first = server.client().chat.completions.create(
+            model="plain", messages=[{"role": "user", "content": "배송은요?"}], stream=True,
+            max_tokens=80)
+        next(iter(first))
+        wait_for(lambda: calls and calls[0][0] > 0, what="the first answer to start")
+        waiting = {}
+        second = threading.Thread(target=lambda: waiting.update(reply=ask(
+            server.client(), "환불은요?", model="plain", max_tokens=3)))
+        second.start()
+        wait_for(lambda: server.health()["waiting"] == 1, what="the second to queue")
+        with pytest.raises(openai.RateLimitError) as err:
+            ask(server.client(), "교환은요?", model="plain", max_tokens=3)
+        assert err.value.status_code == 429 and err.value.code == "queue_full"
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        health = server.health()
+        assert (health["running"], health["waiting"]) == (1, 1)
+        first.close()  # the first client leaves: the second gets its turn
+        second.join(30)
+        assert waiting["reply"].choices[0].message.content is not None
+        wait_for(lambda: server.health()["running"] == 0, what="the queue to empty")
+        assert calls[0][0] < 80 and calls[1][0] == 3  # the first stopped, the second finished
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(plain_bot):
+    calls: list = []
+    with serving(plain_bot, "plain", max_queue=0) as server, \
+            generating(plain_bot, slow_distinct(plain_bot.tokenizer, 0.05, calls)):
+        stream = server.client().chat.completions.create(
+            model="plain", messages=[{"role": "user", "content": "배송은요?"}], stream=True,
+            max_tokens=200)
+        pieces = iter(stream)
+        next(pieces)
+        next(pieces)  # a content delta: generation is under way
+        assert server.health()["running"] == 1
+        with pytest.raises(openai.RateLimitError):  # the one place is taken
+            ask(server.client(), "환불은요?", model="plain", max_tokens=2)
+        stream.close()
+        wait_for(lambda: server.health()["running"] == 0, timeout=5, what="the slot to free")
+        stopped_at = calls[0][0]
+        time.sleep(0.3)
+        assert calls[0][0] == stopped_at < 60  # generation ended, long before 200 tokens
+        reply = ask(server.client(), "환불은요?", model="plain", max_tokens=2)
+        assert reply.choices[0].message.content is not None and calls[1][0] == 2
+
+
+# --engine URL: a scripted OpenAI-compatible completion server on loopback
+
+
+class ScriptedEngine:
+    """GET /v1/models and a streamed POST /v1/completions that writes `pieces` (ignoring the
+    stop strings, as a careless server would); records every completion request."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.pieces: list[str] = []
+        self.status = 200
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body: bytes, kind="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    return self._send(200, json.dumps({"object": "list", "data": [
+                        {"id": "scripted-gemma", "object": "model"}]}).encode())
+                self._send(404, b"{}")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                engine.requests.append(body)
+                if self.path != "/v1/completions" or engine.status != 200:
+                    return self._send(engine.status, b'{"error": {"message": "engine down"}}')
+                events = b"".join(
+                    b"data: " + json.dumps({"object": "text_completion", "choices": [
+                        {"index": 0, "text": piece, "finish_reason": None}]},
+                        ensure_ascii=False).encode() + b"\n\n" for piece in engine.pieces)
+                self._send(200, events + b"data: [DONE]\n\n", "text/event-stream")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def engine():
+    scripted_engine = ScriptedEngine()
+    yield scripted_engine
+    scripted_engine.close()
+
+
+def test_an_engine_url_completes_the_rendered_prompt(runs, shop_bot, engine):
+    bot = load_bot(runs[0], engine.url)
+    assert bot.engine_model == "scripted-gemma" and bot.knowledge is not None
+    engine.pieces = ["기본 배송비는 ", "3,000", "원입니다.", "\n\n### 질", "문:\n다른 질문"]
+    with serving(bot, "shop", engine=engine.url) as server:
+        whole = ask(server.client(), ON_TOPIC, max_tokens=40, temperature=0.2)
+        streamed, chunks = ask_streamed(server.client(), ON_TOPIC, max_tokens=40)
+        assert server.health()["engine"] == engine.url
+    assert whole.choices[0].message.content == streamed == "기본 배송비는 3,000원입니다."
+    hits = shop_bot.knowledge.search(ON_TOPIC, shop_bot.rag.k)
+    sources = [{"line": h.entry.line, "question": h.entry.question} for h in hits]
+    assert whole.choices[0].message.sources == sources == chunks[-1].sources
+    sent = engine.requests[0]
+    faq = bot.template.render_faq([h.entry for h in hits])
+    assert sent["prompt"] == bot.template.render(ON_TOPIC, "", faq)
+    assert sent["stop"] == ["### 질문", "### 참고", "### 답변", "### FAQ"]
+    assert sent["model"] == "scripted-gemma" and sent["stream"] is True
+    assert (sent["max_tokens"], sent["temperature"]) == (40, 0.2)
+    assert engine.requests[1]["temperature"] == 0.0
+
+
+def test_an_engine_url_answer_is_guarded_and_declined_like_a_local_one(runs, engine):
+    bot = load_bot(runs[0], engine.url, engine_model="named")
+    engine.pieces = ["배송비는 ", "9,999원입니다."]
+    with serving(bot, "shop") as server:
+        guarded = ask(server.client(), ON_TOPIC).choices[0].message
+        best = bot.knowledge.search(ON_TOPIC, 3)[0].entry
+        assert guarded.content == best.answer and "9,999" not in guarded.content
+        declined = ask(server.client(), OFF_TOPIC).choices[0].message
+        assert declined.declined and len(engine.requests) == 1  # no completion asked
+        engine.status = 500
+        with pytest.raises(openai.InternalServerError) as err:
+            ask(server.client(), ON_TOPIC)
+        assert err.value.status_code == 502 and err.value.code == "engine_error"
+        with pytest.raises(openai.APIError, match="engine failed"):
+            ask_streamed(server.client(), ON_TOPIC)
+    assert engine.requests[0]["model"] == "named"
+
+
+def test_an_engine_url_that_is_not_there_is_named(runs):
+    from builder.errors import UserError
+
+    with pytest.raises(UserError, match=r"127\.0\.0\.1:9/v1/models"):
+        load_bot(runs[0], "http://127.0.0.1:9/v1")
+    with pytest.raises(UserError, match="local.*or a URL"):
+        load_bot(runs[0], "vllm")
