@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="local",
                    help="local (in-process model) or the URL of an OpenAI-compatible completion "
                    "server, e.g. http://127.0.0.1:8001/v1 (vLLM, llama.cpp, Ollama, TGI)")
-    p.add_argument("--engine-model", help="model name at --engine URL (default: the first it lists)")
+    p.add_argument("--engine-model",
+                   help="model name at --engine URL (default: the first it lists)")
     p.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY' "
                    "(default: $BUILDER_API_KEY; prefer it, a flag shows in the process list)")
     p.add_argument("--max-queue", type=int, default=8,

@@ -16,8 +16,9 @@ ending with `data: [DONE]`), GET /health (no key needed, for load balancers). Ev
 
 - The question is the last user message. When it is a short follow-up (at most
   FOLLOW_UP_CHARS letters, "제주도는요?") retrieval also searches it with the previous user
-  message in front (see _Retrieval); the prompt gets the question as asked. System messages are ignored (the
-  run's template is the prompt); an extra `context` field fills the template's context block.
+  message in front (see _Retrieval); the prompt gets the question as asked. System messages
+  are ignored (the run's template is the prompt); an extra `context` field fills the
+  template's context block.
 - Replies carry extra fields that standard clients ignore: `sources` ([{"line", "question"}],
   the FAQ rows the answer came from) and `declined`, on the message (whole answers) or on the
   last chunk (streams).
@@ -56,6 +57,7 @@ MAX_BODY_BYTES = 256 * 1024  # a chat request with its history is a few kB
 FOLLOW_UP_CHARS = 8  # letters (spaces and punctuation aside): "제주도는요?" is 5
 ROLES = ("system", "developer", "user", "assistant")
 END = object()  # the end of a job's deltas
+KNOWLEDGE_LOCK = threading.Lock()  # one search at a time: Kiwi and the embedder are shared
 
 
 class ApiError(Exception):
@@ -238,12 +240,12 @@ def read_request(body, model: str, max_tokens_cap: int) -> dict:
         raise ApiError(400, "n must be 1", param="n")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(key)
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > max_tokens_cap:
+    if type(max_tokens) is int and max_tokens > max_tokens_cap:  # bool is not a count
         raise ApiError(400, f"{key} is {max_tokens}; this server allows at most {max_tokens_cap}",
                        param=key, code="invalid_value")
     return {
         "question": question, "context": context, "stream": bool(body.get("stream", False)),
-        "retrieval_prefix": earlier[-1] if short and earlier else "",
+        "earlier": earlier[-1] if short and earlier else "",  # for retrieval only
         "options": {"max_new_tokens": _number(body, key, min(256, max_tokens_cap), 1,
                                               max_tokens_cap, integer=True),
                     "temperature": _number(body, "temperature", 0.0, 0, 2),
@@ -319,6 +321,7 @@ class Job:
         self.started = False
         gate.admit()
         self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task.add_done_callback(self._ended)
 
     def cancel(self) -> None:
         """The client left: leave the queue, or stop generating after the current token."""
@@ -327,12 +330,7 @@ class Job:
             self.task.cancel()
 
     async def _run(self) -> None:
-        try:
-            await self.gate.turns.acquire()
-        except asyncio.CancelledError:
-            self.gate.waiting -= 1
-            self.deltas.put_nowait(END)
-            raise
+        await self.gate.turns.acquire()  # cancelled here when the client leaves while waiting
         self.gate.waiting -= 1
         self.gate.running += 1
         self.started = True
@@ -346,7 +344,11 @@ class Job:
             self.gate.running -= 1
             self.gate.turns.release()
             self.gate.seconds = 0.8 * self.gate.seconds + 0.2 * (time.monotonic() - begun)
-            self.deltas.put_nowait(END)
+
+    def _ended(self, task) -> None:  # also when cancelled before it began
+        if not self.started:
+            self.gate.waiting -= 1
+        self.deltas.put_nowait(END)
 
     def _generate(self, loop, finished: asyncio.Event) -> None:
         def hand(callback, *args):
@@ -358,8 +360,7 @@ class Job:
         request, bot = self.request, self.bot
         if bot.knowledge is not None:  # this request's view of the knowledge
             bot = copy.copy(bot)
-            bot.knowledge = _Retrieval(self.bot.knowledge, request["retrieval_prefix"],
-                                       _KNOWLEDGE_LOCK)
+            bot.knowledge = _Retrieval(self.bot.knowledge, request["earlier"], KNOWLEDGE_LOCK)
         try:
             with closing(bot.stream(request["question"], request["context"], reply=self.reply,
                                     stop_event=self.stop, **request["options"])) as deltas:
@@ -371,9 +372,6 @@ class Job:
             self.error = err
         finally:
             hand(finished.set)
-
-
-_KNOWLEDGE_LOCK = threading.Lock()
 
 
 # The app

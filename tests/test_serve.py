@@ -466,17 +466,25 @@ def test_a_full_queue_gets_429_with_retry_after(plain_bot):
 
 def test_a_client_that_leaves_mid_stream_stops_its_generation(plain_bot):
     calls: list = []
-    with serving(plain_bot, "plain", max_queue=0) as server, \
-            generating(plain_bot, slow_distinct(plain_bot.tokenizer, 0.05, calls)):
-        stream = server.client().chat.completions.create(
+
+    def open_stream(server, max_tokens):
+        return server.client().chat.completions.create(
             model="plain", messages=[{"role": "user", "content": "배송은요?"}], stream=True,
-            max_tokens=200)
+            max_tokens=max_tokens)
+
+    with serving(plain_bot, "plain", max_queue=1) as server, \
+            generating(plain_bot, slow_distinct(plain_bot.tokenizer, 0.05, calls)):
+        stream = open_stream(server, 200)
         pieces = iter(stream)
         next(pieces)
         next(pieces)  # a content delta: generation is under way
-        assert server.health()["running"] == 1
-        with pytest.raises(openai.RateLimitError):  # the one place is taken
-            ask(server.client(), "환불은요?", model="plain", max_tokens=2)
+        queued = open_stream(server, 5)
+        next(iter(queued))  # its first chunk comes while it waits
+        wait_for(lambda: server.health()["waiting"] == 1, what="the second to queue")
+        queued.close()  # leaves the queue before its turn: never generates
+        wait_for(lambda: server.health()["waiting"] == 0, timeout=5, what="the queue to empty")
+        assert server.health()["running"] == 1 and len(calls) == 1
+
         stream.close()
         wait_for(lambda: server.health()["running"] == 0, timeout=5, what="the slot to free")
         stopped_at = calls[0][0]
@@ -484,6 +492,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(plain_bot):
         assert calls[0][0] == stopped_at < 60  # generation ended, long before 200 tokens
         reply = ask(server.client(), "환불은요?", model="plain", max_tokens=2)
         assert reply.choices[0].message.content is not None and calls[1][0] == 2
+        assert len(calls) == 2  # the one that left the queue never generated
 
 
 # --engine URL: a scripted OpenAI-compatible completion server on loopback
