@@ -598,3 +598,32 @@ def test_an_engine_url_that_is_not_there_is_named(runs):
         load_bot(runs[0], "http://127.0.0.1:9/v1")
     with pytest.raises(UserError, match="local.*or a URL"):
         load_bot(runs[0], "vllm")
+
+
+# The real embedded model (minutes on 2 CPU cores)
+
+
+@pytest.mark.slow
+def test_the_embedded_model_streams_the_grounded_answer_it_gives_whole(runs, tmp_path):
+    from builder.embedded import ensure_embedded_model
+
+    source = ensure_embedded_model()
+    run = tmp_path / "embedded"
+    shutil.copytree(runs[0], run, ignore=shutil.ignore_patterns("merged"))
+    (run / "merged").mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (run / "merged" / name).symlink_to(source / name)
+    generation = json.loads((source / "generation_config.json").read_text())
+    (run / "merged" / "generation_config.json").write_text(
+        json.dumps({**generation, "eos_token_id": [1, 106]}))
+    bot = Chatbot.load(run)
+    with serving(bot, "embedded") as server:
+        for question in ("배송비 얼마임?", "원두 개봉했는데 반품돼?"):
+            whole = ask(server.client(), question, model="embedded", max_tokens=48)
+            streamed, chunks = ask_streamed(server.client(), question, model="embedded",
+                                            max_tokens=48)
+            expected = bot.reply(question, max_new_tokens=48)
+            assert whole.choices[0].message.content == streamed == expected.text, question
+            sources = [{"line": h.entry.line, "question": h.entry.question}
+                       for h in expected.sources]
+            assert whole.choices[0].message.sources == chunks[-1].sources == sources
