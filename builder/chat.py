@@ -249,7 +249,8 @@ class Chatbot:
                     yield text
                 if shown.tripped:
                     break
-        if text := shown.finish():
+        # a loop's unfinished sentence is never shown: only the sentences checked before it
+        if not reply.runaway and (text := shown.finish()):
             reply.text += text
             yield text
         if text := self._settle(reply, shown, hits):
@@ -328,7 +329,7 @@ class Chatbot:
                     reply.text = reply.generated = text
                     continue
                 shown = self._guarded(hits, question, context)
-                reply.text = shown.feed(text) + shown.finish()
+                reply.text = shown.feed(text) + ("" if looped else shown.finish())
                 self._settle(reply, shown, hits)
         return replies
 

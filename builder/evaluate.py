@@ -501,7 +501,7 @@ def _evaluate(run_dir, meta, data_dir, rows, asked, items, max_new_tokens, max_l
     # Write eval/ into a staging folder, then swap it in
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=run_dir))
     try:
-        answers = _answer_table(rows, by_split, asked, asked_replies, systems)
+        answers = _answer_table(rows, by_split, asked, asked_replies, systems, model_alone)
         (staging / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2),
                                              encoding="utf-8")
         # utf-8-sig: Excel, which most shops open a CSV with, then shows Hangul right
@@ -524,8 +524,9 @@ def _evaluate(run_dir, meta, data_dir, rows, asked, items, max_new_tokens, max_l
 
 
 def _answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: dict,
-                  systems: list[str]) -> list[dict]:
-    """One record per question: the texts and, per system, the answer and its flags."""
+                  systems: list[str], model_alone: list | None = None) -> list[dict]:
+    """One record per question: the texts and, per system, the answer and its flags; for the
+    split rows also the tuned model's own answer without the FAQ lookup (`model_alone`)."""
     from builder.facts import fact_recall, states
 
     def record(split, question, context, reference, replies, ok):
@@ -544,6 +545,7 @@ def _answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: 
         return out
 
     table = []
+    alone = iter(model_alone or [])
     for split, split_rows in rows.items():
         for i, row in enumerate(split_rows):
             replies = {s: by_split[split][s][i] for s in systems}
@@ -551,6 +553,8 @@ def _answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: 
                                 replies, lambda r, ref=row["output"]:
                                 0.0 if r.declined and fact_recall(r.text, ref) is not None
                                 else fact_recall(r.text, ref)))
+            if model_alone:
+                table[-1]["tuned_model_answer"] = next(alone).text
     for i, q in enumerate(asked):
         replies = {s: asked_replies[s][i] for s in systems}
         if q["expected"]:

@@ -22,7 +22,8 @@ from builder.facts import invented
 
 # where a sentence ends: ". " "? " "! " "\n", or a Korean sentence ending before a space
 SENTENCE_END = re.compile(r"(?<=[.!?…。])\s+|\n+|(?<=[다요죠네])(?=\s)")
-RUNAWAY_NGRAM = 8  # tokens: the last 8 already generated once before = a loop
+RUNAWAY_NGRAM = 8  # tokens: the last 8 already generated twice before = a loop
+RUNAWAY_REPEATS = 3  # a fact said twice ("배송비 3,000원 ... 반품 배송비 3,000원") is no loop
 
 
 @dataclass
@@ -41,12 +42,15 @@ class Reply:
     generated: str = ""  # the model's own text, before the guard
 
 
-def runaway(ids: list[int], n: int = RUNAWAY_NGRAM) -> bool:
-    """True when the last n ids already occurred, in order, earlier in `ids`."""
-    if len(ids) < 2 * n:
+def runaway(ids: list[int], n: int = RUNAWAY_NGRAM, repeats: int = RUNAWAY_REPEATS) -> bool:
+    """True when the last n ids occur `repeats` times in `ids` (overlaps counted): a loop.
+    Gemma spells numbers digit by digit, so an answer that names one price twice repeats 8
+    tokens once; a loop keeps repeating them."""
+    if len(ids) < n * repeats - (n - 1) or len(ids) < n + 1:
         return False
     tail = ids[-n:]
-    return any(ids[i:i + n] == tail for i in range(len(ids) - 2 * n + 1))
+    seen = sum(ids[i:i + n] == tail for i in range(len(ids) - n + 1))
+    return seen >= repeats
 
 
 def supported(text: str, sources: list[str], floor: float = 0.3) -> bool:

@@ -189,7 +189,7 @@ def test_evaluate_writes_the_eval_folder(tiny_run):
     assert lines[-1].startswith(f"wrote {eval_dir}")
     assert "trained questions: facts right" in format_summary(report)
     assert "facts right by the model itself (no FAQ lookup)" in format_summary(report)
-    assert "tuned_answer" in answers[0] and answers[0]["tuned_flags"].split()[0] == "exact"
+    assert answers[0]["tuned_flags"].split()[0] == "exact" and "tuned_model_answer" in answers[0]
     assert not (tiny_run / "eval.running").exists()
 
 

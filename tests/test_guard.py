@@ -47,10 +47,13 @@ def test_the_guard_can_be_turned_off():
     assert guard.finish() == " 무료" and not guard.tripped
 
 
-def test_runaway_is_a_repeated_8_gram():
+def test_runaway_is_an_8_gram_said_three_times():
     loop = [5, 6, 7, 8, 9, 10, 11, 12]
-    assert runaway(list(range(100, 110)) + loop + loop)
+    assert runaway(list(range(100, 110)) + loop + loop + loop)
+    # the same 8 tokens twice is a fact said twice (a price spelled digit by digit), no loop
+    assert not runaway(list(range(100, 110)) + loop + [0, 1] + loop)
     assert runaway([1, 2, 3] * 6)  # a short cycle repeats every 8-gram in it
+    assert not runaway([1, 2, 3] * 3)  # 9 tokens: its 8-grams occur twice at most
     assert not runaway(list(range(100, 140)))
     assert not runaway(loop + [0] + loop[:-1])  # 7 tokens repeated are not yet a loop
     assert not runaway(loop)  # too short to repeat
