@@ -111,11 +111,35 @@ class RagConfig:
 
 
 @dataclass
+class PreferConfig:
+    method: str = help_field("dpo", "dpo (against the SFT model as reference) | orpo (no reference)")
+    beta: float = help_field(
+        0.1, "DPO: how far the tuned model may move from the SFT model (smaller = further); "
+        "ORPO: weight of the odds-ratio term (lambda)")
+    lr: float = help_field(2e-5, "peak learning rate of the LoRA weights")
+    epochs: float = help_field(2.0, "passes over the training pairs")
+    max_steps: int = help_field(-1, "stop after this many optimizer steps; -1 = use epochs")
+    batch_size: int = help_field(2, "pairs per device batch")
+    grad_accum: int = help_field(4, "batches per optimizer step")
+    max_length: int = help_field(768, "longest prompt + answer in tokens; the answer is cut")
+    val_fraction: float = help_field(
+        0.2, "share of the questions held out: preference accuracy and reward margin are "
+        "measured on their pairs before and after")
+    samples: int = help_field(4, "sampled answers per question when pairs are built")
+    temperature: float = help_field(0.9, "sampling temperature of those answers (above 0)")
+    max_new_tokens: int = help_field(128, "longest sampled answer in tokens")
+    off_topic: int = help_field(
+        20, "off-topic questions (prompts/off_topic_ko.txt) asked too; answering one is rejected")
+    seed: int = help_field(123, "seed for sampling, the held-out split and data order")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rag: RagConfig = field(default_factory=RagConfig)
+    prefer: PreferConfig = field(default_factory=PreferConfig)
 
     def __post_init__(self):
         check(self)
@@ -134,6 +158,7 @@ CHOICES = {
     ("train", "scheduler"): {"cosine", "linear", "constant"},
     ("train", "optimizer"): {"adamw_torch", "adamw_8bit"},
     ("train", "gradient_checkpointing"): {"true", "false", "unsloth"},
+    ("prefer", "method"): {"dpo", "orpo"},
 }
 
 
@@ -167,6 +192,16 @@ def check(cfg: Config) -> None:
         raise UserError("train.val_fraction must be between 0 and 1")
     if cfg.train.max_steps < 0 and cfg.train.epochs <= 0:
         raise UserError("train.epochs must be > 0 (or set train.max_steps)")
+    for key in ("beta", "lr", "batch_size", "grad_accum", "max_length", "samples",
+                "temperature", "max_new_tokens"):
+        if getattr(cfg.prefer, key) <= 0:
+            raise UserError(f"prefer.{key} must be greater than 0")
+    if not 0 <= cfg.prefer.val_fraction < 1:
+        raise UserError("prefer.val_fraction must be at least 0 and below 1")
+    if cfg.prefer.off_topic < 0:
+        raise UserError("prefer.off_topic must be 0 or more")
+    if cfg.prefer.max_steps < 0 and cfg.prefer.epochs <= 0:
+        raise UserError("prefer.epochs must be > 0 (or set prefer.max_steps)")
     if cfg.train.packing and cfg.train.padding_free:
         raise UserError("train.packing and train.padding_free are two ways to skip padding: pick one")
 
@@ -200,7 +235,7 @@ def coerce(value, kind, where: str):
 
 def merge_into(cfg: Config, data: dict, source: str) -> None:
     if not isinstance(data, dict):
-        raise UserError(f"{source}: expected sections model / lora / train / rag, got {type(data).__name__}")
+        raise UserError(f"{source}: expected sections model / lora / train / rag / prefer, got {type(data).__name__}")
     sections = {f.name: f for f in fields(Config)}
     for section, values in data.items():
         if section not in sections:
