@@ -65,6 +65,14 @@ def cmd_merge(args) -> None:
     print(f"next: builder chat {args.run_dir}   (merged model: {merged})")
 
 
+def cmd_prefer(args) -> None:
+    from builder.prefer import prefer
+
+    out = prefer(args.run_dir, args.out, pairs_file=args.pairs, method=args.method,
+                 config_path=args.config, overrides=args.set)
+    print(f"next: builder eval {out}   (pairs to inspect and edit: {out}/pairs.jsonl)")
+
+
 def cmd_plan(args) -> None:
     from builder.config import load_config
     from builder.plan import format_plan, plan
@@ -229,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
                    help="dtype of the saved merged weights (hf backend)")
     p.set_defaults(run=cmd_merge)
+
+    p = commands.add_parser("prefer", help="preference tuning (DPO/ORPO) on top of a trained "
+                            "run: grounded answers over invented ones")
+    p.add_argument("run_dir", help="a finished run folder written by `builder train`")
+    p.add_argument("--out", required=True, help="the new run folder to write")
+    p.add_argument("--pairs", metavar="FILE", help="prompt,chosen,rejected CSV or JSONL (prompt = "
+                   "the question; optional context); default: built from the run's own answers")
+    p.add_argument("--method", choices=["dpo", "orpo"], help="default: prefer.method (dpo)")
+    config_flags(p)
+    p.set_defaults(run=cmd_prefer)
 
     p = commands.add_parser("plan", help="model shape, trainable LoRA parameters, memory estimate")
     config_flags(p)

@@ -1,0 +1,534 @@
+"""The preference stage: DPO or ORPO on top of a finished SFT run, against invented answers.
+
+    builder prefer runs/demo --out runs/demo-dpo                  # builds the pairs itself
+    builder prefer runs/demo --out runs/demo-dpo --pairs runs/demo-dpo/pairs.jsonl  # edited ones
+    builder prefer runs/demo --out runs/demo-orpo --method orpo --set prefer.beta=0.1
+
+Pairs (prompt, chosen, rejected): without `--pairs`, the SFT run's own chatbot (same retrieval,
+template and decline gate as `builder chat`, but sampled) answers every FAQ question of its
+training split `prefer.samples` times, plus `prefer.off_topic` off-topic questions. An answer
+that misses a key fact of the reference, states a number found in none of the retrieved
+entries, answers an off-topic question or declines although its entry was retrieved is
+`rejected`; the reference answer (or the decline message) is `chosen`. The prompt is the
+exact text the model saw: the template with the retrieved FAQ block. They are written to
+RUN2/pairs.jsonl for the owner to read and edit.
+
+The new adapter starts from the SFT adapter's weights and the reference model is the SFT model
+(TRL's standard recipe). The run folder is the SFT run's contract (adapter/, config.yaml,
+meta.json with `parent_run`, metrics.json, loss.png with reward margin and preference accuracy,
+template.yaml, knowledge/), so merge, chat, eval, serve and push work on it unchanged.
+"""
+
+import csv
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from builder.config import Config, config_from_dict, merge_into, parse_set
+from builder.errors import UserError
+from builder.facts import fact_recall, invented, key_facts
+from builder.guard import is_decline
+
+REASONS = {
+    "missing_fact": "misses a key fact of the reference answer",
+    "invented_number": "states a number found in none of the retrieved entries",
+    "answered_off_topic": "answers a question it should decline",
+    "needless_decline": "declines although the entry that answers it was retrieved",
+}
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+# what a preference run writes (cleared when the same --out is tuned again)
+OUTPUTS = ("adapter", "checkpoints", "merged", "eval", "knowledge", "metrics.json", "loss.png",
+           "template.yaml", "config.yaml", "chat.log")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs: judged answers of the SFT model, or a file
+
+
+def judge(answer: str, *, reference: str | None, sources: list[str], decline_message: str,
+          entry_retrieved: bool = True) -> str | None:
+    """Why `answer` is worse than the reference (a REASONS key), or None when it is fine.
+    `reference` None: an off-topic question, where the decline message is the right answer."""
+    declined = is_decline(answer, decline_message)
+    if reference is None:
+        return None if declined else "answered_off_topic"
+    if declined:
+        return "needless_decline" if entry_retrieved else None
+    if invented(answer, sources + [decline_message]):
+        return "invented_number"
+    recall = fact_recall(answer, reference)
+    if recall is not None and recall < 1:
+        return "missing_fact"
+    return None
+
+
+def build_pairs(bot, rows: list[dict], off_topic: list[str], cfg: Config, log=print) -> tuple[
+        list[dict], dict]:
+    """Sampled answers of `bot` (a builder.chat.Chatbot) to FAQ rows (instruction, input,
+    output) and off-topic questions, judged into pairs; returns (pairs, counts)."""
+    from builder.raft import find_entry
+
+    p, rag = cfg.prefer, bot.rag
+    decline = rag.decline_message if rag is not None else cfg.rag.decline_message
+    bot.exact_answers = False  # the model's own answer, not the FAQ's, for questions word for word
+    counts: Counter = Counter()
+    pairs, seen = [], set()
+    asked = [(r["instruction"], r.get("input") or "", r["output"]) for r in rows]
+    asked += [(q, "", None) for q in off_topic]
+    started = time.perf_counter()
+    for number, (question, context, reference) in enumerate(asked, 1):
+        hits = []
+        if bot.knowledge is not None:
+            hits = bot.knowledge.search(question, rag.k)
+            if not bot.knowledge.relevant(question, hits):
+                counts["gated (declined before generating, no pair)"] += 1
+                continue
+        entry_retrieved = True
+        if reference is not None and bot.knowledge is not None:
+            entry = find_entry(bot.knowledge, {"instruction": question, "input": context,
+                                               "output": reference})
+            entry_retrieved = entry is not None and entry.id in {h.entry.id for h in hits}
+            if not entry_retrieved:  # its answer is not in the prompt: teaching it invents
+                counts["skipped (own entry not retrieved)"] += 1
+                continue
+        faq = bot.template.render_faq([h.entry for h in hits]) if hits else ""
+        prompt = bot.template.render(question, context, faq)
+        sources = [h.entry.text for h in hits] + [question, context]
+        if bot.knowledge is None and reference is not None:
+            sources.append(reference)  # no retrieval: the reference is what it may state
+        for _ in range(p.samples):
+            reply = bot.reply(question, context, temperature=p.temperature, top_p=0.95,
+                              max_new_tokens=p.max_new_tokens)
+            answer = (reply.generated or reply.text).strip()
+            reason = judge(answer, reference=reference, sources=sources,
+                           decline_message=decline, entry_retrieved=entry_retrieved)
+            if reason is None:
+                counts["good answers (no pair)"] += 1
+                continue
+            if (prompt, answer) in seen:
+                counts["duplicate rejected answers"] += 1
+                continue
+            seen.add((prompt, answer))
+            counts[reason] += 1
+            pairs.append({"question": question, "context": context, "prompt": prompt,
+                          "chosen": reference if reference is not None else decline,
+                          "rejected": answer, "reason": reason})
+        if number % 10 == 0:
+            log(f"  {number}/{len(asked)} questions, {len(pairs)} pairs, "
+                f"{time.perf_counter() - started:.0f} s")
+    return pairs, dict(counts)
+
+
+def read_pairs(path: Path) -> list[dict]:
+    """Rows of a prompt/chosen/rejected CSV or JSONL file (optional context, question, reason),
+    with a UserError naming the line and the fix for anything else."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such pairs file (CSV or JSONL with prompt, chosen, rejected)")
+    rows: list[tuple[int, dict]] = []
+    if path.suffix.lower() == ".jsonl":
+        for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise UserError(f"{path} line {line_no}: not valid JSON ({err.msg}); write one "
+                                "object per line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path} line {line_no}: expected an object with prompt, "
+                                "chosen, rejected")
+            rows.append((line_no, row))
+    elif path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)}; the header "
+                                "must name prompt, chosen, rejected (and optionally context)")
+            rows = [(line_no, row) for line_no, row in enumerate(reader, 2)]
+    else:
+        raise UserError(f"{path}: give a .csv or .jsonl pairs file")
+    pairs = []
+    for line_no, row in rows:
+        for column in PAIR_COLUMNS:
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{path} line {line_no}: '{column}' is missing or empty; every "
+                                "pair needs a prompt, a chosen and a rejected answer")
+        if row["chosen"].strip() == row["rejected"].strip():
+            raise UserError(f"{path} line {line_no}: chosen and rejected are the same text")
+        pairs.append({k: (row.get(k) or "") for k in
+                      ("question", "context", "prompt", "chosen", "rejected", "reason")})
+    if not pairs:
+        raise UserError(f"{path}: no pairs in it")
+    return pairs
+
+
+def render_pairs(pairs: list[dict], template, knowledge, rag) -> list[dict]:
+    """A file's pairs with the prompt the model sees. A row with a `question` (pairs.jsonl as
+    this stage writes it) keeps its rendered prompt; otherwise `prompt` is the question and it
+    is rendered with the run's template and the FAQ entries retrieved for it, as chat does."""
+    out = []
+    for pair in pairs:
+        if pair["question"]:
+            out.append(pair)
+            continue
+        question, context = pair["prompt"], pair["context"]
+        faq = ""
+        if knowledge is not None:
+            faq = template.render_faq([h.entry for h in knowledge.search(question, rag.k)])
+        out.append({**pair, "question": question,
+                    "prompt": template.render(question, context, faq),
+                    "reason": pair["reason"] or "from file"})
+    return out
+
+
+def write_pairs(pairs: list[dict], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+
+
+def split_pairs(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out), held out by question: no question has pairs on both sides."""
+    questions = sorted({p["question"] for p in pairs})
+    random.Random(seed).shuffle(questions)
+    n_held = round(len(questions) * fraction) if len(questions) > 1 else 0
+    held = set(questions[:n_held])
+    return [p for p in pairs if p["question"] not in held], [p for p in pairs if p["question"] in held]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: the policy's log-probability of chosen vs rejected answers
+
+
+def answer_logps(model, tokenizer, prompt: str, answers: list[str], max_length: int) -> list[float]:
+    """Summed log-probability of each answer (+ EOS) after `prompt`, tokenized as training does."""
+    import torch
+    import torch.nn.functional as F
+
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    out = []
+    for answer in answers:
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (prompt_ids + answer_ids)[:max_length]
+        n = len(ids) - len(prompt_ids)
+        if n <= 0:
+            out.append(0.0)
+            continue
+        tensor = torch.tensor([ids], device=next(model.parameters()).device)
+        with torch.inference_mode():
+            logits = model(input_ids=tensor, use_cache=False).logits[0, -n - 1:-1].float()
+        out.append(-F.cross_entropy(logits, tensor[0, -n:], reduction="sum").item())
+    return out
+
+
+def preference_figures(model, tokenizer, pairs: list[dict], max_length: int) -> dict:
+    """Share of pairs whose chosen answer is likelier than the rejected one, the mean log-prob
+    margin (chosen - rejected, nats) and each pair's margin."""
+    if not pairs:
+        return {"pairs": 0, "accuracy": None, "logp_margin": None, "margins": []}
+    was_training = model.training
+    model.eval()
+    margins = []
+    for pair in pairs:
+        chosen, rejected = answer_logps(model, tokenizer, pair["prompt"],
+                                        [pair["chosen"], pair["rejected"]], max_length)
+        margins.append(chosen - rejected)
+    model.train(was_training)
+    return {"pairs": len(pairs), "accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+            "logp_margin": round(sum(margins) / len(margins), 4), "margins": margins}
+
+
+def held_out_summary(before: dict, after: dict, beta: float, method: str) -> dict:
+    """Before/after figures on the held-out pairs. For DPO the reward of an answer is
+    beta * (log pi - log pi_ref) and the reference is the SFT model (= before), so the held-out
+    reward margin is beta times the change of the log-prob margin, and the reward accuracy the
+    share of pairs whose margin grew."""
+    summary = {"pairs": before["pairs"],
+               "before": {k: before[k] for k in ("accuracy", "logp_margin")},
+               "after": {k: after[k] for k in ("accuracy", "logp_margin")}}
+    if before["pairs"] and method == "dpo":
+        deltas = [a - b for a, b in zip(after["margins"], before["margins"])]
+        summary["reward_margin"] = round(beta * sum(deltas) / len(deltas), 4)
+        summary["reward_accuracy"] = round(sum(d > 0 for d in deltas) / len(deltas), 4)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainers: TRL on CPU, Unsloth's patched TRL on CUDA
+
+
+def load_policy_hf(meta: dict, adapter_dir: Path, dtype):
+    """The SFT model (base + SFT adapter) with that adapter trainable.
+
+    The new adapter starts from the SFT weights. TRL's DPOTrainer, given a PeftModel that already
+    holds an adapter and no ref_model, copies it into a frozen "ref" adapter and computes the
+    reference log-probs through it (DPOTrainer.__init__, "Re-training an existing adapter"):
+    the reference is exactly the SFT model, without a second copy of the base in memory and
+    without merging the SFT adapter first (which would make the saved adapter a delta on a
+    merged base that merge/chat do not know)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=dtype)
+    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    return model, AutoTokenizer.from_pretrained(adapter_dir)
+
+
+def load_policy_unsloth(cfg: Config, adapter_dir: Path, dtype):
+    """Unsloth's DPO/ORPO recipe: PatchDPOTrainer() before TRL's trainer is built, the SFT
+    adapter loaded (trainable) by FastLanguageModel.from_pretrained, ref_model=None."""
+    import unsloth  # noqa: F401  (patches transformers/trl; must come first)
+    from unsloth import FastLanguageModel, PatchDPOTrainer
+
+    PatchDPOTrainer()  # also what Unsloth's ORPO notebook calls
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(adapter_dir),
+        max_seq_length=cfg.prefer.max_length,
+        dtype=dtype,
+        load_in_4bit=cfg.model.load_in_4bit,
+    )
+    FastLanguageModel.for_training(model)
+    return model, tokenizer
+
+
+def trainer_classes(method: str):
+    """(Trainer, Config) of TRL for the method; ORPO lives in trl.experimental since trl 1.0."""
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer, DPOConfig
+    try:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    except ImportError:  # older trl (the Unsloth pins)
+        from trl import ORPOConfig, ORPOTrainer
+    return ORPOTrainer, ORPOConfig
+
+
+def trainer_args(config_class, cfg: Config, run_dir: Path, prec: str, on_cuda: bool,
+                 n_train: int, has_eval: bool):
+    p = cfg.prefer
+    # pairs -> optimizer steps: batch_size pairs per batch, grad_accum batches per step
+    steps_per_epoch = max(1, math.ceil(math.ceil(n_train / p.batch_size) / p.grad_accum))
+    total = p.max_steps if p.max_steps > 0 else math.ceil(steps_per_epoch * p.epochs)
+    return config_class(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps,
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.grad_accum,
+        learning_rate=p.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        beta=p.beta,
+        max_length=p.max_length,
+        bf16=prec == "bf16",  # ORPOConfig defaults to bf16: fp32 on CPU must be asked for
+        fp16=prec == "fp16",
+        gradient_checkpointing=cfg.train.gradient_checkpointing == "true",
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=max(1, total // 4),  # four points on the held-out curve
+        save_strategy="no",  # a short run: the end is what is kept
+        logging_steps=1,
+        seed=p.seed,
+        data_seed=p.seed,
+        report_to="none",
+        use_cpu=not on_cuda,
+        dataset_num_proc=None,
+    )
+
+
+def plot_preference(log_history: list[dict], path: Path, method: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", f"{method.upper()} loss"), ("rewards/margins", "reward margin"),
+              ("rewards/accuracies", "preference accuracy")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110)
+    for ax, (key, title) in zip(axes, panels):
+        train = [(h["step"], h[key]) for h in log_history if key in h]
+        held = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        if train:
+            ax.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)
+        if held:
+            ax.plot(*zip(*held), "o-", label="held out", color="tab:orange")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def prefer_config(parent_meta: dict, config_path=None, overrides=None) -> Config:
+    """The parent run's config, then the YAML file, then --set flags."""
+    cfg = config_from_dict(parent_meta.get("config") or {})
+    if config_path is not None:
+        import yaml
+
+        path = Path(config_path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such config file (see configs/ for the shipped ones)")
+        merge_into(cfg, yaml.safe_load(path.read_text(encoding="utf-8")) or {}, path.name)
+    if overrides:
+        merge_into(cfg, parse_set(overrides), "--set")
+    return config_from_dict(cfg.to_dict())  # checked
+
+
+def check_out(parent: Path, out: Path) -> None:
+    if out.resolve() == parent.resolve():
+        raise UserError(f"--out {out} is the SFT run itself; give a new folder, e.g. {out}-dpo")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        meta = out / "meta.json"
+        if not meta.is_file() or "parent_run" not in json.loads(meta.read_text()):
+            raise UserError(f"{out} exists and is not a preference run folder; choose another --out")
+
+
+def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_path=None,
+           overrides=None, log=print) -> Path:
+    """Preference-tune RUN_DIR's SFT adapter into OUT; returns OUT."""
+    from builder.chat import _read_knowledge
+    from builder.merge import read_run, run_template
+    from builder.models import cuda_available, pick_backend, precision, torch_dtype
+    from builder.train import library_versions, load_prepared, split_validation
+
+    run_dir, out = Path(run_dir), Path(out)
+    parent = read_run(run_dir)
+    check_out(run_dir, out)
+    cfg = prefer_config(parent, config_path, overrides)
+    if method is not None:
+        cfg.prefer.method = method
+        cfg = config_from_dict(cfg.to_dict())
+    p = cfg.prefer
+    template = run_template(run_dir)
+
+    # Pairs: a file (read before OUT is cleared: it may be OUT/pairs.jsonl) or built here
+    counts: dict = {}
+    started = time.perf_counter()
+    if pairs_file is not None:
+        knowledge, rag = _read_knowledge(run_dir, template, parent)
+        pairs = render_pairs(read_pairs(Path(pairs_file)), template, knowledge, rag)
+        counts = dict(Counter(pair["reason"] or "from file" for pair in pairs))
+    else:
+        from builder.chat import Chatbot
+        from builder.knowledge import off_topic_questions
+
+        log(f"building pairs: {p.samples} sampled answers per question of {run_dir} ...")
+        import torch
+
+        torch.manual_seed(p.seed)
+        bot = Chatbot.load(run_dir)
+        trained, _ = split_validation(load_prepared(parent["data_dir"])["train"], cfg)
+        off_topic = off_topic_questions()
+        off_topic = random.Random(p.seed).sample(off_topic, min(p.off_topic, len(off_topic)))
+        if bot.knowledge is None:
+            off_topic = []  # a run without retrieval was never taught to decline
+        pairs, counts = build_pairs(bot, [dict(r) for r in trained], off_topic, cfg, log=log)
+        del bot
+    pairs_s = time.perf_counter() - started
+    log("pairs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if not pairs:
+        raise UserError(f"no preference pairs: every sampled answer of {run_dir} passed the "
+                        "checks. Raise prefer.samples or prefer.temperature, or give --pairs FILE")
+    if out.is_dir():
+        for name in OUTPUTS:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pairs(pairs, out / "pairs.jsonl")
+    train_pairs, held_pairs = split_pairs(pairs, p.val_fraction, p.seed)
+    if not train_pairs:
+        raise UserError(f"all {len(pairs)} pairs are held out; lower prefer.val_fraction")
+
+    # Load the SFT model with its adapter trainable (Unsloth's import must precede trl's)
+    backend = pick_backend(cfg)
+    on_cuda = cuda_available()
+    prec = precision(cfg, on_cuda)
+    adapter_dir = run_dir / "adapter"
+    log(f"loading {run_dir} (base + SFT adapter) with the {backend} backend ...")
+    if backend == "unsloth":
+        model, tokenizer = load_policy_unsloth(cfg, adapter_dir, torch_dtype(prec))
+    else:
+        model, tokenizer = load_policy_hf(parent, adapter_dir, torch_dtype(prec))
+    trainer_class, config_class = trainer_classes(p.method)
+    from datasets import Dataset
+
+    def dataset(rows):
+        return Dataset.from_dict({k: [r[k] for r in rows] for k in PAIR_COLUMNS})
+
+    before = preference_figures(model, tokenizer, held_pairs, p.max_length)
+
+    # Record the run before training, as `builder train` does
+    shutil.copy(run_dir / "template.yaml", out / "template.yaml")
+    if (run_dir / "knowledge").is_dir():
+        shutil.copytree(run_dir / "knowledge", out / "knowledge")
+    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    pairs_sha = hashlib.sha256((out / "pairs.jsonl").read_bytes()).hexdigest()
+    meta = {**parent,
+            "parent_run": str(run_dir.resolve()),
+            "stage": "prefer",
+            "method": p.method,
+            "backend": backend,
+            "precision": prec,
+            "pairs": {"source": str(pairs_file) if pairs_file else "built from sampled answers",
+                      "sha256": pairs_sha, "train": len(train_pairs), "held_out": len(held_pairs),
+                      "reasons": counts},
+            "seed": parent.get("seed", cfg.train.seed),
+            "versions": library_versions(),
+            "config": cfg.to_dict()}
+    (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+
+    # Train
+    args = trainer_args(config_class, cfg, out, prec, on_cuda, len(train_pairs), bool(held_pairs))
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset(train_pairs),
+                            eval_dataset=dataset(held_pairs) if held_pairs else None,
+                            processing_class=tokenizer)
+    if held_pairs:
+        trainer.evaluate()  # step 0 on the curves: the SFT model
+    train_started = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - train_started
+    final_eval = trainer.evaluate() if held_pairs else {}
+    after = preference_figures(trainer.model, tokenizer, held_pairs, p.max_length)
+
+    # Save the trained adapter only (not TRL's frozen "ref" copy) and the record of the run
+    trainer.model.save_pretrained(out / "adapter", selected_adapters=["default"])
+    tokenizer.save_pretrained(out / "adapter")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    history = trainer.state.log_history
+    metrics = {
+        "method": p.method,
+        "beta": p.beta,
+        "global_step": trainer.state.global_step,
+        "train_pairs": len(train_pairs),
+        "pair_reasons": counts,
+        "held_out": held_out_summary(before, after, p.beta, p.method),
+        "final_eval": {k: v for k, v in final_eval.items() if k.startswith("eval_")},
+        "train_loss": result.training_loss,
+        "pairs_wall_time_s": round(pairs_s, 1),
+        "wall_time_s": round(wall, 1),
+        "log_history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_preference(history, out / "loss.png", p.method)
+    held = metrics["held_out"]
+    log(f"done in {wall:.0f} s: {trainer.state.global_step} {p.method.upper()} steps on "
+        f"{len(train_pairs)} pairs; held-out ({held['pairs']} pairs) preference accuracy "
+        f"{held['before']['accuracy']} -> {held['after']['accuracy']}, log-prob margin "
+        f"{held['before']['logp_margin']} -> {held['after']['logp_margin']} -> {out / 'adapter'}")
+    return out
