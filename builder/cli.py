@@ -73,6 +73,14 @@ def cmd_prefer(args) -> None:
     print(f"next: builder eval {out}   (pairs to inspect and edit: {out}/pairs.jsonl)")
 
 
+def cmd_merge_models(args) -> None:
+    from builder.mergemodels import merge_models
+
+    out = merge_models(args.run_dirs, args.out, method=args.method, weights=args.weights,
+                       t=args.t, density=args.density, layers=args.layers)
+    print(f"next: builder chat {out}")
+
+
 def cmd_plan(args) -> None:
     from builder.config import load_config
     from builder.plan import format_plan, plan
@@ -247,6 +255,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["dpo", "orpo"], help="default: prefer.method (dpo)")
     config_flags(p)
     p.set_defaults(run=cmd_prefer)
+
+    p = commands.add_parser("merge-models", help="merge the merged/ models of runs on the same "
+                            "base with mergekit (linear, slerp, ties, dare_ties, dus)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders with merged/ (the first is the base of slerp/ties/dus)")
+    p.add_argument("--out", required=True, help="the merged run folder to write")
+    p.add_argument("--method", choices=["linear", "slerp", "ties", "dare_ties", "dus"],
+                   default="slerp")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per run (linear, ties, "
+                   "dare_ties); default equal")
+    p.add_argument("--t", type=float, default=0.5,
+                   help="slerp: 0 = the first run, 1 = the second")
+    p.add_argument("--density", type=float, default=0.5,
+                   help="ties/dare_ties: share of each run's changes kept")
+    p.add_argument("--layers", type=int, nargs=2, metavar=("END", "START"),
+                   help="dus: layers [0, END) then [START, n) of the run (default: SOLAR's "
+                   "cut, n - n/4 and n/4)")
+    p.set_defaults(run=cmd_merge_models)
+
+    p = commands.add_parser("export", help="a run's merged model as GGUF (llama.cpp, Ollama) "
+                            "with a Modelfile, its answers checked against the merged model's")
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=["gguf"], default="gguf")
+    p.add_argument("--quant", choices=["f16", "q8_0", "q4_k_m"], default="f16",
+                   help="f16: the same answers; q8_0: half the size; q4_k_m: a quarter, "
+                   "breaks small models (refused unless --force)")
+    p.add_argument("--questions", type=int, default=5, help="FAQ questions asked of both")
+    p.add_argument("--force", action="store_true",
+                   help="keep a quant whose answers break, with a warning")
+    p.set_defaults(run=cmd_export)
 
     p = commands.add_parser("plan", help="model shape, trainable LoRA parameters, memory estimate")
     config_flags(p)

@@ -321,6 +321,23 @@ def model_card(run_dir, what: str = "merged", *, repo_id: str = "OWNER/NAME") ->
     facts["versions"] = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) or None
     lines += ["## Training", "", "| | |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in facts.items() if v is not None] + [""]
+    if meta.get("parent_run"):  # builder prefer: preference-tuned on top of an SFT run
+        held = metrics.get("held_out") or {}
+        lines += [f"Preference-tuned with {meta.get('method', '?').upper()} on top of the SFT run "
+                  f"`{Path(meta['parent_run']).name}` ({(meta.get('pairs') or {}).get('train')} "
+                  f"pairs: {(meta.get('pairs') or {}).get('reasons')}); held-out preference "
+                  f"accuracy {(held.get('before') or {}).get('accuracy')} -> "
+                  f"{(held.get('after') or {}).get('accuracy')}.", ""]
+    if meta.get("merge_recipe"):  # builder merge-models
+        import yaml
+
+        recipe = meta["merge_recipe"]
+        lines += ["## Merge", "", f"Merged with mergekit {recipe.get('mergekit')} "
+                  f"(`{recipe.get('method')}`) from {len(recipe.get('runs', []))} runs"
+                  + (": a depth up-scaled model that needs further training."
+                     if recipe.get("needs_training") else "."), "", "```yaml",
+                  yaml.safe_dump(recipe.get("mergekit_config"), sort_keys=False).rstrip(),
+                  "```", ""]
     if knowledge:
         gate = knowledge.get("gate", {})
         lines += ["## Knowledge: it answers from the shop's FAQ", "",
