@@ -6,7 +6,7 @@ RUN     := runs/demo
 # what the sample shop's bot answers when its FAQ does not cover a question
 DECLINE := 죄송합니다. 문의하신 내용은 FAQ에 없어 정확히 안내드리기 어려워요. 고객센터(02-0000-0000)나 카카오톡 채널로 문의해 주세요.
 
-.PHONY: demo test browser-deps clean
+.PHONY: demo test gguf browser-deps clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	python3 -m venv .venv
@@ -28,6 +28,12 @@ demo: $(STAMP)
 	$(PY) -m builder eval $(RUN) --train-sample 10 --max-new-tokens 96 \
 		--questions data/sample_questions.csv > runs/demo-eval.log 2>&1 & \
 	$(PY) -m builder app --run $(RUN)
+
+# `builder export` and `--use gguf` (and their tests, skipped without it): builds llama.cpp
+# once per machine, about 5 minutes on 2 idle cores; pip caches the wheel for every later venv.
+# Not part of `make test`, so a fresh machine's `make test` keeps its time.
+gguf: $(STAMP)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" .venv/bin/pip install -q -c constraints/cpu.txt -e '.[test,gguf]'
 
 # Debian's chromium drives the browser test (never a downloaded browser)
 browser-deps:

@@ -8,8 +8,8 @@ A `UserError` is printed as one line (no traceback) and exits with code 2.
 """
 
 import argparse
-
 import sys
+from pathlib import Path
 
 from builder.errors import UserError
 
@@ -94,17 +94,17 @@ def generation_options(args) -> dict:
 
 
 def cmd_chat(args) -> None:
-    from builder.chat import Chatbot, chat_loop
+    from builder.chat import chat_loop
+    from builder.llamacpp import load_chatbot
 
-    chat_loop(Chatbot.load(args.run_dir, use=args.use))
+    chat_loop(load_chatbot(args.run_dir, args.use))
 
 
 def cmd_ask(args) -> None:
-    from builder.chat import Chatbot
-
     from builder.chat import Reply, format_sources
+    from builder.llamacpp import load_chatbot
 
-    bot = Chatbot.load(args.run_dir, use=args.use)
+    bot = load_chatbot(args.run_dir, args.use)
     reply = Reply()
     for delta in bot.stream(args.question, args.context, reply=reply, **generation_options(args)):
         print(delta, end="", flush=True)
@@ -137,6 +137,15 @@ def cmd_serve(args) -> None:
     serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
           max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
           concurrency=args.concurrency, use=args.use, engine_model=args.engine_model)
+
+
+def cmd_export(args) -> None:
+    from builder.export import export
+
+    out = export(args.run_dir, args.quant, fmt=args.format, questions=args.questions,
+                 force=args.force)
+    print(f"next: builder chat {args.run_dir} --use gguf   (or: cd {out.parent} && ollama "
+          f"create {Path(args.run_dir).resolve().name} -f Modelfile)")
 
 
 def cmd_push_model(args) -> None:
@@ -292,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_plan)
 
     def use_flag(p):
-        p.add_argument("--use", choices=["auto", "merged", "adapter"], default="auto",
-                       help="merged model (auto when present) or base model + adapter")
+        p.add_argument("--use", choices=["auto", "merged", "adapter", "gguf"], default="auto",
+                       help="merged model (auto when present), base model + adapter, or the "
+                       "GGUF of `builder export` through llama.cpp")
 
     def generation_flags(p):
         use_flag(p)

@@ -154,7 +154,9 @@ def load_bot(run_dir: str | Path, engine: str = "local", *, use: str = "auto",
              engine_model: str | None = None) -> Chatbot:
     """The run's Chatbot: in-process (engine "local") or generating at an engine URL."""
     if engine == "local":
-        return Chatbot.load(run_dir, use=use)
+        from builder.llamacpp import load_chatbot
+
+        return load_chatbot(run_dir, use)  # use="gguf": llama.cpp, in-process
     if not engine.startswith(("http://", "https://")):
         raise UserError(f"--engine must be 'local' or a URL like http://HOST:PORT/v1, not "
                         f"{engine!r}")

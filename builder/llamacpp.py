@@ -1,0 +1,170 @@
+"""A run's chatbot answering through llama.cpp: the GGUF that `builder export` wrote.
+
+    builder export runs/NAME --format gguf            # -> runs/NAME/gguf/NAME-f16.gguf
+    builder chat runs/NAME --use gguf                  # the same bot, generating in llama.cpp
+    builder serve runs/NAME --use gguf
+
+    from builder.llamacpp import GgufChatbot
+    bot = GgufChatbot.load("runs/NAME")                # RUN/gguf/report.json's chosen file
+    bot.reply("배송비는 얼마인가요?").text
+
+Only the generation step differs from `builder.chat.Chatbot`: retrieval, the decline rule, the
+fact guard, the stop markers and the runaway check are Chatbot's. The prompt is the run's
+template, tokenized by the GGUF's own tokenizer (BOS added, as training did); generation is
+greedy at temperature 0 and stops at the end tokens the export recorded. The run's
+repetition penalty is applied as transformers applies it in Chatbot (only to tokens the answer
+generated, never to the FAQ block in the prompt), so a GGUF at f16 answers what the merged
+model answers. Needs the `gguf` extra (llama-cpp-python).
+"""
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from builder.chat import Chatbot, answer_deltas, fit_prompt
+from builder.errors import UserError
+from builder.guard import Reply, runaway
+
+N_CTX = 4096  # tokens of prompt + answer; a FAQ prompt with 3 entries is a few hundred
+INSTALL = ("llama-cpp-python is not installed: pip install -e '.[gguf]' (it builds llama.cpp, "
+           "about 5 minutes on 2 cores, once per machine)")
+
+
+def import_llama():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(INSTALL) from None
+    return llama_cpp
+
+
+def chosen_gguf(run_dir: Path) -> Path:
+    """The GGUF the run's export chose (RUN/gguf/report.json "default"), or a UserError that
+    says how to make one."""
+    gguf_dir = run_dir / "gguf"
+    try:
+        report = json.loads((gguf_dir / "report.json").read_text(encoding="utf-8"))
+        path = gguf_dir / report["default"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{gguf_dir}: no exported GGUF; make one with `builder export {run_dir} "
+                        "--format gguf`") from None
+    if not path.is_file():
+        raise UserError(f"{path}: missing; export it again with `builder export {run_dir} "
+                        "--format gguf`")
+    return path
+
+
+def load_llama(path: Path, n_ctx: int = N_CTX):
+    llama_cpp = import_llama()
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                           n_threads_batch=threads, verbose=False)
+
+
+def load_chatbot(run_dir: str | Path, use: str = "auto"):
+    """The run's chatbot for the doors: use="gguf" generates in llama.cpp (RUN/gguf/),
+    anything else is Chatbot.load's choice (auto, merged, adapter)."""
+    if use == "gguf":
+        return GgufChatbot.load(run_dir)
+    return Chatbot.load(run_dir, use=use)
+
+
+class GgufChatbot(Chatbot):
+    """A Chatbot whose model is a llama.cpp GGUF (llama-cpp-python). One answer is generated
+    at a time (a Llama object is not thread-safe); others wait for the lock."""
+
+    def __init__(self, llama, template, end_ids: set[int], *, knowledge=None, rag=None):
+        super().__init__(None, None, template, end_ids, knowledge=knowledge, rag=rag)
+        self.llama = llama
+        self.context_length = llama.n_ctx()
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, gguf_file: str | Path | None = None,
+             n_ctx: int = N_CTX) -> "GgufChatbot":
+        from builder.chat import _read_knowledge, _read_meta, _read_template
+
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run folder")
+        path = Path(gguf_file) if gguf_file else chosen_gguf(run_dir)
+        template, meta = _read_template(run_dir), _read_meta(run_dir)
+        knowledge, rag = _read_knowledge(run_dir, template, meta)
+        llama = load_llama(path, n_ctx)
+        end_ids = set(meta.get("end_token_ids") or []) | {llama.token_eos()}
+        bot = cls(llama, template, end_ids, knowledge=knowledge, rag=rag)
+        bot.log_path = run_dir / "chat.log"
+        bot.gguf_path = path
+        return bot
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's ids by the GGUF's tokenizer, BOS first (special tokens in the text are
+        text, as the transformers tokenizer treats them)."""
+        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+
+    def _decode(self, ids: list[int]) -> str:
+        # a character whose bytes are not all generated yet decodes to U+FFFD, held back
+        return self.llama.detokenize(ids).decode("utf-8", errors="replace")
+
+    def generate_stream(self, question: str, context: str = "", *, faq: str = "",
+                        reply: Reply | None = None, max_new_tokens: int = 256,
+                        temperature: float = 0.0, top_p: float = 0.9,
+                        stop_event: threading.Event | None = None,
+                        generated_ids: list[int] | None = None, **ignored) -> Iterator[str]:
+        """Yield the answer as text deltas (no retrieval), as Chatbot.generate_stream does.
+        logits_processor is a transformers option and is ignored here."""
+        def encode(q: str, c: str) -> list[int]:
+            return self.encode(self.template.render(q, c, faq))
+
+        budget = self.context_length - max_new_tokens
+        if len(encode("", "")) > budget:
+            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt: "
+                            f"the GGUF runs with {self.context_length} positions in all")
+        prompt = fit_prompt(encode, question, context, budget)
+        with self.lock:
+            tokens = self._tokens(prompt, max_new_tokens, temperature, top_p, stop_event,
+                                  reply, generated_ids)
+            try:
+                yield from answer_deltas(tokens, self._decode, self.template.stop_markers,
+                                         self.end_ids)
+            finally:
+                tokens.close()  # ends llama.cpp's generation loop before the lock is released
+
+    def _tokens(self, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
+                stop_event, flags: Reply | None, generated_ids: list[int] | None):
+        import numpy as np
+
+        penalty = self.rag.repetition_penalty if self.rag is not None else 1.0
+        start = len(prompt)
+
+        def penalize(input_ids, scores):  # transformers' RepetitionPenaltyLogitsProcessor
+            seen = np.unique(np.asarray(input_ids[start:], dtype=np.int64))
+            if seen.size:
+                picked = scores[seen]
+                scores[seen] = np.where(picked < 0, picked * penalty, picked / penalty)
+            return scores
+
+        sampling = dict(temp=temperature, top_p=top_p, top_k=0, min_p=0.0) if temperature > 0 \
+            else dict(temp=0.0)
+        generated: list[int] = []
+        stream = self.llama.generate(
+            prompt, repeat_penalty=1.0, reset=True, **sampling,
+            logits_processor=[penalize] if penalty > 1 else None)
+        try:
+            for token_id in stream:
+                generated.append(int(token_id))
+                if generated_ids is not None:
+                    generated_ids.append(int(token_id))
+                yield int(token_id)
+                if token_id in self.end_ids or len(generated) >= max_new_tokens:
+                    return
+                if runaway(generated):
+                    if flags is not None:
+                        flags.runaway = True
+                    return
+                if stop_event is not None and stop_event.is_set():
+                    return
+        finally:
+            stream.close()

@@ -1,0 +1,308 @@
+"""Guards builder/export.py and builder/llamacpp.py: the staging folder (tokenizer.model rebuilt,
+chat template), the Ollama Modelfile, the verdict on a quant, the refusal of one that breaks the
+answers, and (slow) the embedded model's GGUF answering as the merged model does, also behind
+llama.cpp's own OpenAI-compatible server."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.errors import UserError
+from builder.export import (compare, modelfile, needs_sentencepiece, ollama_template,
+                            sentencepiece_model, stage, verdict_line)
+from builder.prompts import load_template, parse_template
+from fixtures import PLAIN_TEMPLATE, sample_rows
+
+ROOT = Path(__file__).parents[1]
+
+
+def answer(text, tokens=20, ran_to_limit=False):
+    return {"text": text, "tokens": tokens, "seconds": 1.0, "ran_to_limit": ran_to_limit}
+
+
+@pytest.fixture(scope="module")
+def tiny_merged(tmp_path_factory):
+    from fixtures import make_tiny_gemma
+
+    return make_tiny_gemma(tmp_path_factory.mktemp("export") / "merged")
+
+
+# The staging folder
+
+
+def test_the_rebuilt_tokenizer_model_tokenizes_korean_as_tokenizer_json_does(tiny_merged):
+    import sentencepiece
+    from tokenizers import Tokenizer
+
+    tokenizer_json = json.loads((tiny_merged / "tokenizer.json").read_text(encoding="utf-8"))
+    assert needs_sentencepiece(tokenizer_json)
+    model, user_defined = sentencepiece_model(tokenizer_json)
+    spm = sentencepiece.SentencePieceProcessor(model_proto=model)
+    hf = Tokenizer.from_file(str(tiny_merged / "tokenizer.json"))
+    template = load_template("korean")
+    texts = [t for row in sample_rows(40) for t in (row["instruction"], row["output"])]
+    texts.append(template.render("배송비는 얼마인가요?", "", "무료배송  기준은\t3만 원"))
+    for text in texts:
+        assert spm.encode(text) == hf.encode(text, add_special_tokens=False).ids, text
+    # control tokens stay control, the byte fallback is there, added text tokens are listed
+    assert spm.is_control(1) and spm.is_control(106) and spm.is_byte(spm.piece_to_id("<0xEB>"))
+    assert user_defined.get("\n") == 107
+
+
+def test_a_byte_level_tokenizer_gets_no_tokenizer_model():
+    byte_level = {"model": {"type": "BPE", "byte_fallback": False, "vocab": {}},
+                  "normalizer": None, "pre_tokenizer": {"type": "ByteLevel"}}
+    assert not needs_sentencepiece(byte_level)
+
+
+def test_the_staging_folder_links_the_weights_and_leaves_merged_untouched(tiny_merged, tmp_path):
+    from builder.merge import chat_template
+
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_merged.iterdir()}
+    template = load_template("korean")
+    staging = stage(tiny_merged, tmp_path / "staging", template)
+    assert (staging / "model.safetensors").is_symlink() and (staging / "config.json").is_symlink()
+    assert (staging / "tokenizer.model").stat().st_size > 1_000_000
+    assert json.loads((staging / "added_tokens.json").read_text())["\n"] == 107
+    assert (staging / "chat_template.jinja").read_text(encoding="utf-8") == chat_template(template)
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_merged.iterdir()} == before
+    assert not (tiny_merged / "tokenizer.model").exists()
+
+
+# The Modelfile
+
+
+def render_go(text: str, system: str, prompt: str) -> str:
+    """Ollama's rendering of the TEMPLATEs ollama_template writes (if/else on .System)."""
+    if text.startswith("{{ if .System }}"):
+        full, plain = text[len("{{ if .System }}"):-len("{{ end }}")].split("{{ else }}")
+        text = full if system else plain
+    return (text.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt)
+            .replace("{{ .Response }}", ""))
+
+
+def test_the_modelfile_renders_the_runs_template_and_stops_at_its_markers():
+    template = load_template("korean")
+    text = modelfile(template, "shop-f16.gguf", repetition_penalty=1.1, num_ctx=4096,
+                     end_tokens=["<eos>", "<end_of_turn>"])
+    lines = text.splitlines()
+    assert "FROM ./shop-f16.gguf" in lines
+    assert {"PARAMETER temperature 0", "PARAMETER repeat_penalty 1.1",
+            "PARAMETER num_ctx 4096"} <= set(lines)
+    stops = [json.loads(line.split(" ", 2)[2]) for line in lines if line.startswith("PARAMETER stop")]
+    assert stops == [*template.stop_markers, "<eos>", "<end_of_turn>"]
+    go = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert go == ollama_template(template)
+    faq = "배송비는 얼마인가요?\n기본 배송비는 3,000원입니다."
+    assert render_go(go, faq, "배송비 얼마예요?") == template.render("배송비 얼마예요?", "", faq)
+    # builder serve --engine sends prompts it rendered: no system message, passed through
+    rendered = template.render("배송비 얼마예요?", "", faq)
+    assert render_go(go, "", rendered) == rendered
+
+
+def test_a_template_without_faq_renders_the_prompt_and_braces_stay_literal():
+    plain = parse_template(PLAIN_TEMPLATE.replace("### 답변:", "### 답변 {{{{x}}}}:"), "plain.yaml")
+    go = ollama_template(plain)  # the prompt says "{{x}}": Go must print it, not run it
+    assert plain.render("질문", "").endswith("### 답변 {{x}}:\n")
+    assert "{{ .System }}" not in go and '### 답변 {{ "{{" }}x}}:' in go
+    with pytest.raises(UserError, match='three double quotes'):
+        modelfile(parse_template(PLAIN_TEMPLATE.replace("### 답변:", '"""'), "q.yaml"),
+                  "x.gguf", repetition_penalty=1.0, num_ctx=2048)
+
+
+# The verdict on a quant
+
+
+def test_identical_close_and_broken_answers_get_their_verdicts():
+    merged = [answer("기본 배송비는 3,000원입니다."), answer("네, 가능합니다.")]
+    assert compare(merged, merged)["verdict"] == "identical"
+    close = compare(merged, [answer("기본 배송비는 3,000원 입니다."), answer("네, 가능합니다.")])
+    assert close["verdict"] == "close" and close["identical"] == 1
+    assert verdict_line("q8_0", close).startswith("warning: q8_0 answers differ slightly")
+    looped = compare(merged, [merged[0], answer("네 네 네 네", 96, ran_to_limit=True)])
+    assert looped["verdict"] == "broken" and looped["looped_where_merged_stopped"] == 1
+    unlike = compare(merged, [answer("모르겠어요"), answer("주문 번호를 알려주세요")])
+    assert unlike["verdict"] == "broken" and unlike["mean_similarity"] < 0.8
+    assert "q4_k_m breaks the answers: 0/2 answers identical" in verdict_line("q4_k_m", unlike)
+
+
+# Export on a tiny random model (needs llama-cpp-python): the real converter, scripted answers
+
+
+def make_grounded_run(run: Path, merged_source: Path, *, link=False) -> Path:
+    from builder.config import Config
+    from builder.knowledge import Entry, Knowledge
+
+    run.mkdir(parents=True)
+    if link:
+        (run / "merged").mkdir()
+        for path in merged_source.iterdir():
+            if path.is_file() and path.name != "generation_config.json":
+                (run / "merged" / path.name).symlink_to(path)
+        generation = json.loads((merged_source / "generation_config.json").read_text())
+        (run / "merged" / "generation_config.json").write_text(
+            json.dumps({**generation, "eos_token_id": [1, 106]}))
+    else:
+        shutil.copytree(merged_source, run / "merged")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    meta = {"base_model": "tiny-gemma3", "end_token_ids": [1, 106], "config": Config().to_dict()}
+    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    entries = [Entry(id=i, line=i + 2, question=r["instruction"], context=r["input"],
+                     answer=r["output"]) for i, r in enumerate(sample_rows(30))]
+    Knowledge.build(entries, calibrate=False).save(run / "knowledge")
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_merged, tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    return make_grounded_run(tmp_path_factory.mktemp("tiny-run") / "shop", tiny_merged)
+
+
+def scripted(monkeypatch, gguf_answers=None):
+    """greedy(): the merged model's answers are fixed, the GGUF's are gguf_answers (None: the
+    same)."""
+    import builder.export as export_module
+
+    merged = [answer(f"답변 {i}번입니다.") for i in range(5)]
+
+    def fake(bot, prompts, max_new_tokens=96):
+        from builder.llamacpp import GgufChatbot
+
+        return gguf_answers if isinstance(bot, GgufChatbot) and gguf_answers else merged
+
+    monkeypatch.setattr(export_module, "greedy", fake)
+    return merged
+
+
+def test_export_writes_the_gguf_its_modelfile_and_report(tiny_run, monkeypatch):
+    from builder.export import export
+    from builder.llamacpp import GgufChatbot
+
+    scripted(monkeypatch)
+    out = export(tiny_run, "f16", log=lambda *_: None)
+    assert out == tiny_run / "gguf" / "shop-f16.gguf" and out.stat().st_size > 1_000_000
+    report = json.loads((tiny_run / "gguf" / "report.json").read_text(encoding="utf-8"))
+    assert report["default"] == "shop-f16.gguf" and report["quants"]["f16"]["verdict"] == "identical"
+    assert len(report["questions"]) == 5 and report["questions"][0] == sample_rows(1)[0]["instruction"]
+    modelfile_text = (tiny_run / "gguf" / "Modelfile").read_text(encoding="utf-8")
+    assert "FROM ./shop-f16.gguf" in modelfile_text and 'PARAMETER stop "<end_of_turn>"' in modelfile_text
+    assert not list((tiny_run / "gguf").glob(".staging-*"))
+
+    # llama.cpp reads it: the rebuilt vocabulary tokenizes the prompt as transformers does,
+    # Hangul decodes as Hangul, and the chat template is embedded
+    from transformers import AutoTokenizer
+
+    bot = GgufChatbot.load(tiny_run)
+    prompt = bot.template.render("제주도 배송비는 얼마인가요? 뷁", "", "쌰뜛 같은 드문 글자")
+    hf = AutoTokenizer.from_pretrained(tiny_run / "merged")
+    assert bot.encode(prompt) == hf(prompt, add_special_tokens=True)["input_ids"]
+    assert bot._decode(bot.encode("뷁 쌰뜛")[1:]) == "뷁 쌰뜛"
+    assert "### 질문" in bot.llama.metadata.get("tokenizer.chat_template", "")
+
+
+def test_a_quant_that_breaks_the_answers_is_refused_and_deleted(tiny_run, monkeypatch):
+    from builder.export import export
+
+    looping = [answer("네 네 네 네 네", 96, ran_to_limit=True)] * 5
+    scripted(monkeypatch, looping)
+    with pytest.raises(UserError) as refused:
+        export(tiny_run, "q8_0", log=lambda *_: None)
+    assert "q8_0 breaks the answers: 0/5 answers identical" in str(refused.value)
+    assert "--force" in str(refused.value)
+    assert not (tiny_run / "gguf" / "shop-q8_0.gguf").exists()
+    report = json.loads((tiny_run / "gguf" / "report.json").read_text(encoding="utf-8"))
+    assert report["quants"]["q8_0"]["refused"] is True and report["default"] == "shop-f16.gguf"
+
+    warnings = []
+    out = export(tiny_run, "q8_0", force=True, log=warnings.append)
+    assert out.is_file() and "kept because of --force" in warnings[-1]
+
+
+def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, tmp_path, capsys):
+    from builder.cli import main
+
+    assert main(["export", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'merged'}: no merged model" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_run, bare, ignore=shutil.ignore_patterns("gguf"))
+    assert main(["ask", str(bare), "배송비는 얼마인가요?", "--use", "gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "no exported GGUF; make one with `builder export" in err and "Traceback" not in err
+    # the exported one answers (an FAQ question asked word for word: the FAQ's answer)
+    question, expected = sample_rows(1)[0]["instruction"], sample_rows(1)[0]["output"]
+    assert main(["ask", str(tiny_run), question, "--use", "gguf", "--sources"]) == 0
+    assert expected in capsys.readouterr().out
+
+
+# The embedded model (slow: minutes on 2 CPU cores)
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    from builder.embedded import ensure_embedded_model
+
+    return make_grounded_run(tmp_path_factory.mktemp("embedded") / "embedded",
+                             ensure_embedded_model(), link=True)
+
+
+@pytest.mark.slow
+def test_the_embedded_models_f16_gguf_answers_as_the_merged_model(embedded_run):
+    from builder.export import export
+
+    out = export(embedded_run, "f16", questions=5)
+    report = json.loads((out.parent / "report.json").read_text(encoding="utf-8"))
+    f16 = report["quants"]["f16"]
+    assert f16["questions"] == 5 and f16["identical"] == 5, report
+    merged = [a["text"] for a in report["merged"]["answers"]]
+    assert [a["text"] for a in f16["answers"]] == merged and all(merged)
+
+
+@pytest.mark.slow
+def test_builder_serve_in_front_of_llama_cpps_own_server_answers_with_sources(embedded_run):
+    from test_serve import ask, free_port, serving
+
+    from builder.serve import load_bot
+
+    gguf = embedded_run / "gguf" / "embedded-f16.gguf"
+    if not gguf.is_file():
+        pytest.skip("needs the f16 export of the test before")
+    port = free_port()
+    log = (embedded_run / "llama-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "4096", "--model_alias", "shop-gguf"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import httpx
+
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (embedded_run / "llama-server.log").read_text()
+            try:
+                httpx.get(f"{url}/models", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "llama.cpp's server did not start"
+                time.sleep(0.5)
+        bot = load_bot(embedded_run, url)
+        assert bot.engine_model == "shop-gguf"
+        with serving(bot, "embedded") as front:
+            reply = ask(front.client(), "배송비 얼마임?", model="embedded", max_tokens=64)
+        message = reply.choices[0].message
+        assert message.content and not message.declined
+        with open(ROOT / "data" / "sample_faq.csv", encoding="utf-8", newline="") as f:
+            faq = list(csv.DictReader(f))
+        assert any(s["question"] == "배송비는 얼마인가요?" for s in message.sources), message
+        assert all(faq[s["line"] - 2]["instruction"] == s["question"] for s in message.sources)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
