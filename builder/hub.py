@@ -2,6 +2,7 @@
 
     push_dataset("runs/data", "OWNER/NAME")                  # Parquet splits + CSVs + dataset card
     push_model("runs/NAME", "OWNER/NAME", what="merged")     # merged/ (or adapter/) + model card
+    push_gguf("runs/NAME", "OWNER/NAME-GGUF")                 # gguf/ (builder export) + its card
 
 This module owns the token lookup (the token is never printed, logged, written or put in an
 error), the repo id check, the upload folder (Parquet shards written deterministically, so the
@@ -417,3 +418,67 @@ def push_model(run_dir, repo_id: str, *, what: str = "merged", private: bool = F
     files["README.md"] = card.encode()  # replaces the stub card peft writes into adapter/
     message = f"Upload {what} model from {run_dir.name}"
     return _commit(repo_id, "model", files, message, private, token, stale="*.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF (builder export)
+
+
+def gguf_card(run_dir, *, repo_id: str = "OWNER/NAME") -> str:
+    """README.md for a run's GGUF export: the files, how their answers compare with the merged
+    model's (RUN/gguf/report.json), and how to run them in Ollama and llama.cpp."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    meta = _read_json(run_dir / "meta.json")
+    report = _read_json(run_dir / "gguf" / "report.json")
+    base = meta.get("base_model")
+    base_id = HUB_IDS.get(base, base)
+    data = ModelCardData(
+        language=["ko"], library_name="gguf", pipeline_tag="text-generation",
+        tags=["korean", "faq", "chatbot", "gguf", "llama.cpp", "ollama"],
+        base_model=base_id if base_id and REPO_ID.match(base_id) else None)
+    default = report.get("default") or "MODEL.gguf"
+    lines = [f"# {repo_id}", "",
+             f"A Korean FAQ chatbot as GGUF for llama.cpp, Ollama and LM Studio: `builder export` "
+             f"of a model fine-tuned from `{base}`, converted by "
+             f"{report.get('converter', 'llama.cpp')}.", "",
+             "## Files and answers checked", "",
+             f"Greedy answers to {len(report.get('questions') or [])} questions of the shop's "
+             "FAQ, each GGUF next to the merged 16-bit model (transformers):", "",
+             "| file | quant | size | identical answers | similarity | verdict |",
+             "|---|---|---|---|---|---|"]
+    for quant, q in (report.get("quants") or {}).items():
+        if q.get("file"):
+            size = f"{q.get('bytes', 0) / 2**20:.0f} MB"
+            lines.append(f"| `{q['file']}` | {quant} | {size} | {q['identical']}/{q['questions']}"
+                         f" | {q['mean_similarity']:.0%} | {q['verdict']} |")
+    lines += ["", "## Ollama", "", "```sh", f"ollama create {repo_id.split('/')[1]} -f Modelfile",
+              f"ollama run {repo_id.split('/')[1]}", "```", "",
+              "The Modelfile's TEMPLATE is the prompt the model was trained on; the system "
+              "message is the FAQ block (the entries retrieved for the question).", "",
+              "## llama.cpp", "", "```sh",
+              f"python -m llama_cpp.server --model {default} --port 8001",
+              "builder serve RUN_DIR --engine http://127.0.0.1:8001/v1   # retrieval + decline",
+              "```", ""]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def push_gguf(run_dir, repo_id: str, *, private: bool = False,
+              token: str | None = None) -> PushResult:
+    """Upload RUN/gguf/ (the kept GGUF files, Modelfile, report.json) with its own card."""
+    check_repo_id(repo_id)
+    run_dir = Path(run_dir)
+    folder = run_dir / "gguf"
+    ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if not ggufs:
+        raise UserError(f"{folder}: no GGUF; make one with `builder export {run_dir} --format gguf`")
+    token = resolve_token(token)
+    if not token:
+        raise UserError(NO_TOKEN)
+    files: dict = {p.name: p for p in ggufs}
+    files.update((name, folder / name) for name in ("Modelfile", "report.json")
+                 if (folder / name).is_file())
+    files["README.md"] = gguf_card(run_dir, repo_id=repo_id).encode()
+    message = f"Upload GGUF ({', '.join(p.name for p in ggufs)}) from {run_dir.name}"
+    return _commit(repo_id, "model", files, message, private, token, stale="*.gguf")
