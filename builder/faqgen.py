@@ -172,8 +172,10 @@ def write_cached(folder: Path, key: str, chunk: Chunk, model: str, reply: str) -
 def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str | None = None,
                        model: str | None = None, rows: int | None = None, chunk_tokens: int = 400,
                        api_key_env: str = "OPENAI_API_KEY", dry_run: bool = False,
-                       timeout_s: float = READ_TIMEOUT_S, log=print) -> DocsResult:
-    """Ask the endpoint for pairs from each chunk of `docs`; write the Alpaca CSV `out`."""
+                       timeout_s: float = READ_TIMEOUT_S, api_key: str | None = None,
+                       log=print) -> DocsResult:
+    """Ask the endpoint for pairs from each chunk of `docs`; write the Alpaca CSV `out`.
+    The key is `api_key` when given (the web page's field), else $api_key_env."""
     import httpx
     from tqdm import tqdm
 
@@ -224,7 +226,7 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
         return result
 
     # Ask, caching each reply as it arrives
-    key = os.environ.get(api_key_env) or ""
+    key = api_key if api_key is not None else os.environ.get(api_key_env) or ""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     url = endpoint.rstrip("/") + "/chat/completions"
     optional = {"response_format": RESPONSE_FORMAT}  # emptied if the server refuses it

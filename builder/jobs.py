@@ -207,23 +207,26 @@ def eval_summary(run_dir: str | Path | None) -> EvalSummary:
 
 
 class ChatbotCache:
-    """One loaded Chatbot at a time (a model is ~1 GB in fp32), reloaded when the run changes."""
+    """One loaded Chatbot at a time (a model is ~1 GB in fp32), reloaded when the run or the
+    engine (use="auto": transformers, "gguf": llama.cpp) changes."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._run_dir: Path | None = None
+        self._use = "auto"
         self._bot = None
 
-    def get(self, run_dir: str | Path):
-        from builder.chat import Chatbot
+    def get(self, run_dir: str | Path, use: str = "auto"):
+        from builder.llamacpp import load_chatbot
 
         if not run_dir:
             raise UserError("대화할 실행(run)을 먼저 고르세요 / pick a trained run first")
         run_dir = Path(run_dir).resolve()
         with self._lock:
-            if self._run_dir != run_dir:
+            if (self._run_dir, self._use) != (run_dir, use):
                 self._bot, self._run_dir = None, None  # free the old model before loading
-                self._bot, self._run_dir = Chatbot.load(run_dir), run_dir
+                self._bot = load_chatbot(run_dir, use)
+                self._run_dir, self._use = run_dir, use
             return self._bot
 
     def reload_knowledge(self, run_dir: str | Path) -> bool:

@@ -68,7 +68,7 @@ def load_chatbot(run_dir: str | Path, use: str = "auto"):
     anything else is Chatbot.load's choice (auto, merged, adapter)."""
     if use == "gguf":
         return GgufChatbot.load(run_dir)
-    return Chatbot.load(run_dir, use=use)
+    return Chatbot.load(run_dir) if use == "auto" else Chatbot.load(run_dir, use=use)
 
 
 class GgufChatbot(Chatbot):

@@ -1,6 +1,7 @@
 """Guards the web app through its real HTTP API (gradio_client): data report, errors, training, chat, Hub pushes."""
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -525,6 +526,141 @@ def test_a_full_queue_answers_busy_in_korean_and_english(open_app):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert join("clear_chat", []).status_code == 200
+
+
+# Documents -> FAQ rows for review, GGUF export and push, the chat queue
+
+
+@pytest.fixture
+def pairs_server():
+    """An OpenAI-compatible chat endpoint that answers every chunk with three pairs (no number,
+    so none is unfaithful) and records the requests."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Pairs(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.server.requests.append({"headers": dict(self.headers), "body": body})
+            n = len(self.server.requests)
+            pairs = {"pairs": [{"question": f"문서 질문 {n}-1 있나요?", "answer": "네, 있습니다."},
+                               {"question": f"문서 질문 {n}-2 되나요?", "answer": "네, 됩니다."},
+                               {"question": f"문서 질문 {n}-3 하나요?", "answer": "네, 합니다."}]}
+            reply = {"choices": [{"index": 0, "message": {
+                "role": "assistant", "content": json.dumps(pairs, ensure_ascii=False)}}]}
+            data = json.dumps(reply, ensure_ascii=False).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pairs)
+    server.requests = []
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_documents_become_rows_to_review_and_the_reviewed_rows_are_prepared(app, pairs_server):
+    from gradio_client import handle_file
+
+    docs = [handle_file(str(ROOT / "data" / "docs" / name))
+            for name in ("shipping_refund_policy.md", "haru_blend.html")]
+    secret = "sk-docs-SECRET-" + os.urandom(4).hex()
+    summary, table, error = app.predict(docs, pairs_server.url, "scripted", secret, None,
+                                        api_name="/generate_faq")
+    assert not value(error), value(error)
+    rows = value(table)["data"]
+    n = len(pairs_server.requests)
+    assert n >= 4 and len(rows) == 3 * n and f"wrote {3 * n} question/answer rows" in summary
+    assert rows[0][0] == "문서 질문 1-1 있나요?" and rows[0][2] == "네, 있습니다."
+    assert rows[0][3].startswith("shipping_refund_policy.md#")
+    assert pairs_server.requests[0]["headers"]["Authorization"] == f"Bearer {secret}"
+    assert secret not in summary
+
+    # the owner edits a row and deletes another before preparing
+    reviewed = [list(r) for r in rows[1:]]
+    reviewed[0][2] = "네, 됩니다. 고객센터에서도 안내해 드려요."
+    outputs = app.predict({"headers": value(table)["headers"], "data": reviewed},
+                          api_name="/prepare_generated")
+    error, report, data_dir = map(value, outputs[:3])
+    assert not error, error
+    assert f"{len(reviewed)}" in report and Path(data_dir, "report.json").is_file()
+    texts = Path(data_dir, "train.csv").read_text(encoding="utf-8") + \
+        Path(data_dir, "test.csv").read_text(encoding="utf-8")
+    assert "고객센터에서도 안내해 드려요" in texts and "문서 질문 1-1" not in texts
+    assert value(outputs[5]) == value(outputs[6]) == data_dir  # the 학습 and 배포 tabs get it
+
+    # no documents, or no endpoint: one clear line
+    _, _, error = app.predict([], pairs_server.url, "scripted", "", None, api_name="/generate_faq")
+    assert "upload documents" in error["value"]
+    _, _, error = app.predict(docs[:1], "", "", "", None, api_name="/generate_faq")
+    assert "give --endpoint URL and --model NAME" in error["value"]
+    assert "Traceback" not in error["value"]
+
+
+def test_the_gguf_export_button_reports_its_verdict(app, shop_run):
+    pytest.importorskip("llama_cpp")
+    if not (shop_run / "knowledge").is_dir():  # the questions it verifies with are the FAQ's
+        index_faq(app, write_faq(app.tmp / "shop-30.csv", 30), shop_run)
+    result, error = app.predict(str(shop_run), "f16", api_name="/export_gguf")
+    report = json.loads((shop_run / "gguf" / "report.json").read_text(encoding="utf-8"))
+    f16 = report["quants"]["f16"]
+    # a random tiny model may not survive f16 greedily: either verdict is shown, no traceback
+    if f16["refused"]:
+        assert "f16 breaks the answers" in error["value"] and "--force" in error["value"]
+    else:
+        assert not value(error), value(error)
+        assert f"{f16['identical']} of 5 answers identical to the merged model" in result
+        assert (shop_run / "gguf" / "Modelfile").is_file()
+    _, error = app.predict(str(shop_run), "q3_k", api_name="/export_gguf")
+    assert "choose one of f16, q8_0, q4_k_m" in error["value"]
+
+
+def test_the_gguf_repo_is_pushed_with_its_own_card(app, tmp_path, hub_server):
+    from huggingface_hub import HfApi
+
+    run = make_shop_run(app.tmp / "runs" / "gguf-shop")
+    gguf = run / "gguf"
+    gguf.mkdir()
+    (gguf / "gguf-shop-q8_0.gguf").write_bytes(b"GGUF" + os.urandom(64))
+    (gguf / "Modelfile").write_text("FROM ./gguf-shop-q8_0.gguf\n", encoding="utf-8")
+    quant = {"file": "gguf-shop-q8_0.gguf", "bytes": 68, "identical": 4, "questions": 5,
+             "mean_similarity": 0.97, "verdict": "close"}
+    (gguf / "report.json").write_text(json.dumps(
+        {"default": quant["file"], "questions": ["q"] * 5, "quants": {"q8_0": quant}}))
+    result, error = app.predict(hub_server.token, str(run), "tester/app-gguf", False,
+                                api_name="/push_gguf")
+    assert not value(error), value(error)
+    assert "tester/app-gguf" in result and "pushed" in result
+    files = set(HfApi().list_repo_files("tester/app-gguf"))
+    assert {"gguf-shop-q8_0.gguf", "Modelfile", "report.json", "README.md"} <= files
+    card = Path(HfApi().hf_hub_download("tester/app-gguf", "README.md",
+                                        cache_dir=str(tmp_path))).read_text(encoding="utf-8")
+    assert "library_name: gguf" in card and "| `gguf-shop-q8_0.gguf` | q8_0 |" in card
+    assert "ollama create app-gguf -f Modelfile" in card
+    _, error = app.predict(hub_server.token, str(make_shop_run(app.tmp / "runs" / "no-gguf")),
+                           "tester/app-gguf", False, api_name="/push_gguf")
+    assert "no GGUF; make one with `builder export" in error["value"]
+
+
+def test_answers_share_one_queued_slot_and_nothing_else_waits_behind_them(tmp_path):
+    from builder.webapp import build_app
+
+    fns = list(build_app(runs_root=tmp_path / "runs").fns.values())
+    chat = [f for f in fns if f.concurrency_id == "chat"]
+    assert len(chat) == 2 and {f.concurrency_limit for f in chat} == {1}  # button and Enter
+    assert {f.show_progress for f in chat} == {"full"}  # the queue position on the chat box
+    named = {f.api_name: f for f in fns}
+    for name in ("stop_chat", "clear_chat", "training_status", "eval_report", "model_card"):
+        assert named[name].concurrency_limit is None, name  # never queued behind an answer
 
 
 @pytest.mark.slow
