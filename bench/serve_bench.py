@@ -1,0 +1,211 @@
+"""Serving under load: 20 concurrent clients x 5 questions against `builder serve`.
+
+    python bench/serve_bench.py runs/NAME                    # transformers, then GGUF (RUN/gguf/)
+    python bench/serve_bench.py runs/NAME --engines gguf     # one engine only
+    python bench/serve_bench.py runs/NAME --clients 4 --questions 2   # a quick look
+
+For each engine the bench starts `builder serve RUN --port FREE [--use gguf]` on 127.0.0.1,
+first asks 5 questions alone (first-token latency of an idle server), then lets every client
+ask its questions one after another, all clients at once, streamed. A client told 429 waits
+Retry-After (at most 5 s) and asks again, as a real client does; the 429s are counted. Errors
+(anything else than 200, a broken stream, an empty answer) must be 0. Questions are the
+paraphrases of data/sample_questions.csv (an FAQ question asked word for word is answered from
+the FAQ without generating). Tokens are counted with the run's tokenizer on the answers.
+
+Reported per engine: requests answered, 429s, errors, p50/p95 first-token and total latency
+(under load: queueing included), tokens/s (all answers' tokens / wall time) and per answer
+(tokens / generation time after the first token). Goal: GGUF >= 2.5x the tokens/s of
+transformers fp32 on 2 cores, first token <= 0.3 s alone. Writes bench/results/serve_bench.json.
+"""
+
+import argparse
+import csv
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_SPEEDUP = 2.5
+GOAL_FIRST_TOKEN_S = 0.3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def questions() -> list[str]:
+    with (ROOT / "data" / "sample_questions.csv").open(encoding="utf-8", newline="") as f:
+        return [r["question"] for r in csv.DictReader(f) if r["kind"] == "paraphrase"]
+
+
+def start_server(run_dir: Path, use: str, max_queue: int, log_path: Path):
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "builder", "serve", str(run_dir), "--port", str(port),
+               "--max-queue", str(max_queue), "--use", use]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log_path.open("w"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"builder serve exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            httpx.get(f"{url}/health", timeout=2).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                sys.exit(f"builder serve did not start in 300 s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+
+
+def ask(url: str, model: str, question: str, max_tokens: int) -> dict:
+    """One streamed answer: first-token and total seconds, its text; retried after a 429."""
+    import httpx
+
+    body = {"model": model, "messages": [{"role": "user", "content": question}],
+            "max_tokens": max_tokens, "stream": True}
+    refused = 0
+    while True:
+        begun = time.perf_counter()
+        first, parts = None, []
+        try:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body,
+                              timeout=httpx.Timeout(600, connect=10)) as response:
+                if response.status_code == 429:
+                    refused += 1
+                    time.sleep(min(5.0, float(response.headers.get("retry-after", 1))))
+                    continue
+                if response.status_code != 200:
+                    return {"error": f"{response.status_code}: {response.read()[:200]!r}",
+                            "refused": refused}
+                for line in response.iter_lines():
+                    if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                        continue
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        return {"error": str(event["error"]), "refused": refused}
+                    delta = event["choices"][0]["delta"].get("content") or ""
+                    if delta and first is None:
+                        first = time.perf_counter() - begun
+                    parts.append(delta)
+        except httpx.HTTPError as err:
+            return {"error": f"{type(err).__name__}: {err}", "refused": refused}
+        text = "".join(parts)
+        if not text:
+            return {"error": "empty answer", "refused": refused}
+        return {"first_s": first, "total_s": time.perf_counter() - begun, "text": text,
+                "refused": refused}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))], 3)
+
+
+def bench_engine(run_dir: Path, use: str, args, tokenizer) -> dict:
+    model = run_dir.resolve().name
+    log_path = ROOT / "bench" / "results" / f"serve_bench-{use}.log"
+    proc, url = start_server(run_dir, use, args.max_queue, log_path)
+    asked = questions()
+    try:
+        # Alone: an idle server's first token
+        alone = [ask(url, model, q, args.max_tokens) for q in asked[:5]]
+
+        # Under load: every client at once, each asking its questions one after another
+        results: list[dict] = []
+        lock = threading.Lock()
+
+        def client(i: int) -> None:
+            for j in range(args.questions):
+                result = ask(url, model, asked[(i * args.questions + j) % len(asked)],
+                             args.max_tokens)
+                with lock:
+                    results.append(result)
+
+        begun = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - begun
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+    answered = [r for r in results if "error" not in r]
+    tokens = [len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in answered]
+    decode = [n / (r["total_s"] - r["first_s"]) for n, r in zip(tokens, answered)
+              if r["first_s"] is not None and r["total_s"] > r["first_s"] and n > 1]
+    alone_first = [r["first_s"] for r in alone if r.get("first_s") is not None]
+    return {
+        "engine": "transformers" if use != "gguf" else "gguf (llama.cpp)",
+        "requests": len(results), "answered": len(answered),
+        "429s": sum(r["refused"] for r in results),
+        "errors": len(results) - len(answered),
+        "error_examples": [r["error"] for r in results if "error" in r][:3],
+        "first_token_s": {"alone_p50": percentile(alone_first, 0.5),
+                          "p50": percentile([r["first_s"] for r in answered if r["first_s"]], .5),
+                          "p95": percentile([r["first_s"] for r in answered if r["first_s"]], .95)},
+        "total_s": {"p50": percentile([r["total_s"] for r in answered], 0.5),
+                    "p95": percentile([r["total_s"] for r in answered], 0.95)},
+        "tokens": sum(tokens), "wall_s": round(wall, 1),
+        "tokens_per_s": round(sum(tokens) / wall, 1) if wall else None,
+        "tokens_per_s_per_answer_p50": percentile(decode, 0.5),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run with merged/ and (for gguf) gguf/")
+    parser.add_argument("--engines", nargs="+", choices=["transformers", "gguf"],
+                        default=["transformers", "gguf"])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--questions", type=int, default=5, help="per client")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-queue", type=int, default=8, help="builder serve --max-queue")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.run_dir / "merged")
+    report = {"run": str(args.run_dir), "clients": args.clients, "questions": args.questions,
+              "max_tokens": args.max_tokens, "max_queue": args.max_queue,
+              "cpu_cores": os.cpu_count(), "load_before": os.getloadavg(), "engines": {}}
+    for engine in args.engines:
+        print(f"--- {engine}: {args.clients} clients x {args.questions} questions ...", flush=True)
+        result = bench_engine(args.run_dir, "gguf" if engine == "gguf" else "merged", args,
+                              tokenizer)
+        report["engines"][engine] = result
+        print(json.dumps(result, ensure_ascii=False, indent=2), flush=True)
+    engines = report["engines"]
+    if {"transformers", "gguf"} <= set(engines) and engines["transformers"]["tokens_per_s"]:
+        speedup = engines["gguf"]["tokens_per_s"] / engines["transformers"]["tokens_per_s"]
+        first = engines["gguf"]["first_token_s"]["alone_p50"]
+        report["goal"] = {"speedup": round(speedup, 2), "speedup_met": speedup >= GOAL_SPEEDUP,
+                          "gguf_first_token_alone_s": first,
+                          "first_token_met": first is not None and first <= GOAL_FIRST_TOKEN_S}
+        print(f"GGUF / transformers tokens/s: {speedup:.2f}x (goal {GOAL_SPEEDUP}x); GGUF first "
+              f"token alone {first} s (goal {GOAL_FIRST_TOKEN_S} s)")
+    report["load_after"] = os.getloadavg()
+    out = ROOT / "bench" / "results" / "serve_bench.json"
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
