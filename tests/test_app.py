@@ -620,8 +620,8 @@ def test_the_gguf_export_button_reports_its_verdict(app, shop_run):
         assert not value(error), value(error)
         assert f"{f16['identical']} of 5 answers identical to the merged model" in result
         assert (shop_run / "gguf" / "Modelfile").is_file()
-    _, error = app.predict(str(shop_run), "q3_k", api_name="/export_gguf")
-    assert "choose one of f16, q8_0, q4_k_m" in error["value"]
+    _, error = app.predict(str(app.tmp / "outside-shop"), "f16", api_name="/export_gguf")
+    assert "only folders inside the runs folder" in error["value"]
 
 
 def test_the_gguf_repo_is_pushed_with_its_own_card(app, tmp_path, hub_server):
