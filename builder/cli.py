@@ -168,7 +168,7 @@ def cmd_generate(args) -> None:
         result = generate_from_docs(
             args.docs, args.out, endpoint=args.endpoint, model=args.model, rows=args.rows,
             chunk_tokens=args.chunk_tokens, api_key_env=args.api_key_env, dry_run=args.dry_run,
-            timeout_s=args.timeout)
+            timeout_s=args.timeout, max_tokens=args.max_tokens)
         print(summary(result))
         return
     if not args.paraphrases:
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "requests and an estimated token count; send nothing")
     p.add_argument("--timeout", type=float, default=120,
                    help="documents: seconds to wait for one reply")
+    p.add_argument("--max-tokens", type=int, help="documents: the longest reply asked for, in "
+                   "tokens (default: the server's limit)")
     p.add_argument("--n", type=int, default=3, help="paraphrases per question")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (sent only when set)")

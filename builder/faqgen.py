@@ -173,9 +173,10 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
                        model: str | None = None, rows: int | None = None, chunk_tokens: int = 400,
                        api_key_env: str = "OPENAI_API_KEY", dry_run: bool = False,
                        timeout_s: float = READ_TIMEOUT_S, api_key: str | None = None,
-                       log=print) -> DocsResult:
+                       max_tokens: int | None = None, log=print) -> DocsResult:
     """Ask the endpoint for pairs from each chunk of `docs`; write the Alpaca CSV `out`.
-    The key is `api_key` when given (the web page's field), else $api_key_env."""
+    The key is `api_key` when given (the web page's field), else $api_key_env. `max_tokens`
+    caps each reply (None: the server's limit; a cut-off reply is asked again, then reported)."""
     import httpx
     from tqdm import tqdm
 
@@ -186,6 +187,8 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'faq.csv'}")
     if rows is not None and rows < 1:
         raise UserError(f"--rows {rows}: ask for at least 1 row, or leave --rows out")
+    if max_tokens is not None and max_tokens < 1:
+        raise UserError(f"--max-tokens {max_tokens}: give at least 1, or leave --max-tokens out")
     if not dry_run:
         if not endpoint or not model:
             raise UserError("give --endpoint URL and --model NAME (e.g. --endpoint "
@@ -239,7 +242,7 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
                 for _ in range(MALFORMED_TRIES):
                     reply = ask(client, url, model, prompts[i], api_key_env, bool(key),
                                 temperature=TEMPERATURE, optional=optional, retries=RETRIES,
-                                backoff_s=BACKOFF_S)
+                                backoff_s=BACKOFF_S, max_tokens=max_tokens)
                     replies[i] = parse_pairs(reply)
                     if replies[i] is not None:
                         write_cached(folder, keys[i], chunks[i], model, reply)
@@ -283,8 +286,8 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
 
     # Write, whole or not at all
     if not csv_rows:
-        raise UserError(f"no usable pairs from {url} for any of {len(chunks)} chunks "
-                        f"({(result.failed + result.unfaithful + ['nothing returned'])[0]}); "
+        why = "; ".join(result.failed + result.unfaithful) or "nothing returned"
+        raise UserError(f"no usable pairs from {url} for any of {len(chunks)} chunks ({why}); "
                         f"check that --model {model} follows {PROMPT_FILE.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(csv_rows, out, header=COLUMNS)

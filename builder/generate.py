@@ -141,19 +141,22 @@ def retry_wait(response, attempt: int, backoff_s: float) -> float:
 
 def ask(client, url: str, model: str, prompt: str, api_key_env: str, has_key: bool, *,
         temperature: float = TEMPERATURE, optional: dict | None = None, retries: int = 0,
-        backoff_s: float = 1.0) -> str:
+        backoff_s: float = 1.0, max_tokens: int | None = None) -> str:
     """The text of one chat completion; UserError for anything that would fail every question.
 
     `retries`: how often a 429, a 5xx or a timeout is tried again (waiting as `retry_wait`
     says) before it becomes the error. `optional`: body fields the endpoint may not know
     (response_format); when it answers 400/422 with them, the request is sent again without
-    them and the dict is emptied, so the caller's next requests go without them too."""
+    them and the dict is emptied, so the caller's next requests go without them too.
+    `max_tokens`: the longest reply asked for (None: the server's own limit)."""
     import httpx
 
     attempts = retries + 1
     for attempt in range(attempts):
         body = {"model": model, "messages": [{"role": "user", "content": prompt}],
                 "temperature": temperature} | (optional or {})
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         tries = f" (tried {attempts} times)" if attempts > 1 else ""
         response = None
         try:
@@ -171,10 +174,13 @@ def ask(client, url: str, model: str, prompt: str, api_key_env: str, has_key: bo
                             "model loaded and the server not overloaded?") from None
         except httpx.HTTPError as error:
             raise UserError(f"request to {url} failed: {type(error).__name__}") from None
-        if response.status_code in (400, 422) and optional:
-            optional.clear()  # e.g. a server without response_format: ask the plain way
+        # a server without response_format: ask the plain way (llama-cpp-python's server
+        # refuses an unknown response_format with a 500 that names the field)
+        if optional and (response.status_code in (400, 422) or (
+                response.status_code >= 500 and any(name in response.text for name in optional))):
+            optional.clear()
             return ask(client, url, model, prompt, api_key_env, has_key, temperature=temperature,
-                       retries=retries, backoff_s=backoff_s)
+                       retries=retries, backoff_s=backoff_s, max_tokens=max_tokens)
         if response.status_code == 429 or response.status_code >= 500:
             if attempt + 1 < attempts:
                 time.sleep(retry_wait(response, attempt, backoff_s))

