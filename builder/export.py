@@ -265,15 +265,34 @@ def modelfile(template, gguf_name: str, *, repetition_penalty: float, num_ctx: i
 # Verification: greedy answers of the GGUF next to the merged model's
 
 
-def verification_prompts(bot, n: int = QUESTIONS) -> list[tuple[str, str]]:
-    """(question, FAQ block) for the first n FAQ questions, the block retrieved as Chatbot
-    retrieves it ("" for a run without knowledge; then the training questions)."""
-    if bot.knowledge is not None:
-        questions = [e.question for e in bot.knowledge.entries][:n]
-        return [(q, bot.template.render_faq([h.entry for h in bot.knowledge.search(q, bot.rag.k)]))
-                for q in questions]
-    raise UserError("this run has no knowledge/ to take questions from; index its FAQ with "
-                    "`builder index RUN FAQ_FILE`")
+def verification_questions(run_dir: Path, n: int = QUESTIONS) -> list[str]:
+    """The first n questions of the run's FAQ (knowledge/), else of its training split."""
+    import csv
+
+    entries = run_dir / "knowledge" / "entries.jsonl"
+    if entries.is_file():
+        with entries.open(encoding="utf-8") as f:
+            questions = [json.loads(line)["question"] for line in f if line.strip()]
+    else:
+        train = Path(_read_report(run_dir / "meta.json").get("data_dir") or run_dir) / "train.csv"
+        if not train.is_file():
+            raise UserError(f"{run_dir}: no FAQ questions to check the GGUF with (neither "
+                            f"knowledge/ nor {train}); index the FAQ with `builder index "
+                            f"{run_dir} FAQ_FILE`")
+        with train.open(encoding="utf-8", newline="") as f:
+            questions = [row["instruction"] for row in csv.DictReader(f)]
+    if not questions:
+        raise UserError(f"{run_dir}: the FAQ has no questions to check the GGUF with")
+    return questions[:n]
+
+
+def verification_prompts(bot, questions: list[str]) -> list[tuple[str, str]]:
+    """(question, FAQ block) pairs, the block retrieved as Chatbot retrieves it ("" for a run
+    without knowledge)."""
+    if bot.knowledge is None:
+        return [(q, "") for q in questions]
+    return [(q, bot.template.render_faq([h.entry for h in bot.knowledge.search(q, bot.rag.k)]))
+            for q in questions]
 
 
 def greedy(bot, prompts, max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
@@ -306,7 +325,8 @@ def compare(reference: list[dict], answers: list[dict]) -> dict:
     else:
         verdict = "close"
     return {"questions": len(answers), "identical": identical,
-            "mean_similarity": round(mean, 3), "ran_to_limit": sum(a["ran_to_limit"] for a in answers),
+            "mean_similarity": round(mean, 3),
+            "ran_to_limit": sum(a["ran_to_limit"] for a in answers),
             "looped_where_merged_stopped": looped, "verdict": verdict,
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
 
@@ -361,6 +381,10 @@ def export(run_dir, quant: str = "f16", *, fmt: str = "gguf", questions: int = Q
         raise UserError(f"{merged_dir}: no merged model; make it with `builder merge {run_dir}`")
     import_llama()  # fail before converting, not after
     template = _read_template(run_dir)
+    if template.grounded and not (run_dir / "knowledge" / "index.json").is_file():
+        raise UserError(f"{run_dir / 'knowledge'}: missing; this run answers from its FAQ. "
+                        f"Build it with `builder index {run_dir} FAQ_FILE`")
+    asked = verification_questions(run_dir, questions)
     gguf_dir = run_dir / "gguf"
     gguf_dir.mkdir(exist_ok=True)
     name = run_dir.resolve().name
@@ -385,7 +409,7 @@ def export(run_dir, quant: str = "f16", *, fmt: str = "gguf", questions: int = Q
     # Verify: the merged model's greedy answers (cached while merged/ is unchanged), then the GGUF's
     log(f"verifying {out.name}: greedy answers to {questions} FAQ questions, merged model vs GGUF")
     bot = GgufChatbot.load(run_dir, gguf_file=out)
-    prompts = verification_prompts(bot, questions)
+    prompts = verification_prompts(bot, asked)
     key = _fingerprint(merged_dir, prompts, max_new_tokens)
     if report.get("merged", {}).get("fingerprint") == key:
         reference = report["merged"]["answers"]
@@ -400,7 +424,8 @@ def export(run_dir, quant: str = "f16", *, fmt: str = "gguf", questions: int = Q
     refused = result["verdict"] == "broken" and not force
     report["questions"] = [q for q, _ in prompts]
     report["max_new_tokens"] = max_new_tokens
-    report["converter"] = f"llama.cpp convert_hf_to_gguf.py from llama-cpp-python {LLAMA_CPP_VERSION}"
+    report["converter"] = ("llama.cpp convert_hf_to_gguf.py from llama-cpp-python "
+                           f"{LLAMA_CPP_VERSION}")
     report.setdefault("quants", {})[quant] = {
         **result, "file": out.name, "bytes": out.stat().st_size,
         "convert_s": round(converted_s, 1), "refused": refused, "kept_by_force": force and

@@ -472,7 +472,8 @@ def push_gguf(run_dir, repo_id: str, *, private: bool = False,
     folder = run_dir / "gguf"
     ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
     if not ggufs:
-        raise UserError(f"{folder}: no GGUF; make one with `builder export {run_dir} --format gguf`")
+        raise UserError(f"{folder}: no GGUF; make one with `builder export {run_dir} "
+                        "--format gguf`")
     token = resolve_token(token)
     if not token:
         raise UserError(NO_TOKEN)

@@ -192,7 +192,8 @@ class Page:
         self.train_cfg = load_config(config_path).train
         if run_dir is not None and not Path(run_dir).is_dir():
             raise UserError(f"{run_dir}: no such run folder (--run)")
-        self.run_dir, self.max_upload_mb, self.token_fallback = run_dir, max_upload_mb, token_fallback
+        self.run_dir, self.max_upload_mb = run_dir, max_upload_mb
+        self.token_fallback = token_fallback
         self.job = jobs.TrainingJob(self.runs_root, config_path)
         self.bots = jobs.ChatbotCache()
         self.stop_events: dict[str, threading.Event] = {}
@@ -206,7 +207,8 @@ class Page:
 
     def run_choices(self):
         runs = jobs.list_runs(self.runs_root)
-        if self.run_dir is not None and Path(self.run_dir).resolve() not in [r.resolve() for r in runs]:
+        if self.run_dir is not None and \
+                Path(self.run_dir).resolve() not in [r.resolve() for r in runs]:
             runs.insert(0, Path(self.run_dir))
         return [(f"{r.name} ({'merged' if (r / 'merged').is_dir() else 'adapter'})", str(r))
                 for r in runs]
@@ -274,8 +276,10 @@ def data_tab(page: Page, folder_outputs: list) -> None:
                            file_count="multiple", file_types=list(DOC_TYPES), elem_id="docs-files")
             with gr.Row():
                 endpoint = gr.Textbox(label="OpenAI 호환 주소 endpoint",
-                                      placeholder="https://api.openai.com/v1", elem_id="docs-endpoint")
-                model = gr.Textbox(label="모델 model", placeholder="gpt-4o-mini", elem_id="docs-model")
+                                      placeholder="https://api.openai.com/v1",
+                                      elem_id="docs-endpoint")
+                model = gr.Textbox(label="모델 model", placeholder="gpt-4o-mini",
+                                   elem_id="docs-model")
                 key = gr.Textbox(label="API 키 (저장되지 않음; 비우면 보내지 않음)", type="password",
                                  elem_id="docs-key")
                 rows = gr.Number(None, label="행 수 rows (비우면 자동)", precision=0, minimum=1,
@@ -323,7 +327,8 @@ def data_tab(page: Page, folder_outputs: list) -> None:
                                 ".docx) first")
             out = jobs.new_dir(page.runs_root, "generated") / "faq.csv"
             result = faqgen.generate_from_docs(
-                files, out, endpoint=(url or "").strip() or None, model=(name or "").strip() or None,
+                files, out, endpoint=(url or "").strip() or None,
+                model=(name or "").strip() or None,
                 rows=int(n_rows) if n_rows else None, api_key=secret or "", log=lambda *_: None)
         except UserError as err:
             message = str(err).replace(secret, "***") if secret else str(err)

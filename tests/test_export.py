@@ -95,7 +95,8 @@ def test_the_modelfile_renders_the_runs_template_and_stops_at_its_markers():
     assert "FROM ./shop-f16.gguf" in lines
     assert {"PARAMETER temperature 0", "PARAMETER repeat_penalty 1.1",
             "PARAMETER num_ctx 4096"} <= set(lines)
-    stops = [json.loads(line.split(" ", 2)[2]) for line in lines if line.startswith("PARAMETER stop")]
+    stops = [json.loads(line.split(" ", 2)[2]) for line in lines
+             if line.startswith("PARAMETER stop")]
     assert stops == [*template.stop_markers, "<eos>", "<end_of_turn>"]
     go = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     assert go == ollama_template(template)
@@ -130,6 +131,21 @@ def test_identical_close_and_broken_answers_get_their_verdicts():
     unlike = compare(merged, [answer("모르겠어요"), answer("주문 번호를 알려주세요")])
     assert unlike["verdict"] == "broken" and unlike["mean_similarity"] < 0.8
     assert "q4_k_m breaks the answers: 0/2 answers identical" in verdict_line("q4_k_m", unlike)
+
+
+def test_the_questions_checked_are_the_faqs_else_the_training_splits(tmp_path):
+    from builder.export import verification_questions
+    from fixtures import make_prepared
+
+    run = tmp_path / "plain"
+    run.mkdir()
+    with pytest.raises(UserError, match="no FAQ questions to check the GGUF with"):
+        verification_questions(run)
+    data = make_prepared(tmp_path, 20)
+    (run / "meta.json").write_text(json.dumps({"data_dir": str(data)}), encoding="utf-8")
+    with open(data / "train.csv", encoding="utf-8", newline="") as f:
+        first = [row["instruction"] for row in csv.DictReader(f)][:3]
+    assert verification_questions(run, 3) == first
 
 
 # Export on a tiny random model (needs llama-cpp-python): the real converter, scripted answers
@@ -189,10 +205,13 @@ def test_export_writes_the_gguf_its_modelfile_and_report(tiny_run, monkeypatch):
     out = export(tiny_run, "f16", log=lambda *_: None)
     assert out == tiny_run / "gguf" / "shop-f16.gguf" and out.stat().st_size > 1_000_000
     report = json.loads((tiny_run / "gguf" / "report.json").read_text(encoding="utf-8"))
-    assert report["default"] == "shop-f16.gguf" and report["quants"]["f16"]["verdict"] == "identical"
-    assert len(report["questions"]) == 5 and report["questions"][0] == sample_rows(1)[0]["instruction"]
+    assert report["default"] == "shop-f16.gguf"
+    assert report["quants"]["f16"]["verdict"] == "identical"
+    assert len(report["questions"]) == 5
+    assert report["questions"][0] == sample_rows(1)[0]["instruction"]
     modelfile_text = (tiny_run / "gguf" / "Modelfile").read_text(encoding="utf-8")
-    assert "FROM ./shop-f16.gguf" in modelfile_text and 'PARAMETER stop "<end_of_turn>"' in modelfile_text
+    assert "FROM ./shop-f16.gguf" in modelfile_text
+    assert 'PARAMETER stop "<end_of_turn>"' in modelfile_text
     assert not list((tiny_run / "gguf").glob(".staging-*"))
 
     # llama.cpp reads it: the rebuilt vocabulary tokenizes the prompt as transformers does,
@@ -226,6 +245,7 @@ def test_a_quant_that_breaks_the_answers_is_refused_and_deleted(tiny_run, monkey
 
 
 def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, tmp_path, capsys):
+    """(after the exports above, which leave tiny_run/gguf/)"""
     from builder.cli import main
 
     assert main(["export", str(tmp_path)]) == 2
@@ -239,6 +259,16 @@ def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, 
     question, expected = sample_rows(1)[0]["instruction"], sample_rows(1)[0]["output"]
     assert main(["ask", str(tiny_run), question, "--use", "gguf", "--sources"]) == 0
     assert expected in capsys.readouterr().out
+    # builder serve --use gguf loads the same bot; sampling (temperature > 0) runs too
+    from builder.llamacpp import GgufChatbot, chosen_gguf
+    from builder.serve import load_bot
+
+    bot = load_bot(tiny_run, "local", use="gguf")
+    assert isinstance(bot, GgufChatbot) and bot.gguf_path == chosen_gguf(tiny_run)
+    ids = []
+    "".join(bot.generate_stream("배송비는요?", max_new_tokens=8, temperature=0.7,
+                                generated_ids=ids))
+    assert 1 <= len(ids) <= 8
 
 
 # The embedded model (slow: minutes on 2 CPU cores)
