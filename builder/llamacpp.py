@@ -14,7 +14,8 @@ template, tokenized by the GGUF's own tokenizer (BOS added, as training did); ge
 greedy at temperature 0 and stops at the end tokens the export recorded. The run's
 repetition penalty is applied as transformers applies it in Chatbot (only to tokens the answer
 generated, never to the FAQ block in the prompt), so a GGUF at f16 answers what the merged
-model answers. Needs the `gguf` extra (llama-cpp-python).
+model answers. Needs the `gguf` extra (llama-cpp-python). $BUILDER_LLAMA_THREADS sets the
+threads llama.cpp uses (default: every core).
 """
 
 import json
