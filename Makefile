@@ -2,6 +2,7 @@
 #                    make test  (set up + run the tests)
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+EXTRAS  := .venv/.installed-extras
 RUN     := runs/demo
 # what the sample shop's bot answers when its FAQ does not cover a question
 DECLINE := 죄송합니다. 문의하신 내용은 FAQ에 없어 정확히 안내드리기 어려워요. 고객센터(02-0000-0000)나 카카오톡 채널로 문의해 주세요.
@@ -29,18 +30,21 @@ demo: $(STAMP)
 		--questions data/sample_questions.csv > runs/demo-eval.log 2>&1 & \
 	$(PY) -m builder app --run $(RUN)
 
-# `builder export` and `--use gguf` (and their tests, skipped without it): builds llama.cpp
-# once per machine, about 5 minutes on 2 idle cores; pip caches the wheel for every later venv.
-# Not part of `make test`, so a fresh machine's `make test` keeps its time.
-gguf: $(STAMP)
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" .venv/bin/pip install -q -c constraints/cpu.txt -e '.[test,gguf]'
+# The optional extras the tests cover too: `builder export` / `--use gguf` (llama.cpp, built
+# once per machine, about 5 minutes on 2 idle cores; pip caches the wheel for every later venv)
+# and `builder merge-models` (mergekit, with the CPU constraint so torch stays the CPU build)
+$(EXTRAS): $(STAMP)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" .venv/bin/pip install -q -c constraints/cpu.txt -e '.[test,gguf,merge]'
+	touch $@
+
+gguf: $(EXTRAS)
 
 # Debian's chromium drives the browser test (never a downloaded browser)
 browser-deps:
 	@(test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi nanum) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium chromium-driver fonts-nanum >/dev/null)
 
-test: $(STAMP) browser-deps
+test: $(EXTRAS) browser-deps
 	$(PY) -m pytest
 
 clean:
