@@ -35,7 +35,7 @@ from contextlib import closing
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.guard import GuardedText, Reply, is_decline, runaway, supported
+from builder.guard import GuardedText, Reply, echoes, is_decline, runaway, supported
 from builder.prompts import Template, parse_template
 
 log = logging.getLogger(__name__)
@@ -295,9 +295,11 @@ class Chatbot:
         reply.generated, reply.invented = shown.text, sorted(shown.invented)
         added = ""
         declined = is_decline(reply.text, self.rag.decline_message)
-        if not shown.tripped and not declined and not supported(
-                reply.text, [h.entry.answer for h in hits]):
-            reply.text = ""  # an echo of the question, or words from no entry: not an answer
+        if not shown.tripped and not declined and (
+                echoes(reply.text, [h.entry.question for h in hits])
+                or not supported(reply.text, [h.entry.answer for h in hits])):
+            # an entry's question copied, an echo of the customer's, or words from no entry
+            reply.text = ""
             shown.tripped = True
         if shown.tripped:
             reply.guarded = True

@@ -67,6 +67,15 @@ def supported(text: str, sources: list[str], floor: float = 0.3) -> bool:
     return any(len(mine & bigrams(source)) / len(mine) >= floor for source in sources)
 
 
+def echoes(text: str, questions: list[str]) -> bool:
+    """Does the answer open with one of the FAQ questions it was shown? A small model sometimes
+    copies an entry's question line ("실버 등급이 되려면 얼마나 더 사야 하나요?") instead of its
+    answer: a question is not an answer."""
+    squeeze = lambda s: "".join(ch for ch in unicodedata.normalize("NFC", s) if ch.isalnum())  # noqa: E731
+    said = squeeze(text)
+    return any(len(q) >= 4 and said.startswith(q) for q in map(squeeze, questions))
+
+
 def is_decline(text: str, decline_message: str) -> bool:
     squeeze = lambda s: "".join(unicodedata.normalize("NFC", s).split())  # noqa: E731
     head = squeeze(decline_message)[:24]

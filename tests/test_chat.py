@@ -605,6 +605,15 @@ def test_an_answer_from_no_entry_is_replaced_by_the_best_entry(grounded_bot, tmp
     assert logged[-1]["event"] == "fact guard" and logged[-1]["question"] == question
 
 
+def test_an_answer_that_copies_an_entrys_question_is_replaced_by_the_best_entry(grounded_bot):
+    question = ON_TOPIC[0]
+    best = grounded_bot.knowledge.search(question, grounded_bot.rag.k)[0].entry
+    echo = forcing(grounded_bot.tokenizer, best.question)  # the FAQ line, not its answer
+    reply = grounded_bot.reply(question, max_new_tokens=40, logits_processor=[echo])
+    assert reply.generated == best.question and reply.fallback and reply.guarded
+    assert reply.text == best.answer and [h.entry for h in reply.sources] == [best]
+
+
 def test_reply_batch_gives_the_replies_of_reply(grounded_bot):
     items = [(q, "") for q in ON_TOPIC] + [(OFF_TOPIC, ""),
                                            ("오늘 출고될까요?", "결제 완료 시각: 화요일 오후 2시 10분")]

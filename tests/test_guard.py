@@ -1,7 +1,7 @@
 """Guards builder/guard.py: only checked, complete sentences are shown; loops and declines are recognised."""
 
 from builder.config import DECLINE_MESSAGE
-from builder.guard import GuardedText, is_decline, runaway
+from builder.guard import GuardedText, echoes, is_decline, runaway
 
 SOURCES = ["배송비는 얼마인가요? 기본 배송비는 3,000원이며, 30,000원 이상 구매하시면 무료로 "
            "배송해 드립니다.", "배송비 얼마임?", ""]
@@ -70,3 +70,11 @@ def test_is_decline():
     assert not is_decline("죄송합니다. 품절입니다.", DECLINE_MESSAGE)  # an apology is not a decline
     assert not is_decline("", DECLINE_MESSAGE)
     assert not is_decline("무엇이든", "")
+
+
+def test_an_answer_that_opens_with_an_faq_question_echoes_it():
+    questions = ["실버 등급이 되려면 얼마나 더 사야 하나요?", "원두는 어떤 용량으로 판매하나요?"]
+    assert echoes("실버 등급이 되려면 얼마나 더 사야 하나요? (회원등급: 브론즈)", questions)
+    assert echoes("원두는 어떤 용량으로 판매하나요", questions)  # punctuation and spaces aside
+    assert not echoes("최근 6개월 구매 금액이 100,000원 이상이면 실버 등급이 됩니다.", questions)
+    assert not echoes("네", ["네"])  # too short to say
