@@ -325,7 +325,8 @@ def trained_run(tmp_path_factory):
     # end. Grounded rows carry 3 retrieved entries (~300 tokens): ~25 s a step on 2 cores. The
     # answer loss falls from ~0.3 (the base model copying from the entries) to ~0.1 by step 8.
     cfg = load_config(ROOT / "configs" / "embedded-cpu.yaml",
-                      ["train.max_steps=8", "train.eval_steps=8", "train.val_fraction=0.02"])
+                      ["train.max_steps=8", "train.batch_size=8", "train.eval_steps=8",
+                       "train.val_fraction=0.02"])
     started = time.perf_counter()
     run = train(tmp / "data", tmp / "run", cfg, log=lambda *_: None)
     merge(run, log=lambda *_: None)
@@ -340,7 +341,9 @@ def test_the_tuned_model_beats_the_base_model(trained_run):
     print(f"eval: {time.perf_counter() - started:.0f} s\n{format_summary(report)}")
     summary = report["summary"]
     assert report["tuned_weights"] == "merged"
-    assert summary["chrf"]["tuned"] > summary["chrf"]["base"], summary["chrf"]
-    # the base model already copies from the retrieved entries (loss ~0.2): the tuned one
-    # must do it far more surely
+    # test questions are FAQ questions word for word: every system shows the entry's answer
+    assert summary["chrf"]["tuned"] == summary["chrf"]["base"] == 100.0, summary["chrf"]
+    assert report["splits"]["test"]["tuned"]["exact"] == report["rows"]["test"]
+    # the model itself: the base model already copies from the retrieved entries (loss ~0.2),
+    # the tuned one must do it far more surely
     assert summary["loss"]["tuned"] < summary["loss"]["base"] / 2, summary["loss"]
