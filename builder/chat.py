@@ -202,7 +202,9 @@ class Chatbot:
         template = _read_template(run_dir)
 
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from builder.models import load_tokenizer
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype(model_dir, device))
@@ -213,7 +215,7 @@ class Chatbot:
             model = PeftModel.from_pretrained(model, adapter_dir)
             if (adapter_dir / "tokenizer_config.json").is_file():
                 tokenizer_dir = adapter_dir  # training saves its tokenizer next to the adapter
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
         model.to(device).eval()
         meta = _read_meta(run_dir)
         end_ids = end_token_ids(model.generation_config, tokenizer)

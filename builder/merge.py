@@ -156,13 +156,15 @@ def write_generation_config(merged_dir: Path, end_ids: list[int], tokenizer,
 def merge_hf(meta: dict, adapter_dir: Path, out: Path, dtype: str) -> None:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from builder.models import load_tokenizer
 
     base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     target = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     model.to(target).save_pretrained(out)
-    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(out)
+    load_tokenizer(adapter_dir).save_pretrained(out)
 
 
 def merge_unsloth(meta: dict, adapter_dir: Path, out: Path) -> None:
@@ -191,9 +193,7 @@ def merge(run_dir: str | Path, *, dtype: str = "bf16", log=print) -> Path:
         log(f"already merged: {merged_dir}")
         return merged_dir
 
-    from transformers import AutoTokenizer
-
-    from builder.models import cuda_available
+    from builder.models import cuda_available, load_tokenizer
 
     use_unsloth = meta["backend"] == "unsloth" and cuda_available()
     staging = Path(tempfile.mkdtemp(prefix=".merged-", dir=run_dir))
@@ -206,7 +206,7 @@ def merge(run_dir: str | Path, *, dtype: str = "bf16", log=print) -> Path:
             merge_hf(meta, adapter_dir, staging, dtype)
         penalty = meta.get("config", {}).get("rag", {}).get("repetition_penalty", 1.0)
         write_generation_config(staging, meta["end_token_ids"],
-                                AutoTokenizer.from_pretrained(staging), penalty)
+                                load_tokenizer(staging), penalty)
         write_chat_template(staging, template)
         if (run_dir / "knowledge").is_dir():  # the FAQ it answers from travels with the model
             shutil.copytree(run_dir / "knowledge", staging / "knowledge")

@@ -89,14 +89,12 @@ def tokenize_split(rows, tokenizer, template, cfg: Config, eos_id: int):
 
 def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
     """One tokenized training example with masked prompt tokens and trained answer tokens apart."""
-    from transformers import AutoTokenizer
-
-    from builder.models import resolve_base_model
+    from builder.models import load_tokenizer, resolve_base_model
 
     rows = load_prepared(prepared_dir)["train"]
     if not 0 <= index < len(rows):
         raise UserError(f"--index must be between 0 and {len(rows) - 1}")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(cfg.model.name))
+    tokenizer = load_tokenizer(resolve_base_model(cfg.model.name))
     template = load_template(cfg.train.template)
     row = dict(rows[index])
     if template.grounded:  # the row as training sees it: reworded, with its retrieved entries
