@@ -275,11 +275,13 @@ def load_policy_hf(meta: dict, adapter_dir: Path, dtype):
     without merging the SFT adapter first (which would make the saved adapter a delta on a
     merged base that merge/chat do not know)."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from builder.models import load_tokenizer
 
     base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=dtype)
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
-    return model, AutoTokenizer.from_pretrained(adapter_dir)
+    return model, load_tokenizer(adapter_dir)
 
 
 def load_policy_unsloth(cfg: Config, adapter_dir: Path, dtype):
@@ -336,6 +338,8 @@ def trainer_classes(method: str):
 def trainer_args(config_class, cfg: Config, run_dir: Path, prec: str, on_cuda: bool,
                  n_train: int, has_eval: bool):
     p = cfg.prefer
+    # DPO: the reference (SFT) log-probs once before training, not a second forward every step
+    extra = {"precompute_ref_log_probs": True} if p.method == "dpo" else {}
     # pairs -> optimizer steps: batch_size pairs per batch, grad_accum batches per step
     steps_per_epoch = max(1, math.ceil(math.ceil(n_train / p.batch_size) / p.grad_accum))
     total = p.max_steps if p.max_steps > 0 else math.ceil(steps_per_epoch * p.epochs)
@@ -363,6 +367,7 @@ def trainer_args(config_class, cfg: Config, run_dir: Path, prec: str, on_cuda: b
         report_to="none",
         use_cpu=not on_cuda,
         dataset_num_proc=None,
+        **extra,
     )
 
 
