@@ -44,8 +44,12 @@ browser-deps:
 	@(test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi nanum) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium chromium-driver fonts-nanum >/dev/null)
 
+# Two workers, each module in one of them (tests/conftest.py): much of a test's time is a server
+# starting, a tokenizer loading or a subprocess importing torch, not both cores computing. The
+# embedded model is converted first, so the workers never convert it at the same time.
 test: $(EXTRAS) browser-deps
-	$(PY) -m pytest
+	$(PY) -c "from builder.embedded import ensure_embedded_model; ensure_embedded_model()"
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 clean:
 	rm -rf runs .venv

@@ -62,4 +62,48 @@ def hub_login(hub_server, monkeypatch):
     return hub_server
 
 
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory):
+    """The real embedded gemma-3-270m trained on the first 24 sample FAQ rows (8 steps x 4
+    grounded rows, validation at steps 4 and 8) and merged: one run shared by the slow tests of
+    training and evaluation (minutes on 2 CPU cores). Tests that change a run copy it first."""
+    from pathlib import Path
+
+    from builder.config import load_config
+    from builder.merge import merge
+    from builder.train import train
+
+    try:
+        from fixtures import make_prepared
+    except ImportError:
+        from tests.fixtures import make_prepared
+
+    tmp = tmp_path_factory.mktemp("embedded-run")
+    prepared = make_prepared(tmp, 24)
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "embedded-cpu.yaml",
+                      ["train.max_steps=8", "train.eval_steps=4", "train.batch_size=4",
+                       "train.warmup_steps=0", "train.lr=2e-3"])
+    run = train(prepared, tmp / "run", cfg, log=lambda *_: None)
+    merge(run, log=lambda *_: None)
+    return run
+
+
+# Modules whose tests share the session's trained `embedded_run`: under pytest-xdist they run in
+# one worker, so it is trained once
+EMBEDDED_RUN_MODULES = {"test_train", "test_evaluate"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """With `pytest -n 2 --dist loadgroup` (make test) each module runs in one worker and builds
+    its module fixtures (tiny models, servers, the app) once; without xdist the marks do nothing."""
+    from pathlib import Path
+
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = Path(str(item.fspath)).stem
+            group = "embedded_run" if module in EMBEDDED_RUN_MODULES else module
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 # Fixtures added by other modules go below.

@@ -314,23 +314,14 @@ def test_cli_eval_refuses_negative_counts(tiny_run, capsys, flags, message):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from builder.data import prepare
-    from builder.merge import merge
-    from builder.train import train
-
-    tmp = tmp_path_factory.mktemp("eval-embedded")
-    prepare(ROOT / "data" / "sample_faq.csv", tmp / "data")
-    # The shipped CPU config cut to 8 steps x 8 rows, one validation on 4 held-out rows at the
-    # end. Grounded rows carry 3 retrieved entries (~300 tokens): ~25 s a step on 2 cores. The
-    # answer loss falls from ~0.3 (the base model copying from the entries) to ~0.1 by step 8.
-    cfg = load_config(ROOT / "configs" / "embedded-cpu.yaml",
-                      ["train.max_steps=8", "train.batch_size=8", "train.eval_steps=8",
-                       "train.val_fraction=0.02"])
-    started = time.perf_counter()
-    run = train(tmp / "data", tmp / "run", cfg, log=lambda *_: None)
-    merge(run, log=lambda *_: None)
-    print(f"\ntrain + merge: {time.perf_counter() - started:.0f} s")
+def trained_run(embedded_run, tmp_path_factory):
+    """The session's embedded run (24 sample FAQ rows, 8 steps x 4 grounded rows, merged), in a
+    folder of its own for the eval/ it gets: merged/ linked file by file, the rest copied."""
+    run = tmp_path_factory.mktemp("eval-embedded") / "run"
+    shutil.copytree(embedded_run, run, ignore=shutil.ignore_patterns("merged", "checkpoints"))
+    (run / "merged").mkdir()
+    for path in (embedded_run / "merged").iterdir():
+        (run / "merged" / path.name).symlink_to(path)
     return run
 
 

@@ -275,7 +275,7 @@ def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, 
 
 
 @pytest.fixture(scope="module")
-def embedded_run(tmp_path_factory):
+def embedded_base_run(tmp_path_factory):
     pytest.importorskip("llama_cpp")
     from builder.embedded import ensure_embedded_model
 
@@ -284,10 +284,11 @@ def embedded_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_embedded_models_f16_gguf_answers_as_the_merged_model(embedded_run):
+def test_the_embedded_models_f16_gguf_answers_as_the_merged_model(embedded_base_run):
     from builder.export import export
 
-    out = export(embedded_run, "f16", questions=5)
+    # the base model runs every answer to the token limit: 48 tokens of each are compared
+    out = export(embedded_base_run, "f16", questions=5, max_new_tokens=48)
     report = json.loads((out.parent / "report.json").read_text(encoding="utf-8"))
     f16 = report["quants"]["f16"]
     assert f16["questions"] == 5 and f16["identical"] == 5, report
@@ -296,18 +297,18 @@ def test_the_embedded_models_f16_gguf_answers_as_the_merged_model(embedded_run):
 
 
 @pytest.mark.slow
-def test_builder_serve_in_front_of_llama_cpps_own_server_answers_with_sources(embedded_run):
+def test_builder_serve_in_front_of_llama_cpps_own_server_answers_with_sources(embedded_base_run):
     from test_serve import ask, free_port, serving
 
     from builder.serve import load_bot
 
-    gguf = embedded_run / "gguf" / "embedded-f16.gguf"
+    gguf = embedded_base_run / "gguf" / "embedded-f16.gguf"
     if not gguf.is_file():  # run alone: export it here (the test above leaves it otherwise)
         from builder.export import export
 
-        gguf = export(embedded_run, "f16", questions=1)
+        gguf = export(embedded_base_run, "f16", questions=1)
     port = free_port()
-    log = (embedded_run / "llama-server.log").open("w")
+    log = (embedded_base_run / "llama-server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "4096", "--model_alias", "shop-gguf"],
@@ -318,14 +319,14 @@ def test_builder_serve_in_front_of_llama_cpps_own_server_answers_with_sources(em
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
         while True:
-            assert server.poll() is None, (embedded_run / "llama-server.log").read_text()
+            assert server.poll() is None, (embedded_base_run / "llama-server.log").read_text()
             try:
                 httpx.get(f"{url}/models", timeout=2).raise_for_status()
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "llama.cpp's server did not start"
                 time.sleep(0.5)
-        bot = load_bot(embedded_run, url)
+        bot = load_bot(embedded_base_run, url)
         assert bot.engine_model == "shop-gguf"
         with serving(bot, "embedded") as front:
             reply = ask(front.client(), "배송비 얼마임?", model="embedded", max_tokens=64)

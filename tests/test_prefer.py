@@ -122,9 +122,11 @@ def test_pair_files_are_checked_with_their_line(tmp_path):
 
 
 def tiny_sets(model_dir):
+    # one FAQ entry per prompt: the pairs' sequences stay short (the tiny model's 262k-token
+    # vocabulary makes every logit row costly)
     return [f"model.name={model_dir}", "train.batch_size=4", "train.grad_accum=1",
             "train.eval_steps=2", "train.min_val_rows=4", "train.warmup_steps=0",
-            "train.max_steps=2"]
+            "train.max_steps=2", "rag.k=1"]
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +153,13 @@ def pairs_csv(path: Path) -> Path:
 def policy(run):
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from builder.models import load_tokenizer
 
     meta = json.loads((run / "meta.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32)
-    return PeftModel.from_pretrained(base, run / "adapter").eval(), AutoTokenizer.from_pretrained(run / "adapter")
+    return PeftModel.from_pretrained(base, run / "adapter").eval(), load_tokenizer(run / "adapter")
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])

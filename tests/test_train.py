@@ -272,17 +272,7 @@ def test_early_stopping_stops_a_run_that_stops_improving(tiny_model, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The real embedded model over a handful of rows: slow
-
-
-@pytest.fixture(scope="module")
-def embedded_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("embedded-run")
-    prepared = make_prepared(tmp, 24)
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "embedded-cpu.yaml",
-                      ["train.max_steps=8", "train.eval_steps=4", "train.batch_size=4",
-                       "train.warmup_steps=0", "train.lr=2e-3"])
-    return train(prepared, tmp / "run", cfg, log=lambda *_: None)
+# The real embedded model over a handful of rows (the session's `embedded_run`): slow
 
 
 @pytest.mark.slow
@@ -307,7 +297,7 @@ def test_merged_logits_equal_base_plus_adapter(embedded_run):
 
     from builder.merge import merge
 
-    merged_dir = merge(embedded_run, log=lambda *_: None)
+    merged_dir = embedded_run / "merged"  # merged by the fixture
     assert merge(embedded_run, log=lambda *_: None) == merged_dir  # re-run: no-op
     gen = json.loads((merged_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [1, 106]
@@ -332,8 +322,8 @@ def test_resume_after_a_killed_run_finishes(tmp_path):
     prepared = make_prepared(tmp_path, 24)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "builder", "train", str(prepared), "--out", str(run),
-               "--config", "configs/embedded-cpu.yaml", "--set", "train.max_steps=6",
-               "--set", "train.eval_steps=2", "--set", "train.batch_size=4"]
+               "--config", "configs/embedded-cpu.yaml", "--set", "train.max_steps=4",
+               "--set", "train.eval_steps=2", "--set", "train.batch_size=2"]
     root = Path(__file__).parents[1]
     proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -347,9 +337,9 @@ def test_resume_after_a_killed_run_finishes(tmp_path):
     assert main(["train", str(prepared), "--out", str(run)]) == 2  # unfinished: asks for --resume
     assert main(["train", str(prepared), "--out", str(run), "--resume"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["global_step"] == 6 and metrics["resumed"] is True
+    assert metrics["global_step"] == 4 and metrics["resumed"] is True
     # the resumed run carried the history from before the kill
-    assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [2, 4, 6]
+    assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [2, 4]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -359,9 +349,15 @@ def test_resume_after_a_killed_run_finishes(tmp_path):
 
 @pytest.mark.slow
 def test_a_row_added_with_index_is_answered_without_retraining(embedded_run, tmp_path):
+    import shutil
+
     from builder.chat import Chatbot
     from builder.facts import states
     from builder.knowledge import index_run
+
+    # a copy: the session's run stays as trained for the other tests
+    embedded_run = Path(shutil.copytree(embedded_run, tmp_path / "run",
+                                        ignore=shutil.ignore_patterns("merged", "checkpoints")))
 
     faq = tmp_path / "updated.csv"
     rows = sample_rows(24) + [{"instruction": "하루커피 에코백은 얼마인가요?", "input": "",
