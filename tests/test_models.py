@@ -90,3 +90,24 @@ def test_unsloth_loader_passes_the_production_recipe(monkeypatch):
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "use_gradient_checkpointing": "unsloth",
     }
+
+
+def test_a_tokenizer_is_loaded_once_per_content_of_its_files(tmp_path):
+    import json
+    import shutil
+
+    from builder.embedded import ensure_embedded_model
+
+    source = ensure_embedded_model()
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder in (a, b, c):
+        folder.mkdir()
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(source / name, folder / name)
+    config = json.loads((c / "tokenizer_config.json").read_text())
+    (c / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 77}))
+    first = models.load_tokenizer(a)
+    assert models.load_tokenizer(b) is first  # another folder, the same files: no second load
+    other = models.load_tokenizer(c)  # changed files: loaded anew, with what they say
+    assert other is not first and other.model_max_length == 77
+    assert first("배송비는 얼마인가요?")["input_ids"] == other("배송비는 얼마인가요?")["input_ids"]
