@@ -313,9 +313,11 @@ class Chatbot:
         return added
 
     def reply_batch(self, items: list[tuple[str, str]], *, max_new_tokens: int = 256,
-                    batch_size: int = 8) -> list[Reply]:
-        """Replies to many (question, context) pairs, generated `batch_size` at a time (greedy),
-        through the same gate, guard and fallback as `stream`. For the eval."""
+                    batch_size: int = 8, temperature: float = 0.0,
+                    top_p: float = 0.9) -> list[Reply]:
+        """Replies to many (question, context) pairs, generated `batch_size` at a time (greedy;
+        sampled when temperature > 0), through the same gate, guard and fallback as `stream`.
+        For the eval, and for the sampled answers preference pairs are built from."""
         replies = [Reply() for _ in items]
         todo = []  # (reply, question, context, faq, hits)
         for reply, (question, context) in zip(replies, items):
@@ -326,7 +328,7 @@ class Chatbot:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             outputs = self._generate_batch([(q, c, faq) for _, q, c, faq, _ in chunk],
-                                           max_new_tokens)
+                                           max_new_tokens, temperature=temperature, top_p=top_p)
             for (reply, question, context, _, hits), (text, looped) in zip(chunk, outputs):
                 reply.runaway = looped
                 if self.knowledge is None:
@@ -413,10 +415,10 @@ class Chatbot:
                             f"the model has {self.context_length} positions in all")
         return fit_prompt(encode, question, context, budget)
 
-    def _generate_batch(self, prompts: list[tuple[str, str, str]],
-                        max_new_tokens: int) -> list[tuple[str, bool]]:
-        """Greedy answers to (question, context, faq) prompts in one left-padded generate call:
-        [(visible answer, ended by the runaway check)], cut by the same rules as a stream."""
+    def _generate_batch(self, prompts: list[tuple[str, str, str]], max_new_tokens: int, *,
+                        temperature: float = 0.0, top_p: float = 0.9) -> list[tuple[str, bool]]:
+        """Answers to (question, context, faq) prompts in one left-padded generate call, greedy
+        or sampled: [(visible answer, ended by the runaway check)], cut as a stream is."""
         import torch
         from transformers import RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
 
@@ -443,12 +445,14 @@ class Chatbot:
         if self.rag is not None and self.rag.repetition_penalty > 1:
             processors.append(RepetitionPenaltyLogitsProcessor(
                 self.rag.repetition_penalty, prompt_ignore_length=width))
+        sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p}
+                    if temperature > 0 else {"do_sample": False})  # as a stream samples
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id, do_sample=False,
+                eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id,
                 stopping_criteria=StoppingCriteriaList([stop]), logits_processor=processors,
-                repetition_penalty=1.0)
+                repetition_penalty=1.0, **sampling)
         answers = []
         for row, row_ids in enumerate(output[:, width:].tolist()):
             ends = [i for i, token_id in enumerate(row_ids) if token_id in self.end_ids]

@@ -59,6 +59,10 @@ class ScriptedBot(Chatbot):
         self.options.append(options)
         yield self.script[question].pop(0)
 
+    def _generate_batch(self, prompts, max_new_tokens, **options):
+        self.options.append(options)
+        return [(self.script[question].pop(0), False) for question, _, _ in prompts]
+
 
 @pytest.fixture(scope="module")
 def knowledge():
