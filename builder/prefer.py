@@ -467,11 +467,14 @@ def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_p
         torch.manual_seed(p.seed)
         bot = Chatbot.load(run_dir)
         trained, _ = split_validation(load_prepared(parent["data_dir"])["train"], cfg)
+        trained = [dict(r) for r in trained]
+        if 0 < p.questions < len(trained):
+            trained = random.Random(p.seed).sample(trained, p.questions)
         off_topic = off_topic_questions()
         off_topic = random.Random(p.seed).sample(off_topic, min(p.off_topic, len(off_topic)))
         if bot.knowledge is None:
             off_topic = []  # a run without retrieval was never taught to decline
-        pairs, counts = build_pairs(bot, [dict(r) for r in trained], off_topic, cfg, log=log)
+        pairs, counts = build_pairs(bot, trained, off_topic, cfg, log=log)
         del bot
     pairs_s = time.perf_counter() - started
     log("pairs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
