@@ -90,7 +90,7 @@ def embedded_run(tmp_path_factory):
 
 # Modules whose tests share the session's trained `embedded_run`: under pytest-xdist they run in
 # one worker, so it is trained once
-EMBEDDED_RUN_MODULES = {"test_train", "test_evaluate"}
+EMBEDDED_RUN_MODULES = {"test_train", "test_evaluate", "test_merge_models"}
 
 
 @pytest.hookimpl(tryfirst=True)

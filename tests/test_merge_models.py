@@ -1,4 +1,4 @@
-"""Guards merge-models: SLERP between two different tiny runs (t=0, t=1, in between), dus layer count, the run folder, clear errors."""
+"""Guards merge-models: SLERP between two different tiny runs and two embedded-model runs (t=0, t=1, in between), dus layer count, the run folder, clear errors."""
 
 import json
 import shutil
@@ -119,3 +119,37 @@ def test_the_model_card_shows_the_merge_recipe(runs, tmp_path):
                        log=lambda *_: None)
     card = model_card(out, "merged", repo_id="tester/merged")
     assert "## Merge" in card and "merge_method: linear" in card
+
+
+# Two real embedded-model runs (slow): the session's trained run and a second one trained here
+
+
+@pytest.mark.slow
+def test_slerp_of_two_embedded_runs_is_each_at_the_ends_and_answers_between(embedded_run,
+                                                                           tmp_path):
+    from builder.config import load_config
+    from builder.merge import merge
+    from builder.train import train
+
+    meta = json.loads((embedded_run / "meta.json").read_text())
+    cfg = load_config(embedded_run / "config.yaml",
+                      ["train.max_steps=3", "train.eval_steps=3", "train.batch_size=2",
+                       "train.seed=7", "train.lr=3e-3"])
+    other = train(meta["data_dir"], tmp_path / "other", cfg, log=lambda *_: None)
+    merge(other, log=lambda *_: None)
+    wa, wb = weights(embedded_run / "merged"), weights(other / "merged")
+    tuned = [k for k in wa if "layers.3.mlp.down_proj" in k]
+    assert tuned and all(not torch.equal(wa[k], wb[k]) for k in tuned)  # two different runs
+    merged = {}
+    for t in (0.0, 1.0, 0.5):
+        out = merge_models([embedded_run, other], tmp_path / f"t{t}", method="slerp", t=t,
+                           log=lambda *_: None)
+        merged[t] = weights(out / "merged")
+    for key in wa:
+        assert torch.allclose(merged[0.0][key], wa[key], atol=1e-2), key
+        assert torch.allclose(merged[1.0][key], wb[key], atol=1e-2), key
+    for key in tuned:
+        middle = merged[0.5][key]
+        assert not torch.allclose(middle, wa[key]) and not torch.allclose(middle, wb[key]), key
+    reply = Chatbot.load(tmp_path / "t0.5").reply("배송비 얼마예요?", max_new_tokens=64)
+    assert reply.text.strip() and not reply.declined and reply.sources, reply
