@@ -93,17 +93,30 @@ def embedded_run(tmp_path_factory):
 EMBEDDED_RUN_MODULES = {"test_train", "test_evaluate", "test_merge_models"}
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """With `pytest -n 2 --dist loadgroup` (make test) each module runs in one worker and builds
-    its module fixtures (tiny models, servers, the app) once; without xdist the marks do nothing."""
+def work_group(nodeid):
+    """The unit of work `make test` gives one worker: a test module (so its module fixtures,
+    tiny models, servers and the app, are built once), or all the modules of the shared
+    `embedded_run` together."""
     from pathlib import Path
 
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = Path(str(item.fspath)).stem
-            group = "embedded_run" if module in EMBEDDED_RUN_MODULES else module
-            item.add_marker(pytest.mark.xdist_group(group))
+    module = Path(nodeid.split("::")[0]).stem
+    return "embedded_run" if module in EMBEDDED_RUN_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n 2 --dist loadscope` (make test) schedules by `work_group`. (xdist's own
+    `xdist_group` mark cannot do it with pytest 9: it renames node ids, which pytest 9 no longer
+    lets a plugin do.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByTestGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_group(nodeid)
+
+    return ByTestGroup(config, log)
 
 
 # Fixtures added by other modules go below.
