@@ -18,6 +18,7 @@ rank fusion. The folder `knowledge/` holds `entries.jsonl`, `bm25/`, `dense.npy`
 import functools
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +39,22 @@ GENERIC_NOUNS = frozenset({"얼마", "며칠", "정도", "이상", "이하", "�
 # stems every question may carry whatever it asks about (있다, 되다, 하다, 수, ...)
 LIGHT_WORDS = frozenset({"있", "없", "하", "되", "수", "것", "주", "보", "받", "가", "오", "알", "이"})
 COVERAGE_FLOOR = 0.5  # the best entry must hold at least half of the question's word weight
+# What a question asks for, told by its wording, as the fact units (builder.facts) that answer
+# it: "매장 몇 시에 문 열어요?" wants an hour, so among the best few entries one that states an
+# hour goes before one that states none ("명절에도 문 여나요?" shares more words)
+ASKED_UNITS = (
+    (re.compile(r"전화\s*번호|연락처|번호\s*(?:좀|뭐|알려)"), frozenset({"tel"})),
+    (re.compile(r"가격|요금|비용|금액|수강료|추가금|몇\s*원|얼마(?!\s*(?:나|동안|만에|간))"),
+     frozenset({"원"})),
+    (re.compile(r"며칠|몇\s*(?:일|영업일)"), frozenset({"일", "영업일"})),
+    (re.compile(r"몇\s*(?:프로|퍼센트|%)|할인율"), frozenset({"%"})),
+    (re.compile(r"몇\s*시(?!간)"), frozenset({"시"})),
+    (re.compile(r"몇\s*(시간|분|개월|주|년|개|명|석|잔|봉|도|mg|ml|g)"), None),  # that unit
+)
+# the words such a question names its fact with: an entry stating the fact covers them
+ASKED_WORDS = frozenset({"가격", "요금", "비용", "금액", "전화번호", "전화", "번호", "연락처",
+                         "할인율", "추가금"})
+RERANK = 5  # how many of the best fused entries the asked-for fact may reorder
 OFF_TOPIC_FILE = Path(__file__).resolve().parents[1] / "prompts" / "off_topic_ko.txt"
 
 
@@ -76,6 +93,16 @@ def kiwi():
 def content_morphemes(text: str) -> list[str]:
     tokens = kiwi().tokenize(unicodedata.normalize("NFC", text))
     return [t.form.lower() for t in tokens if t.tag in CONTENT_TAGS]
+
+
+def asked_units(question: str) -> frozenset[str]:
+    """The fact units that answer `question` ("몇 시" -> {"시"}); empty when it asks for none."""
+    question = unicodedata.normalize("NFC", question)
+    units: set[str] = set()
+    for pattern, wanted in ASKED_UNITS:
+        for match in pattern.finditer(question):
+            units |= wanted if wanted is not None else {match[1].replace("도", "℃")} | {match[1]}
+    return frozenset(units)
 
 
 def content_nouns(text: str) -> set[str]:
@@ -182,6 +209,7 @@ class Knowledge:
         self._exact: dict[tuple[str, str], Entry] | None = None  # see `exact`
         self._entry_nouns: list[set[str]] | None = None
         self._idf: dict[str, float] = {}
+        self._units: list[set[str]] | None = None  # the fact units each entry's answer states
 
     # Build, save, load
 
@@ -285,8 +313,21 @@ class Knowledge:
             # an entry sharing no term gets no BM25 vote at all
             votes = 1.0 / (RRF_K + ranks)
             fused += np.where(scores > 0, votes, 0.0) if scores is bm25 else votes
-        best = [i for i in np.argsort(-fused, kind="stable") if int(i) not in exclude][:k]
-        return [Hit(self.entries[i], float(fused[i]), float(bm25[i]), float(dense[i])) for i in best]
+        best = [i for i in np.argsort(-fused, kind="stable") if int(i) not in exclude]
+        if wanted := asked_units(question):  # stating the asked-for fact goes first
+            top = best[:RERANK]
+            best = sorted(top, key=lambda i: not wanted & self.units(int(i))) + best[RERANK:]
+        return [Hit(self.entries[i], float(fused[i]), float(bm25[i]), float(dense[i]))
+                for i in best[:k]]
+
+    def units(self, entry_id: int) -> set[str]:
+        """The units of the facts entry `entry_id` states (its answer and context)."""
+        from builder.facts import facts
+
+        if self._units is None:
+            self._units = [{unit for _, unit in facts(f"{e.context} {e.answer}")}
+                           for e in self.entries]
+        return self._units[entry_id] if 0 <= entry_id < len(self._units) else set()
 
     def exact(self, question: str, context: str = "") -> Hit | None:
         """The entry whose question (and context) is `question` word for word, ignoring spaces,
@@ -343,6 +384,8 @@ class Knowledge:
         if not total:
             return 1.0
         found = self._terms[entry.id] if 0 <= entry.id < len(self._terms) else set()
+        if asked_units(question) & self.units(entry.id):  # "가격" is covered by a price
+            found = found | ASKED_WORDS
         return sum(self._idf[t] for t in asked if t in found) / total
 
     def calibrate(self, k: int = 3) -> dict:

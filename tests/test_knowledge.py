@@ -72,8 +72,65 @@ def test_search_ranks_the_entry_of_a_casual_paraphrase_first(kb):
     for question, expected in PARAPHRASES.items():
         hits = kb.search(question, k=3)
         assert len(hits) == 3 and hits[0].entry.question == expected, (question, hits)
-        assert hits[0].score >= hits[1].score >= hits[2].score
+        # best fused score first, after the entries that state what is asked for (배송비 얼마: 원)
+        from builder.knowledge import asked_units
+
+        order = [(not asked_units(question) & kb.units(h.entry.id), -h.score) for h in hits]
+        assert order == sorted(order)
         assert -1 <= hits[0].dense <= 1 and hits[0].bm25 > 0
+
+
+@pytest.mark.parametrize("question, units", [
+    ("매장 몇시에 문 열어요?", {"시"}),
+    ("고객센터 전화번호 알려주세요", {"tel"}),
+    ("핸드그라인더 가격 얼마?", {"원"}),
+    ("적립금 얼마부터 쓸 수 있어?", {"원"}),
+    ("택배 며칠 걸려요", {"일", "영업일"}),
+    ("몇 프로 할인돼요?", {"%"}),
+    ("카페 좌석 몇 석이에요", {"석"}),
+    ("물 온도 몇 도로 해요?", {"도", "℃"}),
+    ("몇 시간 걸려요?", {"시간"}),
+    ("얼마나 걸려요?", set()),  # how long, not how much
+    ("해외 배송 돼?", set()),
+])
+def test_what_a_question_asks_for(question, units):
+    from builder.knowledge import asked_units
+
+    assert asked_units(question) == units
+
+
+@pytest.fixture(scope="module")
+def shop_hours_kb() -> Knowledge:
+    from builder.knowledge import Entry
+
+    rows = [("명절에도 문 여나요?", "설날과 추석 당일에는 쉽니다. 연휴 영업 일정은 공지사항에 안내해 드려요."),
+            ("매장 영업시간이 어떻게 되나요?", "망원동 매장은 오전 9시~오후 8시에 운영합니다."),
+            ("핸드그라인더 분쇄도는 어떻게 맞추나요?", "핸드그라인더 아래 다이얼을 돌려 맞춰 주세요."),
+            ("그라인더는 어떤 걸 사면 좋을까요?", "입문용으로는 하루 핸드그라인더(79,000원)를 추천드립니다."),
+            ("배송비는 얼마인가요?", "기본 배송비는 3,000원입니다."),
+            ("선물 포장은 가격이 따로 있나요?", "선물 포장비는 2,000원입니다.")]
+    return Knowledge.build([Entry(i, i + 2, q, "", a) for i, (q, a) in enumerate(rows)],
+                           calibrate=False)
+
+
+def test_an_entry_stating_the_asked_for_fact_goes_first(shop_hours_kb):
+    kb = shop_hours_kb
+    # 문 and 열다 are the holiday entry's words, but only the opening-hours entry states an hour
+    plain = kb.search("매장 문 열어요?", k=2)
+    assert plain[0].entry.question == "명절에도 문 여나요?"
+    hours = kb.search("매장 몇 시에 문 열어요?", k=2)
+    assert [h.entry.question for h in hours] == ["매장 영업시간이 어떻게 되나요?", "명절에도 문 여나요?"]
+    assert hours[0].score < hours[1].score  # moved ahead of a higher fused score
+
+
+def test_a_stated_price_covers_the_word_price(shop_hours_kb):
+    kb = shop_hours_kb
+    setting, recommend = kb.entries[2], kb.entries[3]
+    question = "핸드그라인더 가격 얼마?"
+    assert kb.coverage(question, recommend) == 1.0  # 가격: the entry states a price
+    assert kb.coverage(question, setting) < 0.5  # it names the grinder, no price
+    found = [h.entry for h in kb.search(question, k=len(kb.entries))]
+    assert found.index(recommend) < found.index(setting)
 
 
 def test_search_excludes_and_honours_k(kb):
