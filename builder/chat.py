@@ -28,6 +28,7 @@ and whether the guard or the runaway check stepped in.
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,7 +36,7 @@ from contextlib import closing
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.guard import GuardedText, Reply, echoes, is_decline, runaway, supported
+from builder.guard import GuardedText, Reply, is_decline, runaway, supported
 from builder.prompts import Template, parse_template
 
 log = logging.getLogger(__name__)
@@ -290,17 +291,19 @@ class Chatbot:
     def _guarded(self, hits, question: str, context: str) -> GuardedText:
         # the decline message may name the shop's phone number: the model says it when it declines
         sources = [h.entry.text for h in hits] + [question, context, self.rag.decline_message]
-        return GuardedText(sources, enabled=self.rag.fact_guard)
+        return GuardedText(sources, enabled=self.rag.fact_guard,
+                           answers=[h.entry.answer for h in hits],
+                           questions=[h.entry.question for h in hits])
 
     def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:
         """After the guard saw the whole answer: the fallback text to add ('' if none)."""
         reply.generated, reply.invented = shown.text, sorted(shown.invented)
         added = ""
         declined = is_decline(reply.text, self.rag.decline_message)
-        if not shown.tripped and not declined and (
-                echoes(reply.text, [h.entry.question for h in hits])
-                or not supported(reply.text, [h.entry.answer for h in hits])):
-            # an entry's question copied, an echo of the customer's, or words from no entry
+        if not shown.tripped and not declined and not supported(
+                reply.text, [h.entry.answer for h in hits]):
+            # an echo of the customer's question, or words from no entry (an entry's question
+            # line copied is the guard's to catch, before anything is shown)
             reply.text = ""
             shown.tripped = True
         if shown.tripped:
@@ -308,6 +311,10 @@ class Chatbot:
             if not reply.text:  # nothing shown yet: the best entry's own answer instead
                 reply.fallback, reply.sources = True, hits[:1]
                 added = reply.text = hits[0].entry.answer
+            elif rest := shown.copied_rest():  # it left the answer it was copying: finish that
+                reply.fallback = True
+                reply.sources = [h for h in hits if h.entry.answer.endswith(rest)][:1] or hits[:1]
+                added, reply.text = rest, reply.text + rest
         if is_decline(reply.text, self.rag.decline_message):
             reply.declined, reply.sources = True, []
         return added
@@ -335,7 +342,9 @@ class Chatbot:
                     reply.text = reply.generated = text
                     continue
                 shown = self._guarded(hits, question, context)
-                reply.text = shown.feed(text) + ("" if looped else shown.finish())
+                # fed word by word, as a stream is: the guard releases and trips as it would live
+                reply.text = "".join(shown.feed(word) for word in re.split(r"(?<=\s)", text))
+                reply.text += "" if looped or shown.tripped else shown.finish()
                 self._settle(reply, shown, hits)
         return replies
 

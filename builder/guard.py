@@ -11,7 +11,11 @@ The fact guard: a sentence is shown only once it is complete and every number it
 (price, days, hours, size, percentage, phone number; builder.facts) is found in the FAQ entries
 the answer was given or in the customer's own words. When a sentence states a number found
 nowhere, the answer stops there; if nothing was shown yet the bot falls back to the best entry's
-own answer. The runaway check ends a generation whose last tokens repeat an earlier stretch.
+own answer. While the answer copies an entry's answer word for word (what a grounded model
+mostly does) it is shown word by word: copied words state only that entry's facts, and should
+the model leave the entry for a number found nowhere, the rest of that entry's answer completes
+it (`copied_rest`). The runaway check ends a generation whose last tokens repeat an earlier
+stretch.
 """
 
 import re
@@ -85,9 +89,15 @@ def is_decline(text: str, decline_message: str) -> bool:
 class GuardedText:
     """Releases a growing answer sentence by sentence, after checking each one's facts."""
 
-    def __init__(self, sources: list[str], enabled: bool = True):
+    def __init__(self, sources: list[str], enabled: bool = True, answers: list[str] = (),
+                 questions: list[str] = ()):
         self.sources = sources
         self.enabled = enabled
+        self.questions = list(questions) if enabled else []  # an answer may not open with one
+        self.echoed = False
+        # the entries' own answers: text copied from one is shown word by word
+        self.answers = [unicodedata.normalize("NFC", a) for a in answers if a] if enabled else []
+        self.copying = bool(self.answers)
         self.text = ""  # everything generated so far
         self.released = 0  # characters of `text` already shown
         self.tripped = False
@@ -104,17 +114,42 @@ class GuardedText:
         if self.tripped:
             return ""
         self.text += delta
-        ends = [m.start() for m in SENTENCE_END.finditer(self.text) if m.start() > self.released]
         out = ""
+        if self.copying:  # still copying an entry's answer: release its complete words
+            text = unicodedata.normalize("NFC", self.text)
+            still = [a for a in self.answers if a.startswith(text)]
+            self.copying = bool(still) and len(text) == len(self.text)
+            if self.copying:
+                self.answers = still  # (when it leaves them, the ones it copied are kept)
+                word_end = max(text.rfind(" "), text.rfind("\n"))
+                if word_end > self.released:
+                    out, self.released = self.text[self.released:word_end], word_end
+        ends = [m.start() for m in SENTENCE_END.finditer(self.text) if m.start() > self.released]
         for end in ends:  # one sentence at a time: stop at the first one with an invented fact
+            if not self.released and echoes(self.text[:end], self.questions):
+                self.tripped = self.echoed = True  # an entry's question line: no answer at all
+                break
             if not self._check(end):
                 break
             out += self.text[self.released:end]
             self.released = end
         return out
 
+    def copied_rest(self) -> str:
+        """After the guard tripped: the rest of the entry answer that everything shown so far
+        was copied from ('' if it was not copied, or nothing was shown)."""
+        shown = unicodedata.normalize("NFC", self.text[:self.released])
+        if not shown.strip():
+            return ""
+        for answer in self.answers:
+            if answer.startswith(shown):
+                return answer[len(shown):]
+        return ""
+
     def finish(self) -> str:
         """The generation ended: check and release the rest."""
+        if not self.tripped and not self.released and echoes(self.text, self.questions):
+            self.tripped = self.echoed = True
         if self.tripped or not self._check(len(self.text)):
             return ""
         out, self.released = self.text[self.released:], len(self.text)

@@ -546,6 +546,27 @@ def test_a_made_up_price_is_never_shown(grounded_bot):
     assert [h.entry for h in reply.sources] == [best] and not reply.declined
 
 
+def test_a_copied_answer_streams_word_by_word_and_a_made_up_turn_is_finished_from_it(grounded_bot):
+    from builder.guard import Reply
+
+    question = ON_TOPIC[0]
+    best = grounded_bot.knowledge.search(question, grounded_bot.rag.k)[0].entry
+    head = best.answer.split(" ")[:3]  # "기본 배송비는 3,000원이며,"
+    copied = forcing(grounded_bot.tokenizer, best.answer)
+    reply = Reply()
+    deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=80,
+                                      logits_processor=[copied]))
+    assert deltas[:3] == [head[0], " " + head[1], " " + head[2]]  # each word, not each sentence
+    assert "".join(deltas) == reply.text == best.answer and not reply.guarded
+    # the model starts copying, then turns to a price no entry states: the entry's own rest
+    turn = forcing(grounded_bot.tokenizer, " ".join(head) + " 오늘은 9,999원입니다.")
+    reply = Reply()
+    deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=80,
+                                      logits_processor=[turn]))
+    assert "".join(deltas) == reply.text == best.answer and "9,999" not in reply.text
+    assert reply.guarded and reply.fallback and reply.invented == [("9999", "원")]
+
+
 def test_the_guard_keeps_the_checked_sentences_before_an_invented_one(grounded_bot):
     made_up = forcing(grounded_bot.tokenizer, "기본 배송비는 3,000원입니다. 제주는 9,999원입니다.")
     reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=40, logits_processor=[made_up])

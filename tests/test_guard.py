@@ -78,3 +78,42 @@ def test_an_answer_that_opens_with_an_faq_question_echoes_it():
     assert echoes("원두는 어떤 용량으로 판매하나요", questions)  # punctuation and spaces aside
     assert not echoes("최근 6개월 구매 금액이 100,000원 이상이면 실버 등급이 됩니다.", questions)
     assert not echoes("네", ["네"])  # too short to say
+
+
+ANSWER = "기본 배송비는 3,000원이며, 30,000원 이상 구매하시면 무료로 배송해 드립니다."
+
+
+def test_an_entrys_answer_copied_word_for_word_is_shown_word_by_word():
+    guard = GuardedText(SOURCES, answers=[ANSWER, "다른 답입니다."])
+    shown = feed_all(guard, ["기본", " 배송비는", " 3,0", "00원이며,", " 30,000원", " 이상"])
+    # each word once the next begins; a half-written "3,0" is never shown
+    assert shown == ["", "기본", " 배송비는", "", " 3,000원이며,", " 30,000원"]
+    assert not guard.tripped and guard.finish() == " 이상"
+
+
+def test_a_copy_that_leaves_its_entry_for_an_invented_price_is_finished_from_the_entry():
+    guard = GuardedText(SOURCES, answers=[ANSWER])
+    shown = feed_all(guard, ["기본 ", "배송비는 ", "3,000원이며, ", "지금은 ", "9,999원 ", "할인 중입니다. "])
+    assert "".join(shown) == "기본 배송비는 3,000원이며,"
+    assert guard.tripped and guard.invented == {("9999", "원")}
+    # what was shown is the entry's answer so far: its rest completes it
+    assert "".join(shown) + guard.copied_rest() == ANSWER
+
+
+def test_a_copy_that_leaves_its_entry_goes_on_sentence_by_sentence():
+    guard = GuardedText(SOURCES, answers=[ANSWER])
+    shown = feed_all(guard, ["기본 ", "배송비는 ", "3,000원입니다. ", "감사합니다. "])
+    assert shown == ["기본", " 배송비는", " 3,000원입니다.", " 감사합니다."] and not guard.tripped
+    assert guard.copied_rest() == ""  # what was shown is no longer the entry's answer
+
+
+def test_an_answer_opening_with_an_entrys_question_is_never_shown():
+    question = "실버 등급이 되려면 얼마나 더 사야 하나요?"
+    guard = GuardedText(SOURCES + [question], questions=[question])
+    shown = feed_all(guard, ["실버 등급이 ", "되려면 얼마나 더 ", "사야 하나요? ", "(회원등급: 브론즈)"])
+    assert shown == ["", "", "", ""] and guard.tripped and guard.echoed and not guard.invented
+    assert guard.finish() == ""
+    # an answer that only shares its first words with the question is shown
+    guard = GuardedText(SOURCES + [question], questions=[question])
+    assert guard.feed("실버 등급이 되려면 구매 금액이 ") == ""
+    assert guard.finish() == "실버 등급이 되려면 구매 금액이 " and not guard.tripped
