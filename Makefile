@@ -49,7 +49,7 @@ browser-deps:
 # embedded model is converted first, so the workers never convert it at the same time.
 test: $(EXTRAS) browser-deps
 	$(PY) -c "from builder.embedded import ensure_embedded_model; ensure_embedded_model()"
-	$(PY) -m pytest -n 2 --dist loadscope
+	$(PY) -m pytest -n 2 --dist loadscope --durations=25
 
 clean:
 	rm -rf runs .venv

@@ -151,15 +151,6 @@ def test_entries_and_hits_carry_their_line_in_the_faq_file(kb, faq_file):
     assert hit.entry.line == 23 and lines[23] == "원두를 개봉했는데 반품되나요?"
 
 
-def test_one_search_takes_well_under_a_second(kb):
-    timings = []
-    for question in ("택배 어디 거 써요?", "환불 언제 돼?", "매장 픽업 가능?"):
-        started = time.perf_counter()
-        kb.search(question, k=3)
-        timings.append(time.perf_counter() - started)
-    assert min(timings) < 1.0, timings  # the best of three: CPU time is shared on test machines
-
-
 # The gate
 
 
