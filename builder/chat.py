@@ -36,7 +36,7 @@ from contextlib import closing
 from pathlib import Path
 
 from builder.errors import UserError
-from builder.guard import GuardedText, Reply, is_decline, runaway, supported
+from builder.guard import GuardedText, Reply, is_decline, runaway
 from builder.prompts import Template, parse_template
 
 log = logging.getLogger(__name__)
@@ -293,28 +293,24 @@ class Chatbot:
         sources = [h.entry.text for h in hits] + [question, context, self.rag.decline_message]
         return GuardedText(sources, enabled=self.rag.fact_guard,
                            answers=[h.entry.answer for h in hits],
-                           questions=[h.entry.question for h in hits])
+                           questions=[h.entry.question for h in hits],
+                           decline_message=self.rag.decline_message)
 
     def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:
         """After the guard saw the whole answer: the fallback text to add ('' if none)."""
         reply.generated, reply.invented = shown.text, sorted(shown.invented)
         added = ""
-        declined = is_decline(reply.text, self.rag.decline_message)
-        if not shown.tripped and not declined and not supported(
-                reply.text, [h.entry.answer for h in hits]):
-            # an echo of the customer's question, or words from no entry (an entry's question
-            # line copied is the guard's to catch, before anything is shown)
-            reply.text = ""
-            shown.tripped = True
-        if shown.tripped:
+        if not reply.text.strip():  # nothing shown (tripped, looped, empty): the best entry's
+            reply.guarded = reply.fallback = True  # own answer instead
+            reply.sources = hits[:1]
+            added = reply.text = hits[0].entry.answer
+        elif (shown.tripped or reply.runaway) and (rest := shown.copied_rest()):
+            # cut while copying an entry's answer: the rest of that answer completes it
+            reply.guarded = reply.fallback = True
+            reply.sources = [h for h in hits if h.entry.answer.endswith(rest)][:1] or hits[:1]
+            added, reply.text = rest, reply.text + rest
+        elif shown.tripped:
             reply.guarded = True
-            if not reply.text:  # nothing shown yet: the best entry's own answer instead
-                reply.fallback, reply.sources = True, hits[:1]
-                added = reply.text = hits[0].entry.answer
-            elif rest := shown.copied_rest():  # it left the answer it was copying: finish that
-                reply.fallback = True
-                reply.sources = [h for h in hits if h.entry.answer.endswith(rest)][:1] or hits[:1]
-                added, reply.text = rest, reply.text + rest
         if is_decline(reply.text, self.rag.decline_message):
             reply.declined, reply.sources = True, []
         return added

@@ -27,6 +27,7 @@ from builder.facts import invented
 # where a sentence ends: ". " "? " "! " "\n", or a Korean sentence ending before a space
 SENTENCE_END = re.compile(r"(?<=[.!?…。])\s+|\n+|(?<=[다요죠네])(?=\s)")
 RUNAWAY_NGRAM = 8  # tokens: the last 8 already generated twice before = a loop
+OPENING_CHARS = 8  # letters and digits an answer's opening needs before it can be judged
 RUNAWAY_REPEATS = 3  # a fact said twice ("배송비 3,000원 ... 반품 배송비 3,000원") is no loop
 
 
@@ -87,27 +88,46 @@ def is_decline(text: str, decline_message: str) -> bool:
 
 
 class GuardedText:
-    """Releases a growing answer sentence by sentence, after checking each one's facts."""
+    """Releases a growing answer sentence by sentence (a copied answer word by word), after
+    checking each one's facts, and its opening before anything is shown."""
 
     def __init__(self, sources: list[str], enabled: bool = True, answers: list[str] = (),
-                 questions: list[str] = ()):
+                 questions: list[str] = (), decline_message: str = ""):
         self.sources = sources
-        self.enabled = enabled
-        self.questions = list(questions) if enabled else []  # an answer may not open with one
-        self.echoed = False
-        # the entries' own answers: text copied from one is shown word by word
-        self.answers = [unicodedata.normalize("NFC", a) for a in answers if a] if enabled else []
+        self.enabled = enabled  # the fact check; the opening is checked whenever entries are given
+        self.questions = list(questions)  # the entries' questions: no answer opens with one
+        self.entry_answers = [a for a in answers if a]  # an answer comes from one of them
+        self.decline_message = decline_message
+        # text copied from an entry's answer is shown word by word
+        self.answers = [unicodedata.normalize("NFC", a) for a in self.entry_answers]
         self.copying = bool(self.answers)
         self.text = ""  # everything generated so far
         self.released = 0  # characters of `text` already shown
         self.tripped = False
         self.invented: set = set()
+        self.echoed = False  # it opened with an entry's question line
+        self.unsupported = False  # its opening comes from no entry's answer
 
     def _check(self, upto: int) -> bool:
         found = invented(self.text[:upto], self.sources) if self.enabled else set()
         if found:
             self.tripped, self.invented = True, found
         return not found
+
+    def _opening(self, upto: int, final: bool = False) -> bool | None:
+        """May the answer's first `upto` characters be shown? Not when they copy an entry's
+        question line, nor when they share too little with every entry's answer (words from
+        nowhere, an echo of the customer's question); the decline message may always be said.
+        None: too short to tell yet ("네")."""
+        text = self.text[:upto]
+        if echoes(text, self.questions):
+            self.tripped = self.echoed = True
+        elif self.entry_answers and not is_decline(text, self.decline_message):
+            if not final and len("".join(ch for ch in text if ch.isalnum())) < OPENING_CHARS:
+                return None
+            if not supported(text, self.entry_answers):
+                self.tripped = self.unsupported = True
+        return not self.tripped
 
     def feed(self, delta: str) -> str:
         """Add generated text; return what may be shown now (complete, checked sentences)."""
@@ -126,9 +146,12 @@ class GuardedText:
                     out, self.released = self.text[self.released:word_end], word_end
         ends = [m.start() for m in SENTENCE_END.finditer(self.text) if m.start() > self.released]
         for end in ends:  # one sentence at a time: stop at the first one with an invented fact
-            if not self.released and echoes(self.text[:end], self.questions):
-                self.tripped = self.echoed = True  # an entry's question line: no answer at all
-                break
+            if not self.released:
+                opening = self._opening(end)
+                if opening is None:
+                    continue  # judged with the next sentence
+                if not opening:
+                    break
             if not self._check(end):
                 break
             out += self.text[self.released:end]
@@ -148,8 +171,8 @@ class GuardedText:
 
     def finish(self) -> str:
         """The generation ended: check and release the rest."""
-        if not self.tripped and not self.released and echoes(self.text, self.questions):
-            self.tripped = self.echoed = True
+        if not self.tripped and not self.released:
+            self._opening(len(self.text), final=True)
         if self.tripped or not self._check(len(self.text)):
             return ""
         out, self.released = self.text[self.released:], len(self.text)

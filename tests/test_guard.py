@@ -117,3 +117,17 @@ def test_an_answer_opening_with_an_entrys_question_is_never_shown():
     guard = GuardedText(SOURCES + [question], questions=[question])
     assert guard.feed("실버 등급이 되려면 구매 금액이 ") == ""
     assert guard.finish() == "실버 등급이 되려면 구매 금액이 " and not guard.tripped
+
+
+def test_an_opening_from_no_entrys_answer_is_never_shown_but_the_decline_message_is():
+    decline = DECLINE_MESSAGE
+    guard = GuardedText(SOURCES, answers=[ANSWER], decline_message=decline)
+    shown = feed_all(guard, ["네 ", "오늘 날씨가 맑고 ", "바람이 붑니다. ", "기본 배송비는 3,000원입니다. "])
+    # "네" is too short to judge; with the next sentence it is an answer from no entry
+    assert shown == ["", "", "", ""] and guard.tripped and guard.unsupported
+    guard = GuardedText(SOURCES, answers=[ANSWER], decline_message=decline)
+    assert guard.feed(decline + " ") == decline and not guard.tripped
+    guard = GuardedText(SOURCES, answers=[ANSWER], decline_message=decline)
+    assert guard.feed("네 기본 배송비는 3,000원이고 ") == ""  # judged once a sentence ends
+    assert guard.feed("30,000원 이상이면 무료로 배송해 드립니다. ") == (
+        "네 기본 배송비는 3,000원이고 30,000원 이상이면 무료로 배송해 드립니다.")
