@@ -293,7 +293,8 @@ class Chatbot:
         sources = [h.entry.text for h in hits] + [question, context, self.rag.decline_message]
         return GuardedText(sources, enabled=self.rag.fact_guard,
                            answers=[h.entry.answer for h in hits],
-                           questions=[h.entry.question for h in hits],
+                           questions=[line for h in hits
+                                      for line in (h.entry.question, h.entry.context) if line],
                            decline_message=self.rag.decline_message)
 
     def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:

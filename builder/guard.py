@@ -73,9 +73,10 @@ def supported(text: str, sources: list[str], floor: float = 0.3) -> bool:
 
 
 def echoes(text: str, questions: list[str]) -> bool:
-    """Does the answer open with one of the FAQ questions it was shown? A small model sometimes
-    copies an entry's question line ("실버 등급이 되려면 얼마나 더 사야 하나요?") instead of its
-    answer: a question is not an answer."""
+    """Does the answer open with one of the FAQ questions (or context lines) it was shown? A
+    small model sometimes copies an entry's question line ("실버 등급이 되려면 얼마나 더 사야
+    하나요?") or its situation ("회원등급: 실버, 결제 예정 금액 40,000원") instead of its
+    answer: neither is an answer."""
     squeeze = lambda s: "".join(ch for ch in unicodedata.normalize("NFC", s) if ch.isalnum())  # noqa: E731
     said = squeeze(text)
     return any(len(q) >= 4 and said.startswith(q) for q in map(squeeze, questions))
@@ -95,7 +96,8 @@ class GuardedText:
                  questions: list[str] = (), decline_message: str = ""):
         self.sources = sources
         self.enabled = enabled  # the fact check; the opening is checked whenever entries are given
-        self.questions = list(questions)  # the entries' questions: no answer opens with one
+        self.questions = list(questions)  # the entries' question and context lines: no answer
+        # opens with one
         self.entry_answers = [a for a in answers if a]  # an answer comes from one of them
         self.decline_message = decline_message
         # text copied from an entry's answer is shown word by word
@@ -116,7 +118,7 @@ class GuardedText:
 
     def _opening(self, upto: int, final: bool = False) -> bool | None:
         """May the answer's first `upto` characters be shown? Not when they copy an entry's
-        question line, nor when they share too little with every entry's answer (words from
+        question or context line, nor when they share too little with every entry's answer (words from
         nowhere, an echo of the customer's question); the decline message may always be said.
         None: too short to tell yet ("네")."""
         text = self.text[:upto]

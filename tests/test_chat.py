@@ -546,6 +546,20 @@ def test_a_made_up_price_is_never_shown(grounded_bot):
     assert [h.entry for h in reply.sources] == [best] and not reply.declined
 
 
+def test_an_answer_copying_an_entrys_context_line_is_never_shown(grounded_bot):
+    from builder.guard import Reply
+
+    question = "이대로 주문하면 배송비 붙어요?"
+    hits = grounded_bot.knowledge.search(question, grounded_bot.rag.k)
+    with_context = next(h.entry for h in hits if h.entry.context)
+    echo = forcing(grounded_bot.tokenizer, with_context.context + ")")
+    reply = Reply()
+    deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=60,
+                                      logits_processor=[echo]))
+    assert reply.generated.startswith(with_context.context)
+    assert "".join(deltas) == reply.text == hits[0].entry.answer and reply.fallback
+
+
 def test_a_copied_answer_streams_word_by_word_and_a_made_up_turn_is_finished_from_it(grounded_bot):
     from builder.guard import Reply
 
