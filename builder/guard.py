@@ -96,8 +96,7 @@ class GuardedText:
                  questions: list[str] = (), decline_message: str = ""):
         self.sources = sources
         self.enabled = enabled  # the fact check; the opening is checked whenever entries are given
-        self.questions = list(questions)  # the entries' question and context lines: no answer
-        # opens with one
+        self.questions = list(questions)  # entries' question and context lines: not an answer
         self.entry_answers = [a for a in answers if a]  # an answer comes from one of them
         self.decline_message = decline_message
         # text copied from an entry's answer is shown word by word
@@ -118,9 +117,9 @@ class GuardedText:
 
     def _opening(self, upto: int, final: bool = False) -> bool | None:
         """May the answer's first `upto` characters be shown? Not when they copy an entry's
-        question or context line, nor when they share too little with every entry's answer (words from
-        nowhere, an echo of the customer's question); the decline message may always be said.
-        None: too short to tell yet ("네")."""
+        question or context line, nor when they share too little with every entry's answer
+        (words from nowhere, an echo of the customer's question); the decline message may always
+        be said. None: too short to tell yet ("네")."""
         text = self.text[:upto]
         if echoes(text, self.questions):
             self.tripped = self.echoed = True
