@@ -65,7 +65,7 @@ def hub_login(hub_server, monkeypatch):
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory):
     """The real embedded gemma-3-270m trained on the first 24 sample FAQ rows (8 steps x 4
-    grounded rows, validation at steps 4 and 8) and merged: one run shared by the slow tests of
+    grounded rows, validation at steps 2, 4, 6 and 8) and merged: one run shared by the slow tests of
     training and evaluation (minutes on 2 CPU cores). Tests that change a run copy it first."""
     from pathlib import Path
 
@@ -81,7 +81,7 @@ def embedded_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("embedded-run")
     prepared = make_prepared(tmp, 24)
     cfg = load_config(Path(__file__).parents[1] / "configs" / "embedded-cpu.yaml",
-                      ["train.max_steps=8", "train.eval_steps=4", "train.batch_size=4",
+                      ["train.max_steps=8", "train.eval_steps=2", "train.batch_size=4",
                        "train.warmup_steps=0", "train.lr=2e-3"])
     run = train(prepared, tmp / "run", cfg, log=lambda *_: None)
     merge(run, log=lambda *_: None)

@@ -287,7 +287,8 @@ def test_embedded_training_changes_lora_weights_and_lowers_val_loss(embedded_run
     evals = [h["eval_loss"] for h in metrics["log_history"] if "eval_loss" in h]
     # validation rows are other FAQ entries answered from retrieved context: the skill the bot
     # needs, so the loss the plot shows must fall below its first value
-    assert len(evals) == 2 and evals[-1] < evals[0], evals
+    assert len(evals) == 4 and evals[-1] < evals[0], evals
+    assert metrics["best_eval_loss"] == min(evals) < metrics["first_eval_loss"] == evals[0]
 
 
 @pytest.mark.slow
@@ -305,6 +306,10 @@ def test_merged_logits_equal_base_plus_adapter(embedded_run):
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     ids = tokenizer("### 질문:\n배송비는 얼마인가요?\n\n### 답변:\n", return_tensors="pt")["input_ids"]
     base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32)
+    base_bf16 = AutoModelForCausalLM.from_pretrained(meta["base_model_path"],
+                                                     dtype=torch.bfloat16).float().eval()
+    with torch.no_grad():  # what 16-bit rounding costs the base model itself
+        rounding = (base_bf16(ids).logits - base.eval()(ids).logits).abs().max()
     with_adapter = PeftModel.from_pretrained(base, embedded_run / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -312,8 +317,10 @@ def test_merged_logits_equal_base_plus_adapter(embedded_run):
         got = merged(ids).logits
         exact = with_adapter.merge_and_unload()(ids).logits
     assert torch.allclose(exact, expected, atol=1e-3)  # the merge itself, in fp32
-    # the saved 16-bit weights: within bf16 rounding, and the same next tokens
-    assert (got - expected).abs().max() < 0.5, (got - expected).abs().max()
+    # the saved 16-bit weights: off by no more than a few times what rounding costs the base
+    # (logits reach ~30: bf16 keeps 8 bits, and 18 layers add up), and the same next tokens
+    assert (got - expected).abs().max() < max(0.5, 4 * rounding), ((got - expected).abs().max(),
+                                                                    rounding)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.95
 
 
