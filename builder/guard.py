@@ -58,12 +58,17 @@ def runaway(ids: list[int], n: int = RUNAWAY_NGRAM, repeats: int = RUNAWAY_REPEA
     return seen >= repeats
 
 
+def letters(text: str) -> str:
+    """The letters and digits of `text` (NFC), spaces and punctuation left out."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", text) if ch.isalnum())
+
+
 def supported(text: str, sources: list[str], floor: float = 0.3) -> bool:
     """Does the answer come from one of its sources? At least `floor` of its character bigrams
     (spaces and punctuation aside) occur in one source. A grounded answer copies or rewords an
     entry; an echo of the question or an answer from nowhere shares little with any answer."""
     def bigrams(s: str) -> set[str]:
-        s = "".join(ch for ch in unicodedata.normalize("NFC", s) if ch.isalnum())
+        s = letters(s)
         return {s[i:i + 2] for i in range(len(s) - 1)}
 
     mine = bigrams(text)
@@ -77,9 +82,8 @@ def echoes(text: str, questions: list[str]) -> bool:
     small model sometimes copies an entry's question line ("실버 등급이 되려면 얼마나 더 사야
     하나요?") or its situation ("회원등급: 실버, 결제 예정 금액 40,000원") instead of its
     answer: neither is an answer."""
-    squeeze = lambda s: "".join(ch for ch in unicodedata.normalize("NFC", s) if ch.isalnum())  # noqa: E731
-    said = squeeze(text)
-    return any(len(q) >= 4 and said.startswith(q) for q in map(squeeze, questions))
+    said = letters(text)
+    return any(len(q) >= 4 and said.startswith(q) for q in map(letters, questions))
 
 
 def is_decline(text: str, decline_message: str) -> bool:
@@ -124,7 +128,7 @@ class GuardedText:
         if echoes(text, self.questions):
             self.tripped = self.echoed = True
         elif self.entry_answers and not is_decline(text, self.decline_message):
-            if not final and len("".join(ch for ch in text if ch.isalnum())) < OPENING_CHARS:
+            if not final and len(letters(text)) < OPENING_CHARS:
                 return None
             if not supported(text, self.entry_answers):
                 self.tripped = self.unsupported = True
