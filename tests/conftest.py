@@ -65,8 +65,9 @@ def hub_login(hub_server, monkeypatch):
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory):
     """The real embedded gemma-3-270m trained on the first 24 sample FAQ rows (8 steps x 4
-    grounded rows, validation at steps 2, 4, 6 and 8) and merged: one run shared by the slow tests of
-    training and evaluation (minutes on 2 CPU cores). Tests that change a run copy it first."""
+    grounded rows, validation at steps 2, 4, 6 and 8) and merged: one run shared by the slow
+    tests of training, evaluation and model merging (minutes on 2 CPU cores). Tests that change
+    a run copy it first."""
     from pathlib import Path
 
     from builder.config import load_config
@@ -112,11 +113,11 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class ByTestGroup(LoadScopeScheduling):
+    class ByWorkGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             return work_group(nodeid)
 
-    return ByTestGroup(config, log)
+    return ByWorkGroup(config, log)
 
 
 # Fixtures added by other modules go below.
