@@ -267,6 +267,7 @@ class Chatbot:
         event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "question": question,
                  "event": "fact guard" if reply.guarded else "runaway check",
                  "outcome": "fallback to the best entry" if reply.fallback else "answer cut",
+                 "why": reply.why,
                  "invented": [list(f) for f in reply.invented], "generated": reply.generated}
         log.info("%s: %r -> %s", event["event"], question, event["outcome"])
         if self.log_path is not None:
@@ -291,15 +292,21 @@ class Chatbot:
     def _guarded(self, hits, question: str, context: str) -> GuardedText:
         # the decline message may name the shop's phone number: the model says it when it declines
         sources = [h.entry.text for h in hits] + [question, context, self.rag.decline_message]
+        # a lower entry may be copied only if it covers the question as well as the best one:
+        # "탈퇴하고 언제 다시 가입?" is not answered with how to leave
+        best = self.knowledge.coverage(question, hits[0].entry) if hits else 0.0
+        may_copy = [h.entry.answer for h in hits
+                    if self.knowledge.coverage(question, h.entry) >= best]
         return GuardedText(sources, enabled=self.rag.fact_guard,
                            answers=[h.entry.answer for h in hits],
                            questions=[line for h in hits
                                       for line in (h.entry.question, h.entry.context) if line],
-                           decline_message=self.rag.decline_message)
+                           decline_message=self.rag.decline_message, may_copy=may_copy)
 
     def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:
         """After the guard saw the whole answer: the fallback text to add ('' if none)."""
         reply.generated, reply.invented = shown.text, sorted(shown.invented)
+        reply.why = shown.why() or ("a repeating loop" if reply.runaway else "")
         added = ""
         if not reply.text.strip():  # nothing shown (tripped, looped, empty): the best entry's
             reply.guarded = reply.fallback = True  # own answer instead

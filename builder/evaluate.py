@@ -598,7 +598,10 @@ def _figure_rows(report: dict):
     if q:
         for key, label in (("invented_shown", "answers shown with an invented fact"),
                            ("invented_in_declines", "declined answers with an invented fact"),
-                           ("invented_before_guard", "answers the fact guard had to stop"),
+                           ("invented_before_guard",
+                            "answers the guard stopped for an invented fact"),
+                           ("guard_fallbacks", "answers the guard completed or replaced with an "
+                                               "FAQ answer"),
                            ("runaway", "runaway answers cut")):
             yield label, [q.get(s, {}).get(key) for s in systems]
 

@@ -14,8 +14,10 @@ nowhere, the answer stops there; if nothing was shown yet the bot falls back to 
 own answer. While the answer copies an entry's answer word for word (what a grounded model
 mostly does) it is shown word by word: copied words state only that entry's facts, and should
 the model leave the entry for a number found nowhere, the rest of that entry's answer completes
-it (`copied_rest`). The runaway check ends a generation whose last tokens repeat an earlier
-stretch.
+it (`copied_rest`); so does the entry's rest when the copy changes one of its numbers ("100개
+이상은 10%, 500개 이상은 15%" copied as "100개 이상은 15%"). A copy of an entry that matches the
+question less well than the best entry is not shown either (`may_copy`): the best entry's answer
+is. The runaway check ends a generation whose last tokens repeat an earlier stretch.
 """
 
 import re
@@ -45,6 +47,7 @@ class Reply:
     runaway: bool = False  # the runaway check ended a repeating generation
     invented: list = field(default_factory=list)  # facts the model stated that no source has
     generated: str = ""  # the model's own text, before the guard
+    why: str = ""  # why the guard stepped in (for the log)
 
 
 def runaway(ids: list[int], n: int = RUNAWAY_NGRAM, repeats: int = RUNAWAY_REPEATS) -> bool:
@@ -97,7 +100,8 @@ class GuardedText:
     checking each one's facts, and its opening before anything is shown."""
 
     def __init__(self, sources: list[str], enabled: bool = True, answers: list[str] = (),
-                 questions: list[str] = (), decline_message: str = ""):
+                 questions: list[str] = (), decline_message: str = "",
+                 may_copy: list[str] | None = None):
         self.sources = sources
         self.enabled = enabled  # the fact check; the opening is checked whenever entries are given
         self.questions = list(questions)  # entries' question and context lines: not an answer
@@ -106,12 +110,17 @@ class GuardedText:
         # text copied from an entry's answer is shown word by word
         self.answers = [unicodedata.normalize("NFC", a) for a in self.entry_answers]
         self.copying = bool(self.answers)
+        # the answers a copy may come from (None: any); the others fit the question less well
+        self.may_copy = (None if may_copy is None
+                         else {unicodedata.normalize("NFC", a) for a in may_copy})
         self.text = ""  # everything generated so far
         self.released = 0  # characters of `text` already shown
         self.tripped = False
         self.invented: set = set()
         self.echoed = False  # it opened with an entry's question line
         self.unsupported = False  # its opening comes from no entry's answer
+        self.reselected = False  # it copied an entry that fits the question less than the best
+        self.changed = False  # it copied an entry's answer but changed one of its numbers
 
     def _check(self, upto: int) -> bool:
         found = invented(self.text[:upto], self.sources) if self.enabled else set()
@@ -143,7 +152,17 @@ class GuardedText:
         if self.copying:  # still copying an entry's answer: release its complete words
             text = unicodedata.normalize("NFC", self.text)
             still = [a for a in self.answers if a.startswith(text)]
-            self.copying = bool(still) and len(text) == len(self.text)
+            if len(text) != len(self.text):
+                still = []  # (normalising changed it: no longer word for word)
+            if still and not any(map(self._may_copy, still)):  # only entries that fit less
+                if len(letters(text)) < OPENING_CHARS:
+                    return ""  # "네, " opens many answers: judged once it says more
+                self.tripped = self.reselected = True
+                return ""
+            if not still and self._changes_a_number(text):
+                self.tripped = self.changed = True
+                return ""
+            self.copying = bool(still)
             if self.copying:
                 self.answers = still  # (when it leaves them, the ones it copied are kept)
                 word_end = max(text.rfind(" "), text.rfind("\n"))
@@ -163,13 +182,36 @@ class GuardedText:
             self.released = end
         return out
 
+    def why(self) -> str:
+        """Why the guard tripped, in the log's words ('' if it did not)."""
+        reasons = [(self.invented, "a fact in no entry"), (self.echoed, "an entry's question line"),
+                   (self.unsupported, "words from no entry's answer"),
+                   (self.reselected, "an entry fitting the question less than the best"),
+                   (self.changed, "an entry's answer with a number changed")]
+        return next((why for flag, why in reasons if flag), "")
+
+    def _may_copy(self, answer: str) -> bool:
+        return self.may_copy is None or answer in self.may_copy
+
+    def _changes_a_number(self, text: str) -> bool:
+        """Did the copy leave its entry's answer inside a number, or to say a number: a copied
+        sentence with a number changed ("100개 이상은 15%" for "100개 이상은 10%, 500개 이상은
+        15%")? Rewording elsewhere ("3,000원입니다" for "3,000원이며") is fine."""
+        for answer in self.answers:
+            at = next((i for i, (a, b) in enumerate(zip(answer, text)) if a != b), None)
+            if at is None or len(letters(text[:at])) < OPENING_CHARS:
+                continue  # a whole copy goes on, or too little was copied to call it a copy
+            if text[at].isdigit() or text[at - 1].isdigit():  # it says a number of its own
+                return True
+        return False
+
     def copied_rest(self) -> str:
         """After the guard tripped: the rest of the entry answer that everything shown so far
         was copied from ('' if it was not copied, or nothing was shown)."""
         shown = unicodedata.normalize("NFC", self.text[:self.released])
         if not shown.strip():
             return ""
-        for answer in self.answers:
+        for answer in filter(self._may_copy, self.answers):
             if answer.startswith(shown):
                 return answer[len(shown):]
         return ""

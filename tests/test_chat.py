@@ -695,3 +695,23 @@ def test_a_grounded_run_loads_its_knowledge(tiny_runs, knowledge, tmp_path):
     assert bot.knowledge.entries == knowledge.entries
     reply = bot.reply(OFF_TOPIC)
     assert reply.gated and reply.text == bot.rag.decline_message
+
+
+def test_an_answer_copied_from_an_entry_that_fits_less_shows_the_best_entry(grounded_bot):
+    from builder.guard import Reply
+
+    bot = grounded_bot
+    for question in ON_TOPIC:  # a question whose second entry covers less of it than the first
+        hits = bot.knowledge.search(question, bot.rag.k)
+        worse = [h for h in hits[1:] if bot.knowledge.coverage(question, h.entry)
+                 < bot.knowledge.coverage(question, hits[0].entry)]
+        if worse and bot.knowledge.relevant(question, hits):
+            break
+    assert worse, "no question here has a less fitting second entry"
+    reply = Reply()
+    copy = forcing(bot.tokenizer, worse[0].entry.answer)
+    deltas = list(bot.stream(question, reply=reply, max_new_tokens=80, logits_processor=[copy]))
+    assert reply.generated.startswith(worse[0].entry.answer[:10])
+    assert "".join(deltas) == reply.text == hits[0].entry.answer
+    assert reply.fallback and reply.why == "an entry fitting the question less than the best"
+    assert [h.entry for h in reply.sources] == [hits[0].entry]

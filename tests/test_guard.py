@@ -131,3 +131,37 @@ def test_an_opening_from_no_entrys_answer_is_never_shown_but_the_decline_message
     assert guard.feed("네 기본 배송비는 3,000원이고 ") == ""  # judged once a sentence ends
     assert guard.feed("30,000원 이상이면 무료로 배송해 드립니다. ") == (
         "네 기본 배송비는 3,000원이고 30,000원 이상이면 무료로 배송해 드립니다.")
+
+
+def test_a_copy_that_changes_one_of_its_entrys_numbers_is_finished_from_the_entry():
+    answer = "네, 드립백은 50개 이상부터 단체 주문이 가능합니다. 100개 이상은 10%, 500개 이상은 15% 할인해 드려요."
+    guard = GuardedText([answer], answers=[answer])
+    # both 15% and 100개 are in the entry, but not together: the copy changed a number
+    shown = feed_all(guard, ["네, 드립백은 ", "50개 이상부터 ", "단체 주문이 ", "가능합니다. ",
+                             "100개 ", "이상은 ", "15% ", "할인해 ", "드려요."])
+    assert guard.tripped and guard.changed and not guard.invented
+    assert "".join(shown) + guard.copied_rest() == answer
+    assert guard.why() == "an entry's answer with a number changed"
+    # the same copy reworded where it states no number goes on
+    guard = GuardedText([answer], answers=[answer])
+    shown = feed_all(guard, ["네, 드립백은 ", "50개 이상부터 ", "단체 주문을 ", "받아요. "])
+    assert not guard.tripped and "".join(shown) + guard.finish() == (
+        "네, 드립백은 50개 이상부터 단체 주문을 받아요. ")
+
+
+def test_a_copy_of_an_entry_that_fits_the_question_less_is_not_shown():
+    rejoin = "네, 가능합니다. 다만 같은 이메일로는 탈퇴일로부터 30일이 지난 뒤에 다시 가입하실 수 있어요."
+    leave = "마이페이지 > 회원정보 수정 하단의 '회원탈퇴'에서 진행하실 수 있습니다."
+    guard = GuardedText([rejoin, leave], answers=[rejoin, leave], may_copy=[rejoin])
+    shown = feed_all(guard, ["마이", "페이지 ", "> ", "회원정보 ", "수정 "])
+    assert shown == [""] * 5 and guard.tripped and guard.reselected
+    assert guard.copied_rest() == "" and guard.finish() == ""  # nothing shown: the best entry's
+    # an opening shared by both is held until it says which it copies
+    other = "네, 가능합니다. 탈퇴 신청은 마이페이지에서 하실 수 있어요."
+    guard = GuardedText([rejoin, other], answers=[rejoin, other], may_copy=[other])
+    assert guard.feed("네, ") == "네," and guard.feed("가능합니다. ") == " 가능합니다."
+    assert guard.feed("다만 ") == "" and guard.tripped and guard.reselected
+    assert guard.copied_rest() == " 탈퇴 신청은 마이페이지에서 하실 수 있어요."
+    # with no may_copy every entry may be copied
+    guard = GuardedText([rejoin, leave], answers=[rejoin, leave])
+    assert feed_all(guard, ["마이", "페이지 ", "> "])[1:] == ["마이페이지", " >"]
