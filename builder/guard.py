@@ -12,7 +12,7 @@ The fact guard: a sentence is shown only once it is complete and every number it
 the answer was given or in the customer's own words. When a sentence states a number found
 nowhere, the answer stops there; if nothing was shown yet the bot falls back to the best entry's
 own answer. While the answer copies an entry's answer word for word (what a grounded model
-mostly does) it is shown word by word: copied words state only that entry's facts, and should
+mostly does) it is shown as it comes: copied text states only that entry's facts, and should
 the model leave the entry for a number found nowhere, the rest of that entry's answer completes
 it (`copied_rest`); so does the entry's rest when the copy changes one of its numbers ("100개
 이상은 10%, 500개 이상은 15%" copied as "100개 이상은 15%"). A copy of an entry that matches the
@@ -96,7 +96,7 @@ def is_decline(text: str, decline_message: str) -> bool:
 
 
 class GuardedText:
-    """Releases a growing answer sentence by sentence (a copied answer word by word), after
+    """Releases a growing answer sentence by sentence (a copied answer as it comes), after
     checking each one's facts, and its opening before anything is shown."""
 
     def __init__(self, sources: list[str], enabled: bool = True, answers: list[str] = (),
@@ -107,7 +107,7 @@ class GuardedText:
         self.questions = list(questions)  # entries' question and context lines: not an answer
         self.entry_answers = [a for a in answers if a]  # an answer comes from one of them
         self.decline_message = decline_message
-        # text copied from an entry's answer is shown word by word
+        # text copied from an entry's answer is shown as it comes
         self.answers = [unicodedata.normalize("NFC", a) for a in self.entry_answers]
         self.copying = bool(self.answers)
         # the answers a copy may come from (None: any); the others fit the question less well
@@ -149,7 +149,7 @@ class GuardedText:
             return ""
         self.text += delta
         out = ""
-        if self.copying:  # still copying an entry's answer: release its complete words
+        if self.copying:  # still copying an entry's answer: release it as it comes
             text = unicodedata.normalize("NFC", self.text)
             still = [a for a in self.answers if a.startswith(text)]
             if len(text) != len(self.text):
@@ -165,9 +165,9 @@ class GuardedText:
             self.copying = bool(still)
             if self.copying:
                 self.answers = still  # (when it leaves them, the ones it copied are kept)
-                word_end = max(text.rfind(" "), text.rfind("\n"))
-                if word_end > self.released:
-                    out, self.released = self.text[self.released:word_end], word_end
+                # (a number half written, "3,0", is safe: should the copy change it, the rest
+                # of the entry's answer completes what was shown)
+                out, self.released = self.text[self.released:], len(self.text)
         ends = [m.start() for m in SENTENCE_END.finditer(self.text) if m.start() > self.released]
         for end in ends:  # one sentence at a time: stop at the first one with an invented fact
             if not self.released:

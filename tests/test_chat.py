@@ -560,7 +560,7 @@ def test_an_answer_copying_an_entrys_context_line_is_never_shown(grounded_bot):
     assert "".join(deltas) == reply.text == hits[0].entry.answer and reply.fallback
 
 
-def test_a_copied_answer_streams_word_by_word_and_a_made_up_turn_is_finished_from_it(grounded_bot):
+def test_a_copied_answer_streams_as_it_comes_and_a_made_up_turn_is_finished_from_it(grounded_bot):
     from builder.guard import Reply
 
     question = ON_TOPIC[0]
@@ -570,7 +570,8 @@ def test_a_copied_answer_streams_word_by_word_and_a_made_up_turn_is_finished_fro
     reply = Reply()
     deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=80,
                                       logits_processor=[copied]))
-    assert deltas[:3] == [head[0], " " + head[1], " " + head[2]]  # each word, not each sentence
+    # token by token as the model copies, not sentence by sentence
+    assert len(deltas) > len(best.answer.split()) and deltas[0] == head[0][:len(deltas[0])]
     assert "".join(deltas) == reply.text == best.answer and not reply.guarded
     # the model starts copying, then turns to a price no entry states: the entry's own rest
     turn = forcing(grounded_bot.tokenizer, " ".join(head) + " 오늘은 9,999원입니다.")

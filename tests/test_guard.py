@@ -83,18 +83,22 @@ def test_an_answer_that_opens_with_an_faq_question_echoes_it():
 ANSWER = "기본 배송비는 3,000원이며, 30,000원 이상 구매하시면 무료로 배송해 드립니다."
 
 
-def test_an_entrys_answer_copied_word_for_word_is_shown_word_by_word():
+def test_an_entrys_answer_copied_word_for_word_is_shown_as_it_comes():
     guard = GuardedText(SOURCES, answers=[ANSWER, "다른 답입니다."])
-    shown = feed_all(guard, ["기본", " 배송비는", " 3,0", "00원이며,", " 30,000원", " 이상"])
-    # each word once the next begins; a half-written "3,0" is never shown
-    assert shown == ["", "기본", " 배송비는", "", " 3,000원이며,", " 30,000원"]
-    assert not guard.tripped and guard.finish() == " 이상"
+    deltas = ["기본", " 배송비는", " 3,0", "00원이며,", " 30,000원", " 이상"]
+    assert feed_all(guard, deltas) == deltas  # no waiting for a sentence's end
+    assert not guard.tripped and guard.finish() == ""
+    # a number half shown, then changed: the entry's own rest completes what was shown
+    guard = GuardedText(SOURCES, answers=[ANSWER])
+    shown = feed_all(guard, ["기본", " 배송비는", " 3,0", "50원이며,"])
+    assert shown == ["기본", " 배송비는", " 3,0", ""] and guard.tripped and guard.changed
+    assert "".join(shown) + guard.copied_rest() == ANSWER
 
 
 def test_a_copy_that_leaves_its_entry_for_an_invented_price_is_finished_from_the_entry():
     guard = GuardedText(SOURCES, answers=[ANSWER])
     shown = feed_all(guard, ["기본 ", "배송비는 ", "3,000원이며, ", "지금은 ", "9,999원 ", "할인 중입니다. "])
-    assert "".join(shown) == "기본 배송비는 3,000원이며,"
+    assert "".join(shown) == "기본 배송비는 3,000원이며, "
     assert guard.tripped and guard.invented == {("9999", "원")}
     # what was shown is the entry's answer so far: its rest completes it
     assert "".join(shown) + guard.copied_rest() == ANSWER
@@ -103,7 +107,7 @@ def test_a_copy_that_leaves_its_entry_for_an_invented_price_is_finished_from_the
 def test_a_copy_that_leaves_its_entry_goes_on_sentence_by_sentence():
     guard = GuardedText(SOURCES, answers=[ANSWER])
     shown = feed_all(guard, ["기본 ", "배송비는 ", "3,000원입니다. ", "감사합니다. "])
-    assert shown == ["기본", " 배송비는", " 3,000원입니다.", " 감사합니다."] and not guard.tripped
+    assert shown == ["기본 ", "배송비는 ", "3,000원입니다.", " 감사합니다."] and not guard.tripped
     assert guard.copied_rest() == ""  # what was shown is no longer the entry's answer
 
 
@@ -159,9 +163,9 @@ def test_a_copy_of_an_entry_that_fits_the_question_less_is_not_shown():
     # an opening shared by both is held until it says which it copies
     other = "네, 가능합니다. 탈퇴 신청은 마이페이지에서 하실 수 있어요."
     guard = GuardedText([rejoin, other], answers=[rejoin, other], may_copy=[other])
-    assert guard.feed("네, ") == "네," and guard.feed("가능합니다. ") == " 가능합니다."
+    assert guard.feed("네, ") == "네, " and guard.feed("가능합니다. ") == "가능합니다. "
     assert guard.feed("다만 ") == "" and guard.tripped and guard.reselected
-    assert guard.copied_rest() == " 탈퇴 신청은 마이페이지에서 하실 수 있어요."
+    assert guard.copied_rest() == "탈퇴 신청은 마이페이지에서 하실 수 있어요."
     # with no may_copy every entry may be copied
     guard = GuardedText([rejoin, leave], answers=[rejoin, leave])
-    assert feed_all(guard, ["마이", "페이지 ", "> "])[1:] == ["마이페이지", " >"]
+    assert feed_all(guard, ["마이", "페이지 ", "> "]) == ["마이", "페이지 ", "> "]
