@@ -131,8 +131,9 @@ class GuardedText:
     def _opening(self, upto: int, final: bool = False) -> bool | None:
         """May the answer's first `upto` characters be shown? Not when they copy an entry's
         question or context line, nor when they share too little with every entry's answer
-        (words from nowhere, an echo of the customer's question); the decline message may always
-        be said. None: too short to tell yet ("네")."""
+        (words from nowhere, an echo of the customer's question) or with every entry it may
+        copy (`may_copy`); the decline message may always be said. None: too short to tell yet
+        ("네")."""
         text = self.text[:upto]
         if echoes(text, self.questions):
             self.tripped = self.echoed = True
@@ -141,6 +142,9 @@ class GuardedText:
                 return None
             if not supported(text, self.entry_answers):
                 self.tripped = self.unsupported = True
+            elif not supported(text, [a for a in self.entry_answers if self._may_copy(
+                    unicodedata.normalize("NFC", a))]):  # it rewords a less fitting entry
+                self.tripped = self.reselected = True
         return not self.tripped
 
     def feed(self, delta: str) -> str:

@@ -169,3 +169,16 @@ def test_a_copy_of_an_entry_that_fits_the_question_less_is_not_shown():
     # with no may_copy every entry may be copied
     guard = GuardedText([rejoin, leave], answers=[rejoin, leave])
     assert feed_all(guard, ["마이", "페이지 ", "> "]) == ["마이", "페이지 ", "> "]
+
+
+def test_an_answer_reworded_from_an_entry_that_fits_the_question_less_is_not_shown():
+    capsule = "일반 캡슐 1개 기준 약 60mg 내외입니다. 디카페인 캡슐은 카페인을 99.9% 제거했어요."
+    coldbrew = "원액과 물을 1:3으로 희석해 원액 50ml로 한 잔을 만드시면 드립커피 한 잔과 비슷해요."
+    guard = GuardedText([capsule, coldbrew], answers=[capsule, coldbrew], may_copy=[capsule])
+    # not a copy from its start, but words of the cold brew entry, not of the capsule one
+    assert guard.feed("1:3으로 희석해 원액 50ml로 한 잔을 만드시면 비슷해요. ") == ""
+    assert guard.tripped and guard.reselected and not guard.unsupported
+    # the same words are an answer when that entry fits the question as well
+    guard = GuardedText([capsule, coldbrew], answers=[capsule, coldbrew])
+    assert guard.feed("1:3으로 희석해 원액 50ml로 한 잔을 만드시면 비슷해요. ") != ""
+    assert not guard.tripped
