@@ -94,12 +94,6 @@ def embedded_run(tmp_path_factory):
 EMBEDDED_RUN_MODULES = {"test_train", "test_evaluate", "test_merge_models"}
 
 
-# The longest units of work (seconds on 2 busy cores, `--durations`), handed out first so that
-# neither worker is left with a long one at the end; the rest follow, most tests first
-SLOWEST_FIRST = ("embedded_run", "test_app", "test_prefer", "test_export", "test_serve",
-                 "test_browser", "test_jobs", "test_docs")  # ~1150, 520, 250, 240, 200, 110 ...
-
-
 def work_group(nodeid):
     """The unit of work `make test` gives one worker: a test module (so its module fixtures,
     tiny models, servers and the app, are built once), or all the modules of the shared
@@ -122,23 +116,6 @@ def pytest_xdist_make_scheduler(config, log):
     class ByWorkGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             return work_group(nodeid)
-
-        def schedule(self):
-            if self.collection is None and self.collection_is_completed:
-                # xdist queues units by their number of tests; queue the slowest first instead
-                def rank(unit):
-                    name, nodeids = unit
-                    slow = name in SLOWEST_FIRST
-                    return (not slow, SLOWEST_FIRST.index(name) if slow else -len(nodeids))
-
-                self.config.option.loadscopereorder = False
-                for node, collection in self.registered_collections.items():
-                    units: dict = {}
-                    for nodeid in collection:
-                        units.setdefault(work_group(nodeid), []).append(nodeid)
-                    ordered = sorted(units.items(), key=rank)
-                    self.registered_collections[node] = [n for _, unit in ordered for n in unit]
-            super().schedule()
 
     return ByWorkGroup(config, log)
 
