@@ -294,9 +294,8 @@ class Chatbot:
         sources = [h.entry.text for h in hits] + [question, context, self.rag.decline_message]
         # a lower entry may be copied only if it covers the question as well as the best one:
         # "탈퇴하고 언제 다시 가입?" is not answered with how to leave
-        best = self.knowledge.coverage(question, hits[0].entry) if hits else 0.0
-        may_copy = [h.entry.answer for h in hits
-                    if self.knowledge.coverage(question, h.entry) >= best]
+        covered = [self.knowledge.coverage(question, h.entry) for h in hits]
+        may_copy = [h.entry.answer for h, c in zip(hits, covered) if c >= covered[0]]
         return GuardedText(sources, enabled=self.rag.fact_guard,
                            answers=[h.entry.answer for h in hits],
                            questions=[line for h in hits

@@ -113,6 +113,8 @@ class GuardedText:
         # the answers a copy may come from (None: any); the others fit the question less well
         self.may_copy = (None if may_copy is None
                          else {unicodedata.normalize("NFC", a) for a in may_copy})
+        self.fitting_answers = [a for a in self.entry_answers  # the ones an answer may reword
+                                if self._may_copy(unicodedata.normalize("NFC", a))]
         self.text = ""  # everything generated so far
         self.released = 0  # characters of `text` already shown
         self.tripped = False
@@ -142,8 +144,7 @@ class GuardedText:
                 return None
             if not supported(text, self.entry_answers):
                 self.tripped = self.unsupported = True
-            elif not supported(text, [a for a in self.entry_answers if self._may_copy(
-                    unicodedata.normalize("NFC", a))]):  # it rewords a less fitting entry
+            elif not supported(text, self.fitting_answers):  # it rewords a less fitting entry
                 self.tripped = self.reselected = True
         return not self.tripped
 
