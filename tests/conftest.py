@@ -3,7 +3,8 @@
 The block at the top runs before any test module imports huggingface_hub or datasets: both read
 HF_ENDPOINT and HF_HUB_DISABLE_XET at import time. It points them at a loopback Hub (started
 lazily by the `hub_server` fixture, on a port picked here) and gives the session its own HF_HOME,
-so the developer's saved login and caches are never used.
+so the developer's saved login and caches are never used. It also makes OpenMP's idle threads
+wait passively (see builder/__init__.py) before a test module imports torch first.
 """
 
 import atexit
@@ -27,6 +28,7 @@ HUB_USER = "tester"
 os.environ["HF_ENDPOINT"] = HUB_URL
 os.environ["HF_HUB_DISABLE_XET"] = "1"  # with hf_xet installed, uploads would go to a Xet CAS
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HF_HOME = tempfile.mkdtemp(prefix="builder-tests-hf-home-")
 atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = HF_HOME

@@ -156,3 +156,17 @@ def test_a_faq_slot_in_only_one_prompt_is_refused():
     bad_entry = both + "faq_entry: \"{question} only\"\n"
     with pytest.raises(UserError, match="faq_entry needs"):
         parse_template(bad_entry, "bad.yaml")
+
+
+def test_importing_the_builder_makes_openmp_wait_passively_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, builder; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = [sys.executable, "-c", code]
+    assert subprocess.run(run, env=env, capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip() == "PASSIVE"
+    assert subprocess.run(run, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                          text=True, cwd=ROOT).stdout.strip() == "ACTIVE"

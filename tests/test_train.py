@@ -330,7 +330,7 @@ def test_resume_after_a_killed_run_finishes(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "builder", "train", str(prepared), "--out", str(run),
                "--config", "configs/embedded-cpu.yaml", "--set", "train.max_steps=4",
-               "--set", "train.eval_steps=2", "--set", "train.batch_size=2"]
+               "--set", "train.eval_steps=2", "--set", "train.batch_size=1"]
     root = Path(__file__).parents[1]
     proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
