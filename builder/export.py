@@ -291,7 +291,8 @@ def verification_prompts(bot, questions: list[str]) -> list[tuple[str, str]]:
     without knowledge)."""
     if bot.knowledge is None:
         return [(q, "") for q in questions]
-    return [(q, bot.template.render_faq([h.entry for h in bot.knowledge.search(q, bot.rag.k)]))
+    return [(q, bot.template.render_faq(
+        [h.entry for h in bot.prompt_hits(q, bot.knowledge.search(q, bot.rag.k))]))
             for q in questions]
 
 

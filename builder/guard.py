@@ -66,27 +66,36 @@ def letters(text: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFC", text) if ch.isalnum())
 
 
+def _bigrams(text: str) -> set[str]:
+    text = letters(text)
+    return {text[i:i + 2] for i in range(len(text) - 1)}
+
+
+def overlap(text: str, sources: list[str]) -> float:
+    """The largest share of `text`'s character bigrams (spaces and punctuation aside) that
+    one of `sources` has (0 for none)."""
+    mine = _bigrams(text)
+    if not mine:
+        return 0.0
+    return max((len(mine & _bigrams(source)) / len(mine) for source in sources), default=0.0)
+
+
 def supported(text: str, sources: list[str], floor: float = 0.3) -> bool:
     """Does the answer come from one of its sources? At least `floor` of its character bigrams
-    (spaces and punctuation aside) occur in one source. A grounded answer copies or rewords an
-    entry; an echo of the question or an answer from nowhere shares little with any answer."""
-    def bigrams(s: str) -> set[str]:
-        s = letters(s)
-        return {s[i:i + 2] for i in range(len(s) - 1)}
-
-    mine = bigrams(text)
-    if not mine:
-        return False
-    return any(len(mine & bigrams(source)) / len(mine) >= floor for source in sources)
+    occur in one source (`overlap`). A grounded answer copies or rewords an entry; an echo of
+    the question or an answer from nowhere shares little with any answer."""
+    return overlap(text, sources) >= floor
 
 
-def echoes(text: str, questions: list[str]) -> bool:
-    """Does the answer open with one of the FAQ questions (or context lines) it was shown? A
-    small model sometimes copies an entry's question line ("실버 등급이 되려면 얼마나 더 사야
-    하나요?") or its situation ("회원등급: 실버, 결제 예정 금액 40,000원") instead of its
-    answer: neither is an answer."""
+def echoes(text: str, questions: list[str], shortest: int = 4) -> bool:
+    """Does the answer open with one of the questions (or context lines) it was shown, or is
+    it the start of one? A small model sometimes copies an entry's question line ("실버 등급이
+    되려면 얼마나 더 사야 하나요?"), its situation ("회원등급: 실버, 결제 예정 금액 40,000원"),
+    the first words of either ("현재 6개월 구매 금액 92,000원") or of the customer's question
+    ("구독 중에 원두 더 사면 할인") instead of an answer: none is an answer."""
     said = letters(text)
-    return any(len(q) >= 4 and said.startswith(q) for q in map(letters, questions))
+    return any(len(q) >= shortest and (said.startswith(q) or len(said) >= OPENING_CHARS
+                                       and q.startswith(said)) for q in map(letters, questions))
 
 
 def is_decline(text: str, decline_message: str) -> bool:
@@ -101,10 +110,13 @@ class GuardedText:
 
     def __init__(self, sources: list[str], enabled: bool = True, answers: list[str] = (),
                  questions: list[str] = (), decline_message: str = "",
-                 may_copy: list[str] | None = None):
+                 may_copy: list[str] | None = None, asked: list[str] = ()):
         self.sources = sources
         self.enabled = enabled  # the fact check; the opening is checked whenever entries are given
         self.questions = list(questions)  # entries' question and context lines: not an answer
+        # nor is the customer's own question or context said back ("반품 배송비" may open an
+        # answer, so only a line of OPENING_CHARS letters or more counts when it opens one)
+        self.asked = [line for line in asked if line]
         self.entry_answers = [a for a in answers if a]  # an answer comes from one of them
         self.decline_message = decline_message
         # text copied from an entry's answer is shown as it comes
@@ -119,7 +131,7 @@ class GuardedText:
         self.released = 0  # characters of `text` already shown
         self.tripped = False
         self.invented: set = set()
-        self.echoed = False  # it opened with an entry's question line
+        self.echoed = False  # it said back a question or context line (an entry's, the customer's)
         self.unsupported = False  # its opening comes from no entry's answer
         self.reselected = False  # it copied an entry that fits the question less than the best
         self.changed = False  # it copied an entry's answer but changed one of its numbers
@@ -137,13 +149,21 @@ class GuardedText:
         copy (`may_copy`); the decline message may always be said. None: too short to tell yet
         ("네")."""
         text = self.text[:upto]
-        if echoes(text, self.questions):
+        if echoes(text, self.questions) or echoes(text, self.asked, OPENING_CHARS):
             self.tripped = self.echoed = True
         elif self.entry_answers and not is_decline(text, self.decline_message):
-            if not final and len(letters(text)) < OPENING_CHARS:
-                return None
+            if len(letters(text)) < OPENING_CHARS:
+                if not final:
+                    return None
+                if letters(text) not in map(letters, self.entry_answers):
+                    self.tripped = self.unsupported = True  # a fragment ("10g"), no answer
+                    return False
             if not supported(text, self.entry_answers):
                 self.tripped = self.unsupported = True
+            elif overlap(text, self.questions + self.asked) > overlap(text, self.entry_answers):
+                # it rewords a question or context line ("현재 6개월 구매 금액 92,000원" for
+                # "회원등급: 브론즈, 최근 6개월 구매 금액 92,000원") more than any answer
+                self.tripped = self.echoed = True
             elif not supported(text, self.fitting_answers):  # it rewords a less fitting entry
                 self.tripped = self.reselected = True
         return not self.tripped
@@ -189,7 +209,7 @@ class GuardedText:
 
     def why(self) -> str:
         """Why the guard tripped, in the log's words ('' if it did not)."""
-        reasons = [(self.invented, "a fact in no entry"), (self.echoed, "an entry's question line"),
+        reasons = [(self.invented, "a fact in no entry"), (self.echoed, "a question said back"),
                    (self.unsupported, "words from no entry's answer"),
                    (self.reselected, "an entry fitting the question less than the best"),
                    (self.changed, "an entry's answer with a number changed")]

@@ -366,6 +366,13 @@ class Knowledge:
             return self._entry_nouns[entry.id]
         return content_nouns(entry.text)
 
+    def fitting(self, question: str, hits: list[Hit]) -> list[Hit]:
+        """The hits that cover `question` as well as the first one does (`coverage`), in
+        their order: the entries an answer may come from. The others fit it less ("탈퇴하고
+        언제 다시 가입?" is not answered with how to leave)."""
+        covered = [self.coverage(question, h.entry) for h in hits]
+        return [h for h, c in zip(hits, covered) if c >= covered[0]] if hits else []
+
     def coverage(self, question: str, entry: Entry) -> float:
         """Share of the question's words found in `entry`, each word weighted by its IDF over
         this FAQ: "새벽배송도 되나요?" against "주말에도 배송이 되나요?" misses 새벽, the word

@@ -282,6 +282,12 @@ class _Retrieval:
         with self.lock:
             return any(self.knowledge.relevant(q, hits) for q in queries)
 
+    def fitting(self, question, hits):
+        queries = [question] + ([f"{self.earlier} {question}"] if self.earlier else [])
+        with self.lock:
+            keep = {h.entry.id for q in queries for h in self.knowledge.fitting(q, hits)}
+        return [h for h in hits if h.entry.id in keep]
+
     def exact(self, question, context=""):
         with self.lock:
             return self.knowledge.exact(question, context)

@@ -698,21 +698,58 @@ def test_a_grounded_run_loads_its_knowledge(tiny_runs, knowledge, tmp_path):
     assert reply.gated and reply.text == bot.rag.decline_message
 
 
-def test_an_answer_copied_from_an_entry_that_fits_less_shows_the_best_entry(grounded_bot):
-    from builder.guard import Reply
-
-    bot = grounded_bot
+def less_fitting(bot):
+    """An on-topic question, its k hits, and those after the first that cover it less."""
     for question in ON_TOPIC:  # a question whose second entry covers less of it than the first
         hits = bot.knowledge.search(question, bot.rag.k)
         worse = [h for h in hits[1:] if bot.knowledge.coverage(question, h.entry)
                  < bot.knowledge.coverage(question, hits[0].entry)]
         if worse and bot.knowledge.relevant(question, hits):
-            break
-    assert worse, "no question here has a less fitting second entry"
+            return question, hits, worse
+    raise AssertionError("no question here has a less fitting second entry")
+
+
+@pytest.mark.parametrize("entries", ["fitting", "all"])
+def test_an_answer_copied_from_an_entry_that_fits_less_shows_the_best_entry(grounded_bot,
+                                                                            monkeypatch, entries):
+    import dataclasses
+
+    from builder.guard import Reply
+
+    bot = grounded_bot
+    monkeypatch.setattr(bot, "rag", dataclasses.replace(bot.rag, prompt_entries=entries))
+    question, hits, worse = less_fitting(bot)
     reply = Reply()
     copy = forcing(bot.tokenizer, worse[0].entry.answer)
     deltas = list(bot.stream(question, reply=reply, max_new_tokens=80, logits_processor=[copy]))
     assert reply.generated.startswith(worse[0].entry.answer[:10])
     assert "".join(deltas) == reply.text == hits[0].entry.answer
-    assert reply.fallback and reply.why == "an entry fitting the question less than the best"
+    # all k in the prompt: a copy of one that fits less; only the fitting ones: words from none
+    assert reply.fallback and reply.why == {
+        "all": "an entry fitting the question less than the best",
+        "fitting": "words from no entry's answer"}[entries]
     assert [h.entry for h in reply.sources] == [hits[0].entry]
+
+
+def test_the_prompt_carries_the_entries_that_fit_the_question_as_well_as_the_best(
+        grounded_bot, monkeypatch):
+    import dataclasses
+
+    bot = grounded_bot
+    question, hits, worse = less_fitting(bot)
+    fitting = [h.entry for h in hits if h not in worse]
+    prompts, generate = [], bot.generate_stream
+
+    def recording(*args, faq="", **kwargs):
+        prompts.append(faq)
+        yield from generate(*args, faq=faq, **kwargs)
+
+    monkeypatch.setattr(bot, "generate_stream", recording)
+    copy = forcing(bot.tokenizer, hits[0].entry.answer)
+    reply = bot.reply(question, max_new_tokens=80, logits_processor=[copy])
+    assert prompts[-1] == bot.template.render_faq(fitting)
+    assert reply.text == hits[0].entry.answer and not reply.fallback
+    assert [h.entry for h in reply.sources] == fitting  # the entries the answer was given
+    monkeypatch.setattr(bot, "rag", dataclasses.replace(bot.rag, prompt_entries="all"))
+    bot.reply(question, max_new_tokens=4)
+    assert prompts[-1] == bot.template.render_faq([h.entry for h in hits])

@@ -182,3 +182,44 @@ def test_an_answer_reworded_from_an_entry_that_fits_the_question_less_is_not_sho
     guard = GuardedText([capsule, coldbrew], answers=[capsule, coldbrew])
     assert guard.feed("1:3으로 희석해 원액 50ml로 한 잔을 만드시면 비슷해요. ") != ""
     assert not guard.tripped
+
+
+def test_an_answer_that_is_the_start_of_a_question_or_context_line_echoes_it():
+    context = "현재 6개월 구매 금액 92,000원, 실버 등급까지 8,000원 남음"
+    assert echoes("현재 6개월 구매 금액 92,000원", [context])  # the tuned model wrote this
+    assert not echoes("현재 6개월", [context])  # too little said to call it an echo
+    # the customer's own words said back count only from OPENING_CHARS letters on
+    asked = ["구독 중에 원두 더 사면 할인 몇 프로?", "반품 배송비"]
+    assert echoes("구독 중에 원두 더 사면 할인", asked, shortest=8)
+    assert not echoes("반품 배송비는 3,000원입니다.", asked, shortest=8)
+    assert echoes("반품 배송비는 3,000원입니다.", asked)  # (as an entry's question line it would)
+
+
+def test_the_customers_question_said_back_or_a_fragment_is_not_an_answer():
+    question = "구독 중에 원두 더 사면 할인 몇 프로?"
+    guard = GuardedText(SOURCES + [question], answers=[ANSWER], asked=[question, ""])
+    assert guard.feed("구독 중에 원두 더 사면 할인") == "" and guard.finish() == ""
+    assert guard.tripped and guard.echoed and guard.why() == "a question said back"
+    guard = GuardedText(SOURCES, answers=[ANSWER], asked=["반품 배송비"])
+    assert guard.feed("기본 배송비는 3,000원입니다. ") == "기본 배송비는 3,000원입니다."
+    # a whole answer too short to be one, unless it is an entry's whole answer
+    guard = GuardedText(SOURCES, answers=[ANSWER])
+    assert guard.feed("3,000원") == "" and guard.finish() == ""
+    assert guard.tripped and guard.unsupported and not guard.invented
+    guard = GuardedText(SOURCES, answers=[ANSWER, "네, 됩니다."])
+    assert guard.feed("네 됩니다") == "" and guard.finish() == "네 됩니다" and not guard.tripped
+
+
+def test_an_opening_closer_to_a_context_line_than_to_every_answer_is_never_shown():
+    context = "회원등급: 브론즈, 최근 6개월 구매 금액 92,000원"
+    answer = "최근 6개월 구매 금액이 100,000원 이상이면 실버 등급이 됩니다."
+    question = "실버 등급 되려면 얼마 사야돼?"
+    guard = GuardedText([context, answer], answers=[answer], questions=[context],
+                        asked=[question])
+    assert guard.feed("현재 6개월 구매 금액 92,000원") == "" and guard.finish() == ""
+    assert guard.tripped and guard.echoed  # the tuned model wrote this, with 현재 for 최근
+    # an answer rewording the entry's answer, with words of the question, is shown
+    guard = GuardedText([context, answer], answers=[answer], questions=[context],
+                        asked=[question])
+    said = "실버 등급이 되려면 6개월 구매 금액이 100,000원 이상이어야 해요. "
+    assert guard.feed(said) == said.strip() and not guard.tripped

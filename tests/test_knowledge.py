@@ -175,6 +175,23 @@ def test_calibrate_picks_a_threshold_with_balanced_accuracies(kb):
     assert gate["positives"] == N_ROWS and gate["negatives"] == len(off_topic_questions())
 
 
+def test_the_fitting_entries_are_those_covering_the_question_as_well_as_the_first(
+        shop_hours_kb):
+    kb = shop_hours_kb
+    question = "핸드그라인더 분쇄도 조절 어떻게 해요?"
+    hits = kb.search(question, k=3)
+    assert [round(kb.coverage(question, h.entry), 2) for h in hits] == [1.0, 0.4, 0.0]
+    assert kb.fitting(question, hits) == hits[:1]
+    # an entry covering more than the first is kept too, in its place (the first has no 문/열다)
+    question = "매장 몇 시에 문 열어요?"
+    hits = kb.search(question, k=3)
+    covered = [kb.coverage(question, h.entry) for h in hits]
+    assert covered[1] > covered[0] > covered[2]
+    assert kb.fitting(question, hits) == hits[:2]
+    # a question every entry covers alike keeps them all; none gives none
+    assert kb.fitting("블록체인", hits) == hits and kb.fitting(question, []) == []
+
+
 def test_the_best_entry_must_cover_what_the_question_asks(kb):
     from builder.knowledge import content_morphemes
 
