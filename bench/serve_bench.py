@@ -3,6 +3,7 @@
     python bench/serve_bench.py runs/NAME                    # transformers, then GGUF (RUN/gguf/)
     python bench/serve_bench.py runs/NAME --engines gguf     # one engine only
     python bench/serve_bench.py runs/NAME --clients 4 --questions 2   # a quick look
+    python bench/serve_bench.py runs/NAME --engines gguf --warm       # builder serve --warm
 
 For each engine the bench starts `builder serve RUN --port FREE [--use gguf]` on 127.0.0.1,
 first asks 5 questions alone (first-token latency of an idle server), then lets every client
@@ -45,12 +46,12 @@ def questions() -> list[str]:
         return [r["question"] for r in csv.DictReader(f) if r["kind"] == "paraphrase"]
 
 
-def start_server(run_dir: Path, use: str, max_queue: int, log_path: Path):
+def start_server(run_dir: Path, use: str, max_queue: int, log_path: Path, warm: bool = False):
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "builder", "serve", str(run_dir), "--port", str(port),
-               "--max-queue", str(max_queue), "--use", use]
+               "--max-queue", str(max_queue), "--use", use] + (["--warm"] if warm else [])
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log_path.open("w"),
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -117,7 +118,8 @@ def percentile(values: list[float], q: float) -> float | None:
 def bench_engine(run_dir: Path, use: str, args, tokenizer) -> dict:
     model = run_dir.resolve().name
     log_path = ROOT / "bench" / "results" / f"serve_bench-{use}.log"
-    proc, url = start_server(run_dir, use, args.max_queue, log_path)
+    proc, url = start_server(run_dir, use, args.max_queue, log_path,
+                             warm=args.warm and use == "gguf")
     asked = questions()
     try:
         # Alone: an idle server's first token
@@ -156,7 +158,9 @@ def bench_engine(run_dir: Path, use: str, args, tokenizer) -> dict:
         "429s": sum(r["refused"] for r in results),
         "errors": len(results) - len(answered),
         "error_examples": [r["error"] for r in results if "error" in r][:3],
+        "warm": args.warm and use == "gguf",
         "first_token_s": {"alone_p50": percentile(alone_first, 0.5),
+                          "alone": [round(s, 3) for s in alone_first],
                           "p50": percentile([r["first_s"] for r in answered if r["first_s"]], .5),
                           "p95": percentile([r["first_s"] for r in answered if r["first_s"]], .95)},
         "total_s": {"p50": percentile([r["total_s"] for r in answered], 0.5),
@@ -176,6 +180,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=5, help="per client")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-queue", type=int, default=8, help="builder serve --max-queue")
+    parser.add_argument("--warm", action="store_true",
+                        help="builder serve --warm for the GGUF engine (every FAQ entry read "
+                        "before serving)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer

@@ -136,7 +136,8 @@ def cmd_serve(args) -> None:
 
     serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
           max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
-          concurrency=args.concurrency, use=args.use, engine_model=args.engine_model)
+          concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
+          warm=args.warm)
 
 
 def cmd_export(args) -> None:
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the largest max_tokens a request may ask for")
     p.add_argument("--concurrency", type=int,
                    help="answers generated at once (default 1 local, 8 with an engine URL)")
+    p.add_argument("--warm", action="store_true",
+                   help="with --use gguf: read every FAQ entry once before serving, so the "
+                   "first answer from each starts sooner (about 0.15 s an entry on 2 cores)")
     use_flag(p)
     p.set_defaults(run=cmd_serve)
 

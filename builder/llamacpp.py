@@ -16,11 +16,18 @@ repetition penalty is applied as transformers applies it in Chatbot (only to tok
 generated, never to the FAQ block in the prompt), so a GGUF at f16 answers what the merged
 model answers. Needs the `gguf` extra (llama-cpp-python). $BUILDER_LLAMA_THREADS sets the
 threads llama.cpp uses (default: every core).
+
+Most of an idle server's first-token time is llama.cpp reading the prompt (~450 tokens/s on 2
+cores). Prompts whose first FAQ entry is the same share their start, so the KV state of recent
+prompts is kept (`PrefixStates`): a new prompt is read only from where it parts from the
+closest one. `warm()` keeps one state per FAQ entry, so even a first question starts there.
 """
 
+import ctypes
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +37,8 @@ from builder.guard import Reply, runaway
 
 THREADS_ENV = "BUILDER_LLAMA_THREADS"  # threads llama.cpp uses (default: every core)
 N_CTX = 4096  # tokens of prompt + answer; a FAQ prompt with 3 entries is a few hundred
+PREFIX_MIN = 32  # shared tokens worth restoring a kept state for (a lone header is ~6)
+PREFIX_BYTES = 512 * 2**20  # KV states kept in all; gemma-3-270m holds 18 KB per token
 INSTALL = ("llama-cpp-python is not installed: pip install -e '.[gguf]' (it builds llama.cpp, "
            "about 5 minutes on 2 cores, once per machine)")
 
@@ -77,6 +86,73 @@ def load_chatbot(run_dir: str | Path, use: str = "auto"):
     return Chatbot.load(run_dir) if use == "auto" else Chatbot.load(run_dir, use=use)
 
 
+def shared_length(a, b) -> int:
+    """How many tokens two token sequences share from their start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixStates:
+    """The llama.cpp KV state of recent prompts (sequence 0 only, no logits), newest last,
+    within a byte budget. llama-cpp-python reuses what is still in its context by itself;
+    this keeps more than the last prompt. Used under the bot's lock."""
+
+    def __init__(self, llama, budget: int = PREFIX_BYTES):
+        self.llama, self.budget = llama, budget
+        self.states: OrderedDict[tuple, bytes] = OrderedDict()
+        self.size = 0
+        self.restored = 0  # prompts started from a kept state
+
+    def save(self) -> None:
+        """Keep the context's state (the prompt and answer just evaluated)."""
+        import llama_cpp
+
+        llama = self.llama
+        key = tuple(int(t) for t in llama.input_ids[:llama.n_tokens])
+        if len(key) < PREFIX_MIN or key in self.states:
+            return
+        ctx = llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        if not written or written > self.budget:
+            return
+        self.states[key] = bytes(buffer)[:written]
+        self.size += written
+        while self.size > self.budget:
+            self.size -= len(self.states.popitem(last=False)[1])
+
+    def restore(self, prompt: list[int]) -> int:
+        """Load the kept state sharing the longest start with `prompt`, if it shares more
+        than the context holds now (and PREFIX_MIN tokens at least). The tokens shared."""
+        import llama_cpp
+
+        llama = self.llama
+        best, length = None, max(PREFIX_MIN - 1,
+                                 shared_length(llama.input_ids[:llama.n_tokens], prompt))
+        for key in self.states:
+            if (n := shared_length(key, prompt)) > length:
+                best, length = key, n
+        if best is None:
+            return 0
+        data = self.states[best]
+        llama._ctx.kv_cache_seq_rm(0, -1, -1)
+        llama.n_tokens = 0
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(data), 0):
+            llama._ctx.kv_cache_seq_rm(0, -1, -1)  # (not loaded: read from the start)
+            return 0
+        llama.input_ids[:len(best)] = best
+        llama.n_tokens = len(best)  # llama.generate reads the prompt from where they part
+        self.states.move_to_end(best)
+        self.restored += 1
+        return length
+
+
 class GgufChatbot(Chatbot):
     """A Chatbot whose model is a llama.cpp GGUF (llama-cpp-python). One answer is generated
     at a time (a Llama object is not thread-safe); others wait for the lock."""
@@ -86,6 +162,7 @@ class GgufChatbot(Chatbot):
         self.llama = llama
         self.context_length = llama.n_ctx()
         self.lock = threading.Lock()
+        self.prefixes = PrefixStates(llama)
 
     @classmethod
     def load(cls, run_dir: str | Path, *, gguf_file: str | Path | None = None,
@@ -138,6 +215,24 @@ class GgufChatbot(Chatbot):
             finally:
                 tokens.close()  # ends llama.cpp's generation loop before the lock is released
 
+    def warm(self, stop_event: threading.Event | None = None) -> int:
+        """Keep a KV state for every FAQ entry as the first in a prompt, so a question whose
+        best entry it is starts there (one entry at a time under the lock: answers go
+        between). The entries warmed."""
+        warmed = 0
+        for entry in self.knowledge.entries if self.knowledge is not None else []:
+            if stop_event is not None and stop_event.is_set():
+                break
+            prompt = self.encode(self.template.render("", "", self.template.render_faq([entry])))
+            if len(prompt) + 1 > self.context_length:
+                continue
+            with self.lock:
+                self.llama.reset()
+                self.llama.eval(prompt)
+                self.prefixes.save()
+            warmed += 1
+        return warmed
+
     def _tokens(self, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
                 stop_event, flags: Reply | None, generated_ids: list[int] | None):
         import numpy as np
@@ -155,6 +250,7 @@ class GgufChatbot(Chatbot):
         sampling = dict(temp=temperature, top_p=top_p, top_k=0, min_p=0.0) if temperature > 0 \
             else dict(temp=0.0)
         generated: list[int] = []
+        self.prefixes.restore(prompt)
         stream = self.llama.generate(
             prompt, repeat_penalty=1.0, reset=True, **sampling,
             logits_processor=[penalize] if penalty > 1 else None)
@@ -174,3 +270,4 @@ class GgufChatbot(Chatbot):
                     return
         finally:
             stream.close()
+            self.prefixes.save()

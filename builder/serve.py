@@ -574,8 +574,8 @@ async def _events(job: Job, head: dict):
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           engine: str = "local", api_key: str | None = None, max_queue: int = 8,
           max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
-          engine_model: str | None = None) -> None:
-    """Load the run and serve it until Ctrl-C."""
+          engine_model: str | None = None, warm: bool = False) -> None:
+    """Load the run and serve it until Ctrl-C (`warm`: GgufChatbot.warm first)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -586,6 +586,12 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
         concurrency = 1 if engine == "local" else 8
     bot = load_bot(run_dir, engine, use=use, engine_model=engine_model)
+    if warm:
+        if not hasattr(bot, "warm"):
+            raise UserError("--warm reads the FAQ into llama.cpp: add --use gguf")
+        started = time.perf_counter()
+        warmed = bot.warm()
+        log.info("warmed %d FAQ entries in %.1f s", warmed, time.perf_counter() - started)
     model = Path(run_dir).resolve().name
     app = build_app(bot, model, api_key=api_key, max_queue=max_queue,
                     max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine)

@@ -271,6 +271,45 @@ def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, 
     assert 1 <= len(ids) <= 8
 
 
+def test_kept_prompt_states_give_the_answers_of_reading_each_whole_prompt(tiny_run):
+    """(after the exports above, which leave tiny_run/gguf/)"""
+    from builder.llamacpp import GgufChatbot
+
+    bot = GgufChatbot.load(tiny_run)
+    asked = [row["instruction"] + " 궁금해요" for row in sample_rows(4)]  # not word for word
+
+    def answers():
+        out = []
+        for question in asked:
+            ids = []
+            bot.reply(question, max_new_tokens=8, generated_ids=ids)
+            out.append(ids)
+        return out
+
+    bot.prefixes.budget = 0  # nothing kept: every prompt read whole
+    read_whole = answers()
+    assert not bot.prefixes.states and bot.prefixes.restored == 0
+    bot.prefixes.budget = 2**30
+    assert bot.warm() == len(bot.knowledge.entries) == len(bot.prefixes.states)
+    assert answers() == read_whole
+    assert bot.prefixes.restored >= len(asked) - 1  # each started from its entry's state
+    # the oldest states go first once the budget is spent
+    warmed = len(bot.prefixes.states)
+    bot.prefixes.budget = bot.prefixes.size // 2
+    bot.reply(asked[0] + "?", max_new_tokens=8)
+    assert bot.prefixes.size <= bot.prefixes.budget and len(bot.prefixes.states) < warmed
+    assert bot.prefixes.size == sum(map(len, bot.prefixes.states.values()))
+    llama = bot.llama
+    assert list(bot.prefixes.states)[-1] == tuple(llama.input_ids[:llama.n_tokens])  # the reply's
+
+
+def test_serve_warm_needs_the_gguf_engine(tiny_run):
+    from builder.serve import serve
+
+    with pytest.raises(UserError, match="--warm reads the FAQ into llama.cpp: add --use gguf"):
+        serve(tiny_run, port=0, warm=True, use="merged")
+
+
 # The embedded model (slow: minutes on 2 CPU cores)
 
 
