@@ -586,6 +586,10 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
         concurrency = 1 if engine == "local" else 8
     bot = load_bot(run_dir, engine, use=use, engine_model=engine_model)
+    started = time.perf_counter()
+    bot.ready(model=engine == "local")
+    log.info("ready to answer in %.1f s (retrieval%s loaded)", time.perf_counter() - started,
+             " and model" if engine == "local" else "")
     if warm:
         if not hasattr(bot, "warm"):
             raise UserError("--warm reads the FAQ into llama.cpp: add --use gguf")

@@ -753,3 +753,16 @@ def test_the_prompt_carries_the_entries_that_fit_the_question_as_well_as_the_bes
     monkeypatch.setattr(bot, "rag", dataclasses.replace(bot.rag, prompt_entries="all"))
     bot.reply(question, max_new_tokens=4)
     assert prompts[-1] == bot.template.render_faq([h.entry for h in hits])
+
+
+def test_ready_loads_what_the_first_answer_would_wait_for(tiny_bot, knowledge):
+    from builder.config import RagConfig
+    from builder.knowledge import Knowledge
+    from builder.prompts import load_template
+
+    fresh = Knowledge.build(knowledge.entries, calibrate=False)
+    bot = Chatbot(tiny_bot.model, tiny_bot.tokenizer, load_template("korean"), tiny_bot.end_ids,
+                  knowledge=fresh, rag=RagConfig())
+    assert fresh._terms is None and fresh._exact is None and fresh._entry_nouns is None
+    bot.ready()
+    assert fresh._terms is not None and fresh._exact is not None and fresh._entry_nouns
