@@ -283,10 +283,10 @@ class _Retrieval:
             return any(self.knowledge.relevant(q, hits) for q in queries)
 
     def fitting(self, question, hits):
-        queries = [question] + ([f"{self.earlier} {question}"] if self.earlier else [])
+        if self.earlier:  # a follow-up keeps both questions' entries: they are its context
+            return hits
         with self.lock:
-            keep = {h.entry.id for q in queries for h in self.knowledge.fitting(q, hits)}
-        return [h for h in hits if h.entry.id in keep]
+            return self.knowledge.fitting(question, hits)
 
     def exact(self, question, context=""):
         with self.lock:
