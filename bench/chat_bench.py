@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from builder.chat import Chatbot  # noqa: E402
+from builder.answering.chatbot import Chatbot, load_chatbot  # noqa: E402
 
 QUESTIONS = [
     "배송은 보통 며칠 걸리나요?",
@@ -74,9 +74,9 @@ def time_answer(bot: Chatbot, question: str, suppress_end) -> dict:
 
 def bare_generate_rate(bot: Chatbot) -> float:
     """tokens/s of a bare model.generate (no streamer, no stop checks): what the chat path adds."""
-    encoded = bot.tokenizer(bot.template.render(QUESTIONS[0]), return_tensors="pt").to(bot.device)
+    encoded = bot.engine.tokenizer(bot.template.render(QUESTIONS[0]), return_tensors="pt").to(bot.engine.device)
     started = time.perf_counter()
-    output = bot.model.generate(**encoded, max_new_tokens=MAX_NEW_TOKENS,
+    output = bot.engine.model.generate(**encoded, max_new_tokens=MAX_NEW_TOKENS,
                                 min_new_tokens=MAX_NEW_TOKENS, do_sample=False)
     return (output.shape[1] - encoded["input_ids"].shape[1]) / (time.perf_counter() - started)
 
@@ -85,7 +85,7 @@ def measure(bot: Chatbot, dtype_name: str) -> dict:
     import torch
 
     def suppress_end(input_ids, scores):
-        scores[:, sorted(bot.end_ids)] = -torch.inf
+        scores[:, sorted(bot.engine.end_ids)] = -torch.inf
         return scores
 
     bot.answer(QUESTIONS[0], max_new_tokens=8)  # warm up: first-call allocations and caches
@@ -136,16 +136,16 @@ def main() -> None:
 
         # Load
         started = time.perf_counter()
-        bot = Chatbot.load(run_dir, use="merged")
+        bot = load_chatbot(run_dir, use="merged")
         load_s = time.perf_counter() - started
-        device = str(bot.device)
+        device = str(bot.engine.device)
         print(f"{run_dir} on {device} ({torch.get_num_threads()} threads): "
               f"loaded in {load_s:.1f} s")
 
         # Measure
-        runs = [measure(bot, str(bot.model.dtype).removeprefix("torch."))]
-        if args.bf16 and bot.model.dtype != torch.bfloat16:
-            bot.model.to(torch.bfloat16)
+        runs = [measure(bot, str(bot.engine.model.dtype).removeprefix("torch."))]
+        if args.bf16 and bot.engine.model.dtype != torch.bfloat16:
+            bot.engine.model.to(torch.bfloat16)
             runs.append(measure(bot, "bfloat16"))
 
     out = ROOT / "bench" / "results" / "chat_bench.json"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/prepare_bench.py [--rows 100000]
 
 Generates varied Korean rows (with some duplicates, conflicts, empty answers and context), then
-times `builder.data.prepare` (read, clean, check, token lengths, split, write CSVs + DatasetDict
+times `builder.data.prepare.prepare` (read, clean, check, token lengths, split, write CSVs + DatasetDict
 + report). Writes bench/results/prepare_bench.json.
 """
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder.data import prepare
+from builder.data.prepare import prepare
 from builder.embedded import cached_tokenizer_file
 
 GOAL_S = 10.0

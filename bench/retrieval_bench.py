@@ -12,7 +12,6 @@ Writes bench/results/retrieval_bench.json.
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,10 +24,11 @@ sys.path.insert(0, str(ROOT))
 LOAD_AND_ASK = """
 import json, statistics, sys, time
 started = time.perf_counter()
-from builder.knowledge import Knowledge, kiwi
+from builder.answering.knowledge import Knowledge
+from builder.answering.text import kiwi
 kb = Knowledge.load(sys.argv[1]); kiwi()
 load_s = time.perf_counter() - started
-from builder.evaluate import read_questions
+from builder.evaluation.scores import read_questions
 questions = read_questions(sys.argv[2])
 kb.search(questions[0]["question"], 3)  # first call warms caches
 times, hit1, hit3, labelled, gate = [], 0, 0, 0, {}
@@ -52,7 +52,7 @@ print(json.dumps({"load_s": round(load_s, 2),
 
 
 def main() -> None:
-    from builder.knowledge import Knowledge, entries_from_file
+    from builder.answering.knowledge import Knowledge, entries_from_file
 
     faq = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "data" / "sample_faq.csv")
     questions = sys.argv[2] if len(sys.argv) > 2 else str(ROOT / "data" / "sample_questions.csv")

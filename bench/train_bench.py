@@ -57,7 +57,7 @@ def make_clock():
 
 def run_variant(name: str, prepared: Path, out: Path, steps: int, eval_steps: int) -> dict:
     from builder.config import load_config
-    from builder.train import train
+    from builder.training.sft import train
 
     sets = VARIANTS[name] + [
         f"train.max_steps={steps}", f"train.eval_steps={eval_steps}",
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=5)
     args = parser.parse_args()
 
-    from builder.data import prepare
+    from builder.data.prepare import prepare
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

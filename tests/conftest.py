@@ -73,8 +73,8 @@ def embedded_run(tmp_path_factory):
     from pathlib import Path
 
     from builder.config import load_config
-    from builder.merge import merge
-    from builder.train import train
+    from builder.training.merge import merge
+    from builder.training.sft import train
 
     try:
         from fixtures import make_prepared

@@ -1,7 +1,11 @@
-"""Shared builders for the training tests: a tiny random gemma3 folder and small prepared dirs."""
+"""Shared builders for the tests: a tiny random gemma3 folder, small prepared dirs, and a scripted
+OpenAI-compatible completion server."""
 
 import csv
+import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # The Korean template without its {faq} slot: a run that answers without retrieval
@@ -30,7 +34,7 @@ def sample_rows(n: int) -> list[dict]:
 
 
 def make_prepared(tmp: Path, n_rows: int, name: str = "data") -> Path:
-    from builder.data import prepare
+    from builder.data.prepare import prepare
 
     faq = tmp / f"{name}.csv"
     with faq.open("w", encoding="utf-8", newline="") as f:
@@ -59,3 +63,105 @@ def make_tiny_gemma(folder: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(embedded / name, folder / name)
     return folder
+
+
+class ScriptedEngine:
+    """GET /v1/models and a streamed POST /v1/completions that writes `pieces` (ignoring the
+    stop strings, as a careless server would); records every completion request."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.pieces: list[str] = []
+        self.status = 200
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body: bytes, kind="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    return self._send(200, json.dumps({"object": "list", "data": [
+                        {"id": "scripted-gemma", "object": "model"}]}).encode())
+                self._send(404, b"{}")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                engine.requests.append(body)
+                if self.path != "/v1/completions" or engine.status != 200:
+                    return self._send(engine.status, b'{"error": {"message": "engine down"}}')
+                events = b"".join(
+                    b"data: " + json.dumps({"object": "text_completion", "choices": [
+                        {"index": 0, "text": piece, "finish_reason": None}]},
+                        ensure_ascii=False).encode() + b"\n\n" for piece in engine.pieces)
+                self._send(200, events + b"data: [DONE]\n\n", "text/event-stream")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Run folders, written through builder.run (the same contract the stages keep)
+
+
+def write_run(folder: Path, template: str = "korean", *, meta: dict | None = None, config=None,
+              knowledge=None) -> Path:
+    """A run folder: template.yaml (a shipped template's name, or a template's YAML text),
+    meta.json, and config.yaml / knowledge/ when given."""
+    from builder.prompts import load_template, parse_template
+    from builder.run import Run
+
+    run = Run(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    run.write_template(parse_template(template, "template.yaml") if "\n" in template
+                       else load_template(template))
+    run.write_meta(meta or {})
+    if config is not None:
+        run.write_config(config)
+    if knowledge is not None:
+        knowledge.save(run.knowledge_dir)
+    return folder
+
+
+def link_embedded_merged(run: Path) -> Path:
+    """RUN/merged/ as the embedded base model (its files linked), ending at <eos> and
+    <end_of_turn>; the embedded model's folder."""
+    from builder.embedded import ensure_embedded_model
+
+    source = ensure_embedded_model()
+    (run / "merged").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (run / "merged" / name).symlink_to(source / name)
+    generation = json.loads((source / "generation_config.json").read_text())
+    (run / "merged" / "generation_config.json").write_text(
+        json.dumps({**generation, "eos_token_id": [1, 106]}))
+    return source
+
+
+def sample_knowledge(n_rows: int = 30, calibrate: bool = False):
+    """The first n sample FAQ rows as knowledge (line = row + 2, under the header); without
+    calibration the gate is a shared content noun and the coverage floor."""
+    from builder.answering.knowledge import Entry, Knowledge
+
+    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
+               for i, r in enumerate(sample_rows(n_rows))]
+    return Knowledge.build(entries, calibrate=calibrate)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -221,7 +221,7 @@ def test_folders_outside_the_runs_root_are_refused(app, hub_server):
 
 
 def test_a_question_or_context_over_the_length_cap_is_refused(app):
-    from builder.webapp import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
+    from builder.doors.page_common import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
 
     long = "가" * (MAX_QUESTION_CHARS + 1)
     history, _, error = app.predict(long, [], "", "", 32, 0, api_name="/chat")
@@ -235,7 +235,7 @@ def test_a_question_or_context_over_the_length_cap_is_refused(app):
 
 
 def test_only_loopback_addresses_count_as_this_machine():
-    from builder.webapp import is_loopback
+    from builder.doors.page_common import is_loopback
 
     assert all(map(is_loopback, ["127.0.0.1", "127.8.9.1", "::1", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "", "192.168.0.7", "10.0.0.1", "a.com"]))
@@ -244,7 +244,8 @@ def test_only_loopback_addresses_count_as_this_machine():
 @pytest.mark.parametrize("door", ["builder app", "app.py"])
 def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypatch):
     import app as app_door
-    from builder import cli, webapp
+    from builder.doors import cli
+    from builder.doors import page as webapp
 
     calls = []
     monkeypatch.setattr(webapp, "launch", lambda *args, **kwargs: calls.append((args, kwargs)))
@@ -262,9 +263,9 @@ def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypat
 def test_sources_are_a_collapsed_message_with_rows_and_a_declined_answer_has_none():
     from types import SimpleNamespace
 
-    from builder.guard import Reply
-    from builder.knowledge import Entry
-    from builder.webapp import sources_message
+    from builder.answering.guard import Reply
+    from builder.answering.knowledge import Entry
+    from builder.doors.page_common import sources_message
 
     hits = [SimpleNamespace(entry=Entry(0, 2, "배송비는 얼마인가요?", "", "기본 배송비는 3,000원입니다.")),
             SimpleNamespace(entry=Entry(1, None, "제주도도 되나요?", "", "네" * 200))]
@@ -281,39 +282,36 @@ def test_sources_are_a_collapsed_message_with_rows_and_a_declined_answer_has_non
 def test_the_eval_markdown_shows_every_system_the_figures_and_the_verdict(tmp_path):
     from test_jobs import write_eval
 
-    from builder import jobs
-    from builder.webapp import eval_markdown
+    from builder.doors.page_common import eval_markdown
+    from builder.evaluation import report as eval_report
 
-    assert eval_markdown(jobs.eval_summary(tmp_path), str(tmp_path)).startswith(
+    assert eval_markdown(eval_report.read_summary(tmp_path), str(tmp_path)).startswith(
         "평가 결과가 아직 없습니다 / no evaluation yet: `builder eval")
-    (tmp_path / jobs.EVAL_RUNNING).touch()
-    assert eval_markdown(jobs.eval_summary(tmp_path)) == "⏳ **평가 진행 중 / evaluation running**"
+    (tmp_path / eval_report.EVAL_RUNNING).touch()
+    assert eval_markdown(eval_report.read_summary(tmp_path)) == "⏳ **평가 진행 중 / evaluation running**"
     report = write_eval(tmp_path)
-    text = eval_markdown(jobs.eval_summary(tmp_path))
+    text = eval_markdown(eval_report.read_summary(tmp_path))
     assert text.startswith("⏳ **평가 진행 중 / evaluation running** — 아래는 이전 결과")
-    (tmp_path / jobs.EVAL_RUNNING).unlink()
-    text = eval_markdown(jobs.eval_summary(tmp_path))
+    (tmp_path / eval_report.EVAL_RUNNING).unlink()
+    text = eval_markdown(eval_report.read_summary(tmp_path))
     assert "| 항목 figure | base + retrieval | fine-tuned + retrieval | retrieval only |" in text
     assert "| test split: facts right (entries never trained) | 25% | 50% | 88% |" in text
     assert "| test split: chrF (0-100) | 20.5 | 48.25 | 61 |" in text
     assert "| runaway answers cut | 2 | 1 | 0 |" in text
-    assert "- 검색 retrieval, test split: hit@1 75%, hit@3 100% (8 questions)" in text
+    assert "- 검색 retrieval on test split: hit@1 75%, hit@3 100% (8 questions)" in text
     assert all(f"- {line}" in text for line in report["verdict"]) and report["verdict"]
 
 
 def make_shop_run(run: Path) -> Path:
     """A run folder that answers from its FAQ: a tiny random gemma as merged/, the Korean
     template, its config; no knowledge/ until one is indexed."""
-    import json
-    import shutil
+    from fixtures import make_tiny_gemma, write_run
 
-    from fixtures import make_tiny_gemma
+    from builder.config import load_config
 
+    write_run(run, "korean", config=load_config(ROOT / "configs" / "embedded-cpu.yaml"),
+              meta={"base_model": "tiny-gemma", "template": "korean", "end_token_ids": [1, 106]})
     make_tiny_gemma(run / "merged")
-    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
-    shutil.copy(ROOT / "configs" / "embedded-cpu.yaml", run / "config.yaml")
-    meta = {"base_model": "tiny-gemma", "template": "korean", "end_token_ids": [1, 106]}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     return run
 
 
@@ -368,6 +366,56 @@ def test_answers_show_their_faq_rows_and_an_updated_faq_is_used_at_once(app, sho
     assert f"- **32행** {NEW_ROW[0]} → {NEW_ROW[2]}" in text_of(history[-1]["content"])
 
 
+def test_one_conversation_gets_the_same_answers_through_the_page_the_terminal_and_the_api(
+        app, shop_run, monkeypatch, capsys):
+    """A question, then a short follow-up ("제주도는요?") that only the conversation explains:
+    the page (/chat with its history), `builder chat` and the OpenAI-compatible API answer
+    both the same way, and the follow-up is read with the earlier question."""
+    from test_serve import serving
+
+    from builder.answering.chatbot import load_chatbot
+    from builder.doors.cli import main
+
+    turns = ["배송비 얼마임?", "제주도는요?"]
+    # the page
+    history = ask(app, turns[0], shop_run)
+    page = [text_of(history[1]["content"])]
+    history = ask(app, turns[1], shop_run, history)
+    page.append(text_of(history[len(history) - 2 if title_of(history[-1]) else -1]["content"]))
+    page_sources = history[-1]["metadata"]["log"] if title_of(history[-1]) else ""
+    # the terminal
+    typed = iter(turns + ["종료"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    capsys.readouterr()
+    assert main(["chat", str(shop_run), "--max-new-tokens", "16"]) == 0
+    out = capsys.readouterr().out
+    # the API, with the conversation as messages
+    bot = load_chatbot(shop_run)
+    with serving(bot, "shop") as server:
+        client, messages, api = server.client(), [], []
+        for turn in turns:
+            messages.append({"role": "user", "content": turn})
+            reply = client.chat.completions.create(model="shop", messages=messages, max_tokens=16,
+                                                   temperature=0).choices[0].message
+            api.append(reply)
+            messages.append({"role": "assistant", "content": reply.content})
+    assert [r.content for r in api] == page, (page, api)
+    for answer in page:
+        assert answer in out  # `builder chat` printed the same answers
+    follow_up = api[1]
+    assert not follow_up.declined and follow_up.sources
+    lines = [f"{s['line']}행" for s in follow_up.sources]
+    assert page_sources == ", ".join(lines)  # the page names the same FAQ rows
+    assert "참고한 FAQ: " + " · ".join(f"{s['line']}행 {s['question']}" for s in follow_up.sources) in out
+    # read with the earlier question: the follow-up's prompt carries the earlier question's
+    # entry, which it does not carry when asked alone
+    with_history = bot.reply(turns[1], history=turns[:1], max_new_tokens=16)
+    assert with_history.text == follow_up.content
+    assert "질문: 배송비는 얼마인가요?" in with_history.prompt
+    alone = bot.reply(turns[1], max_new_tokens=16)
+    assert alone.declined or "질문: 배송비는 얼마인가요?" not in alone.prompt
+
+
 def test_the_faq_update_refuses_bad_files_and_folders_outside_the_runs_root(app, shop_run):
     bad = app.tmp / "bad-update.csv"
     bad.write_text("foo,bar\n1,2\n", encoding="utf-8")
@@ -388,7 +436,7 @@ def test_the_chat_tab_shows_the_runs_eval_and_fills_in_when_it_ends(app):
     import httpx
     from test_jobs import write_eval
 
-    from builder.jobs import EVAL_RUNNING
+    from builder.evaluation.report import EVAL_RUNNING
 
     run = app.tmp / "runs" / "evaluated"
     run.mkdir()
@@ -652,7 +700,7 @@ def test_the_gguf_repo_is_pushed_with_its_own_card(app, tmp_path, hub_server):
 
 
 def test_answers_share_one_queued_slot_and_nothing_else_waits_behind_them(tmp_path):
-    from builder.webapp import build_app
+    from builder.doors.page import build_app
 
     fns = list(build_app(runs_root=tmp_path / "runs").fns.values())
     chat = [f for f in fns if f.concurrency_id == "chat"]

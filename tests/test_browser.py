@@ -1,7 +1,6 @@
 """Guards the web page in a real browser (Debian's chromium via Playwright): upload a FAQ, read the report, chat,
 update a run's FAQ, see the sources under an answer and an evaluation fill in."""
 
-import json
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -23,20 +22,12 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def make_base_run(run: Path) -> Path:
     """A run folder whose merged/ is the embedded base model (files linked, end ids [1, 106])
     and a template without a FAQ: real Korean text without training."""
-    from builder.embedded import ensure_embedded_model
+    from fixtures import link_embedded_merged, write_run
 
-    source = ensure_embedded_model()
-    (run / "merged").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        (run / "merged" / name).symlink_to(source / name)
-    generation = json.loads((source / "generation_config.json").read_text())
-    generation["eos_token_id"] = [1, 106]
-    (run / "merged" / "generation_config.json").write_text(json.dumps(generation))
-    (run / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
-    meta = {"base_model": "embedded:gemma-3-270m", "base_model_path": str(source),
-            "template": "korean", "end_token_ids": [1, 106]}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    return run
+    source = link_embedded_merged(run)
+    return write_run(run, PLAIN_TEMPLATE, meta={
+        "base_model": "embedded:gemma-3-270m", "base_model_path": str(source),
+        "template": "korean", "end_token_ids": [1, 106]})
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +124,7 @@ def wait_for_text(page, selector: str, text: str, timeout: float = 30_000) -> No
 def test_faq_update_sources_under_the_answer_and_an_eval_filling_in(browser, shop_page):
     from test_jobs import NEW_ROW, write_eval
 
-    from builder.jobs import EVAL_RUNNING
+    from builder.evaluation.report import EVAL_RUNNING
 
     url, tmp, run = shop_page
     page = browser.new_page(viewport={"width": 1280, "height": 1400}, locale="ko-KR")

@@ -1,4 +1,4 @@
-"""Guards builder/chat.py: answers stop where they end, stream safely, load runs, decline and guard facts."""
+"""Guards builder/answering/chatbot.py: answers stop where they end, stream safely, load runs, decline and guard facts."""
 
 import json
 import shutil
@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from builder.chat import (
-    GOODBYE,
-    Chatbot,
-    answer_deltas,
-    chat_loop,
-    fit_prompt,
-    load_dtype,
-    partial_marker_length,
-    visible_answer,
-)
+from builder.answering.chatbot import Chatbot, load_chatbot
+from builder.answering.decoding import answer_deltas, fit_prompt, partial_marker_length, visible_answer
+from builder.answering.engines.transformers import TransformersEngine, load_dtype
+from builder.doors.terminal import GOODBYE, chat_loop
 from builder.errors import UserError
-from fixtures import PLAIN_TEMPLATE
+from fixtures import PLAIN_TEMPLATE, link_embedded_merged, sample_knowledge, write_run
 
 MARKERS = ("### 질문", "### 참고", "### 답변")
 KOREAN_TEMPLATE = Path(__file__).parents[1] / "prompts" / "korean.yaml"
@@ -89,20 +83,25 @@ def char_encode(question: str, context: str) -> list[str]:
     return list(f"Q:{question}" + (f"|C:{context}" if context.strip() else ""))
 
 
+def fitted(encode, question, context, budget) -> str:
+    """The prompt text of what fit_prompt keeps."""
+    return "".join(encode(*fit_prompt(encode, question, context, budget)))
+
+
 def test_a_prompt_that_fits_is_left_whole():
-    assert "".join(fit_prompt(char_encode, "질문", "참고", 9)) == "Q:질문|C:참고"
+    assert fitted(char_encode, "질문", "참고", 9) == "Q:질문|C:참고"
 
 
 def test_the_context_is_cut_first_from_its_end():
-    prompt = "".join(fit_prompt(char_encode, "배송은 며칠?", "가나다라마바사", 15))
+    prompt = fitted(char_encode, "배송은 며칠?", "가나다라마바사", 15)
     assert prompt == "Q:배송은 며칠?|C:가나다"
     # no room for any of the context: the block goes, the question stays whole
-    assert "".join(fit_prompt(char_encode, "배송은 며칠?", "가나다라마바사", 10)) == "Q:배송은 며칠?"
+    assert fitted(char_encode, "배송은 며칠?", "가나다라마바사", 10) == "Q:배송은 며칠?"
 
 
 def test_then_the_question_loses_its_middle_keeping_its_end():
     question = "안녕하세요 " + "긴 설명 " * 50 + "배송은 며칠 걸리나요?"
-    prompt = "".join(fit_prompt(char_encode, question, "참고 " * 100, 32))
+    prompt = fitted(char_encode, question, "참고 " * 100, 32)
     assert len(prompt) == 32 and "|C:" not in prompt
     assert prompt.startswith("Q:안녕하세") and prompt.endswith("배송은 며칠 걸리나요?")
     assert "…" in prompt
@@ -133,10 +132,9 @@ def script_logits(free: int, forced: list[int]):
 
 
 def write_run_files(run: Path, base_path: Path) -> None:
-    (run / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
-    meta = {"base_model": "embedded:gemma-3-270m", "base_model_path": str(base_path),
-            "template": "korean-plain", "end_token_ids": [1, 106]}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    write_run(run, PLAIN_TEMPLATE, meta={"base_model": "embedded:gemma-3-270m",
+                                         "base_model_path": str(base_path),
+                                         "template": "korean-plain", "end_token_ids": [1, 106]})
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +166,7 @@ def tiny_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bot(tiny_runs):
-    return Chatbot.load(tiny_runs[0])
+    return load_chatbot(tiny_runs[0])
 
 
 def test_load_prefers_merged_upcasts_bf16_on_cpu_and_collects_end_ids(tiny_runs, tiny_bot):
@@ -176,9 +174,9 @@ def test_load_prefers_merged_upcasts_bf16_on_cpu_and_collects_end_ids(tiny_runs,
 
     saved = json.loads((tiny_runs[0] / "merged" / "config.json").read_text())
     assert saved["dtype"] == "bfloat16"
-    assert tiny_bot.model.dtype == torch.float32
-    assert not hasattr(tiny_bot.model, "peft_config")
-    assert tiny_bot.end_ids == {1, 106}
+    assert tiny_bot.engine.model.dtype == torch.float32
+    assert not hasattr(tiny_bot.engine.model, "peft_config")
+    assert tiny_bot.engine.end_ids == {1, 106}
     assert tiny_bot.template.name == "korean-plain" and tiny_bot.knowledge is None
 
 
@@ -206,43 +204,58 @@ def test_load_uses_base_plus_adapter_without_merged(tiny_runs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    bot = Chatbot.load(tiny_runs[1])
-    assert hasattr(bot.model, "peft_config")
+    bot = load_chatbot(tiny_runs[1])
+    assert hasattr(bot.engine.model, "peft_config")
     ids: list[int] = []
     answer = bot.answer(QUESTION, max_new_tokens=5, generated_ids=ids,
-                        logits_processor=[korean_only(bot.tokenizer)])
+                        logits_processor=[korean_only(bot.engine.tokenizer)])
     assert answer and 1 <= len(ids) <= 5
 
     # the same logits as the base model with the adapter applied by hand, and not the base's
     meta = json.loads((tiny_runs[1] / "meta.json").read_text())
-    prompt = bot._generate_kwargs(QUESTION, "", [])["input_ids"]
+    prompt = torch.tensor([bot.engine.encode(bot.prompt(bot.ground(QUESTION)))])
     base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32).eval()
     with torch.no_grad():
         base_logits = base(prompt).logits
         expected = PeftModel.from_pretrained(base, tiny_runs[1] / "adapter").eval()(prompt).logits
-        got = bot.model(prompt).logits
+        got = bot.engine.model(prompt).logits
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(base_logits, expected, atol=1e-3)
 
 
+def one_shot(bot, question, context="", **options) -> str:
+    """The engine's answer from one generate() call without a streamer, to the same prompt."""
+    prompt = bot.prompt(bot.ground(question, context), options.get("max_new_tokens", 256))
+    return bot.engine.generate_text(prompt, **options)
+
+
+def with_template(bot, template, **kwargs) -> Chatbot:
+    """`bot`'s model behind another template (its stop markers) and knowledge."""
+    rag = kwargs.get("rag")
+    engine = TransformersEngine(bot.engine.model, bot.engine.tokenizer, end_ids=bot.engine.end_ids,
+                                stop_markers=template.stop_markers,
+                                repetition_penalty=rag.repetition_penalty if rag else 1.0)
+    return Chatbot(engine, template, **kwargs)
+
+
 def test_stream_joins_to_the_one_shot_answer(tiny_bot):
     for question, context in ((QUESTION, ""), ("환불 되나요?", "구매 후 7일 이내 환불 가능")):
-        options = dict(max_new_tokens=24, logits_processor=[korean_only(tiny_bot.tokenizer)])
+        options = dict(max_new_tokens=24, logits_processor=[korean_only(tiny_bot.engine.tokenizer)])
         streamed = list(tiny_bot.stream(question, context, **options))
         answer = "".join(streamed)
         assert len(streamed) > 1 and any("가" <= ch <= "힣" for ch in answer), streamed
-        assert answer == tiny_bot.generate_text(question, context, **options)
+        assert answer == one_shot(tiny_bot, question, context, **options)
 
 
 def test_a_long_question_and_context_leave_room_for_the_answer(tiny_bot):
-    assert tiny_bot.context_length == 1024  # the tiny model's max_position_embeddings
+    assert tiny_bot.engine.context_length == 1024  # the tiny model's max_position_embeddings
     question = "안녕하세요. " + "주문한 상품에 대해 " * 400 + "배송은 며칠 걸리나요?"
     context = "구매 후 7일 이내 환불 가능. " * 400
     for q, c in ((QUESTION, context), (question, ""), (question, context)):
-        prompt = tiny_bot._generate_kwargs(q, c, [], max_new_tokens=100)["input_ids"][0].tolist()
+        prompt = tiny_bot.engine.encode(tiny_bot.prompt(tiny_bot.ground(q, c), 100))
         assert 1024 - 100 - 10 < len(prompt) <= 1024 - 100  # cut, and no more than needed
-        text = tiny_bot.tokenizer.decode(prompt, skip_special_tokens=True)
-        assert prompt[0] == tiny_bot.tokenizer.bos_token_id and text.endswith("### 답변:\n")
+        text = tiny_bot.engine.tokenizer.decode(prompt, skip_special_tokens=True)
+        assert prompt[0] == tiny_bot.engine.tokenizer.bos_token_id and text.endswith("### 답변:\n")
         if q == QUESTION:  # the context is cut from its end; the question stays whole
             assert QUESTION in text and "### 참고:\n구매 후 7일 이내 환불 가능." in text
         else:  # the context goes; the question keeps its start and its end
@@ -250,7 +263,7 @@ def test_a_long_question_and_context_leave_room_for_the_answer(tiny_bot):
             assert "배송은 며칠 걸리나요?" in text and len(text) < len(question)
     ids: list[int] = []
     # 100 different syllables (가 개 갸 ...): a repeated one would be cut by the runaway check
-    tokenizer = tiny_bot.tokenizer
+    tokenizer = tiny_bot.engine.tokenizer
     syllables = [chr(0xAC00 + 28 * i) for i in range(399)]  # the syllables without a final
     known = [s for s in syllables if tokenizer.convert_tokens_to_ids(s) != tokenizer.unk_token_id]
     forced = [script_logits(0, [tokenizer.convert_tokens_to_ids(s) for s in known[:100]])]
@@ -272,7 +285,7 @@ def test_load_dtype_is_fp16_on_gpus_without_bf16(tiny_runs, monkeypatch):
 
 
 def test_stop_event_and_closing_early_stop_the_generate_thread(tiny_bot):
-    ga = tiny_bot.tokenizer.convert_tokens_to_ids("가")
+    ga = tiny_bot.engine.tokenizer.convert_tokens_to_ids("가")
     always_ga = [script_logits(0, [ga])]
 
     stop = threading.Event()
@@ -299,20 +312,20 @@ def test_sampling_runs_and_honours_max_new_tokens(tiny_bot):
 
 def test_load_errors_name_the_folder_and_the_command(tmp_path, tiny_runs):
     with pytest.raises(UserError, match=r"no such run folder.*builder train"):
-        Chatbot.load(tmp_path / "missing")
+        load_chatbot(tmp_path / "missing")
 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match=r"neither merged/ nor adapter/.*builder merge"):
-        Chatbot.load(empty)
+        load_chatbot(empty)
     with pytest.raises(UserError, match=rf"{tiny_runs[1]}: no merged model.*builder merge"):
-        Chatbot.load(tiny_runs[1], use="merged")
+        load_chatbot(tiny_runs[1], use="merged")
 
     no_template = tmp_path / "no-template"
     shutil.copytree(tiny_runs[1], no_template)
     (no_template / "template.yaml").unlink()
     with pytest.raises(UserError, match=r"template.yaml: missing"):
-        Chatbot.load(no_template)
+        load_chatbot(no_template)
 
 
 # The terminal loop with scripted input
@@ -324,9 +337,11 @@ class ScriptedBot:
         self.closed = 0
         self.interrupt = interrupt_after_first
         self.sources: list = []  # knowledge hits a grounded bot puts in the reply
+        self.histories: list = []  # the earlier questions each question came with
 
-    def stream(self, question, reply=None):
+    def stream(self, question, history=(), reply=None):
         self.questions.append(question)
+        self.histories.append(list(history))
         try:
             yield "배송은 "
             if self.interrupt:
@@ -363,7 +378,7 @@ def test_chat_loop_asks_again_on_empty_input_and_ends_on_종료():
 
 
 def test_chat_loop_names_the_faq_entries_a_grounded_answer_used():
-    from builder.knowledge import Entry, Hit
+    from builder.answering.knowledge import Entry, Hit
 
     bot = ScriptedBot()
     bot.sources = [Hit(Entry(3, 5, "배송은 며칠 걸리나요?", "", "1~2일"), 0.03, 1.0, 0.9)]
@@ -386,30 +401,21 @@ def test_chat_loop_ends_with_a_goodbye(last):
 @pytest.fixture(scope="module")
 def embedded_bot(tmp_path_factory):
     """A run folder whose merged/ is the embedded base model (files linked, end ids [1, 106])."""
-    from builder.embedded import ensure_embedded_model
-
-    source = ensure_embedded_model()
     run = tmp_path_factory.mktemp("chat-embedded")
-    (run / "merged").mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        (run / "merged" / name).symlink_to(source / name)
-    generation = json.loads((source / "generation_config.json").read_text())
-    generation["eos_token_id"] = [1, 106]
-    (run / "merged" / "generation_config.json").write_text(json.dumps(generation))
-    write_run_files(run, source)
-    return Chatbot.load(run)
+    write_run_files(run, link_embedded_merged(run))
+    return load_chatbot(run)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("end_id", [1, 106])
 def test_stream_ends_at_the_end_token_with_nothing_after_it(embedded_bot, end_id):
-    ga = embedded_bot.tokenizer.convert_tokens_to_ids("가")
+    ga = embedded_bot.engine.tokenizer.convert_tokens_to_ids("가")
     # the model writes 4 tokens, then must emit the end id, then would write "가가가..."
     ids: list[int] = []
     deltas = list(embedded_bot.stream(QUESTION, max_new_tokens=20, generated_ids=ids,
                                       logits_processor=[script_logits(4, [end_id, ga])]))
     assert len(ids) == 5 and ids[-1] == end_id
-    text_before_end = embedded_bot.tokenizer.decode(ids[:4], skip_special_tokens=True)
+    text_before_end = embedded_bot.engine.tokenizer.decode(ids[:4], skip_special_tokens=True)
     assert "".join(deltas) == visible_answer(text_before_end, MARKERS) != ""
     assert not any("가가" in d or "<" in d for d in deltas)
 
@@ -419,14 +425,14 @@ def test_max_new_tokens_is_honoured(embedded_bot):
     import torch
 
     def suppress_end(input_ids, scores):  # so only max_new_tokens can end it
-        scores[:, sorted(embedded_bot.end_ids)] = -torch.inf
+        scores[:, sorted(embedded_bot.engine.end_ids)] = -torch.inf
         return scores
 
     ids: list[int] = []
     answer = embedded_bot.answer(QUESTION, max_new_tokens=12, generated_ids=ids,
                                  logits_processor=[suppress_end])
     assert 1 <= len(ids) <= 12
-    assert len(embedded_bot.tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 12
+    assert len(embedded_bot.engine.tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 12
 
 
 @pytest.mark.slow
@@ -435,7 +441,7 @@ def test_streamed_korean_answer_joins_to_the_non_streamed_one(embedded_bot):
     assert len(streamed) > 1
     answer = "".join(streamed)
     assert any("가" <= ch <= "힣" for ch in answer)
-    assert answer == embedded_bot.generate_text(QUESTION, max_new_tokens=32)
+    assert answer == one_shot(embedded_bot, QUESTION, max_new_tokens=32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +449,7 @@ def test_streamed_korean_answer_joins_to_the_non_streamed_one(embedded_bot):
 
 
 def test_cli_ask_prints_the_library_answer(tiny_runs, tiny_bot, capsys):
-    from builder.cli import main
+    from builder.doors.cli import main
 
     expected = tiny_bot.answer("배송비는 얼마인가요?", max_new_tokens=8)
     assert main(["ask", str(tiny_runs[0]), "배송비는 얼마인가요?", "--max-new-tokens", "8"]) == 0
@@ -453,7 +459,7 @@ def test_cli_ask_prints_the_library_answer(tiny_runs, tiny_bot, capsys):
 
 
 def test_cli_chat_loop_ends_on_종료(tiny_runs, monkeypatch, capsys):
-    from builder.cli import main
+    from builder.doors.cli import main
 
     answers = iter(["", "배송비는?", "종료"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
@@ -473,13 +479,7 @@ ON_TOPIC = ["배송비 얼마임?", "원두 개봉했는데 반품돼?", "택배
 
 @pytest.fixture(scope="module")
 def knowledge():
-    from builder.knowledge import Entry, Knowledge
-    from fixtures import sample_rows
-
-    rows = sample_rows(30)
-    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
-               for i, r in enumerate(rows)]
-    return Knowledge.build(entries, calibrate=False)  # the gate here: a shared content noun
+    return sample_knowledge(30)  # the gate here: a shared content noun
 
 
 @pytest.fixture(scope="module")
@@ -487,8 +487,7 @@ def grounded_bot(tiny_bot, knowledge):
     from builder.config import RagConfig
     from builder.prompts import load_template
 
-    return Chatbot(tiny_bot.model, tiny_bot.tokenizer, load_template("korean"), tiny_bot.end_ids,
-                   knowledge=knowledge, rag=RagConfig())
+    return with_template(tiny_bot, load_template("korean"), knowledge=knowledge, rag=RagConfig())
 
 
 def forcing(tokenizer, text: str, end_id: int = 1):
@@ -497,12 +496,12 @@ def forcing(tokenizer, text: str, end_id: int = 1):
 
 
 def test_an_off_topic_question_is_declined_without_generating(grounded_bot, monkeypatch):
-    from builder.guard import Reply
+    from builder.answering.guard import Reply
 
     def generate(*args, **kwargs):
         raise AssertionError("generate was called for a question the FAQ does not cover")
 
-    monkeypatch.setattr(grounded_bot.model, "generate", generate)
+    monkeypatch.setattr(grounded_bot.engine.model, "generate", generate)
     reply = Reply()
     assert list(grounded_bot.stream(OFF_TOPIC, reply=reply)) == [grounded_bot.rag.decline_message]
     assert reply.text == grounded_bot.rag.decline_message
@@ -512,10 +511,10 @@ def test_an_off_topic_question_is_declined_without_generating(grounded_bot, monk
 
 
 def test_an_faq_question_asked_word_for_word_gets_its_own_answer(grounded_bot, monkeypatch):
-    from builder.guard import Reply
+    from builder.answering.guard import Reply
 
     entry = grounded_bot.knowledge.entries[0]
-    monkeypatch.setattr(grounded_bot.model, "generate", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(grounded_bot.engine.model, "generate", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError("generate was called for an FAQ question asked word for word")))
     reply = Reply()
     assert list(grounded_bot.stream(entry.question, entry.context, reply=reply)) == [entry.answer]
@@ -531,12 +530,12 @@ def test_an_faq_question_asked_word_for_word_gets_its_own_answer(grounded_bot, m
 
 
 def test_a_made_up_price_is_never_shown(grounded_bot):
-    from builder.guard import Reply
+    from builder.answering.guard import Reply
 
     question = ON_TOPIC[0]
     best = grounded_bot.knowledge.search(question, grounded_bot.rag.k)[0].entry
     assert best.question == "배송비는 얼마인가요?"
-    made_up = forcing(grounded_bot.tokenizer, "배송비는 9,999원입니다. 감사합니다.")
+    made_up = forcing(grounded_bot.engine.tokenizer, "배송비는 9,999원입니다. 감사합니다.")
     reply = Reply()
     deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=40,
                                       logits_processor=[made_up]))
@@ -547,12 +546,12 @@ def test_a_made_up_price_is_never_shown(grounded_bot):
 
 
 def test_an_answer_copying_an_entrys_context_line_is_never_shown(grounded_bot):
-    from builder.guard import Reply
+    from builder.answering.guard import Reply
 
     question = "이대로 주문하면 배송비 붙어요?"
     hits = grounded_bot.knowledge.search(question, grounded_bot.rag.k)
     with_context = next(h.entry for h in hits if h.entry.context)
-    echo = forcing(grounded_bot.tokenizer, with_context.context + ")")
+    echo = forcing(grounded_bot.engine.tokenizer, with_context.context + ")")
     reply = Reply()
     deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=60,
                                       logits_processor=[echo]))
@@ -561,12 +560,12 @@ def test_an_answer_copying_an_entrys_context_line_is_never_shown(grounded_bot):
 
 
 def test_a_copied_answer_streams_as_it_comes_and_a_made_up_turn_is_finished_from_it(grounded_bot):
-    from builder.guard import Reply
+    from builder.answering.guard import Reply
 
     question = ON_TOPIC[0]
     best = grounded_bot.knowledge.search(question, grounded_bot.rag.k)[0].entry
     head = best.answer.split(" ")[:3]  # "기본 배송비는 3,000원이며,"
-    copied = forcing(grounded_bot.tokenizer, best.answer)
+    copied = forcing(grounded_bot.engine.tokenizer, best.answer)
     reply = Reply()
     deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=80,
                                       logits_processor=[copied]))
@@ -574,7 +573,7 @@ def test_a_copied_answer_streams_as_it_comes_and_a_made_up_turn_is_finished_from
     assert len(deltas) > len(best.answer.split()) and deltas[0] == head[0][:len(deltas[0])]
     assert "".join(deltas) == reply.text == best.answer and not reply.guarded
     # the model starts copying, then turns to a price no entry states: the entry's own rest
-    turn = forcing(grounded_bot.tokenizer, " ".join(head) + " 오늘은 9,999원입니다.")
+    turn = forcing(grounded_bot.engine.tokenizer, " ".join(head) + " 오늘은 9,999원입니다.")
     reply = Reply()
     deltas = list(grounded_bot.stream(question, reply=reply, max_new_tokens=80,
                                       logits_processor=[turn]))
@@ -583,12 +582,12 @@ def test_a_copied_answer_streams_as_it_comes_and_a_made_up_turn_is_finished_from
 
 
 def test_the_guard_keeps_the_checked_sentences_before_an_invented_one(grounded_bot):
-    made_up = forcing(grounded_bot.tokenizer, "기본 배송비는 3,000원입니다. 제주는 9,999원입니다.")
+    made_up = forcing(grounded_bot.engine.tokenizer, "기본 배송비는 3,000원입니다. 제주는 9,999원입니다.")
     reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=40, logits_processor=[made_up])
     assert reply.text == "기본 배송비는 3,000원입니다."
     assert reply.guarded and not reply.fallback and reply.invented == [("9999", "원")]
     # the same answer without a made-up fact is shown whole
-    clean = forcing(grounded_bot.tokenizer, "기본 배송비는 3,000원입니다. 제주는 3,000원이 더 붙어요.")
+    clean = forcing(grounded_bot.engine.tokenizer, "기본 배송비는 3,000원입니다. 제주는 3,000원이 더 붙어요.")
     reply = grounded_bot.reply(ON_TOPIC[0], max_new_tokens=40, logits_processor=[clean])
     assert reply.text == "기본 배송비는 3,000원입니다. 제주는 3,000원이 더 붙어요."
     assert not reply.guarded and not reply.fallback and reply.invented == []
@@ -597,7 +596,7 @@ def test_the_guard_keeps_the_checked_sentences_before_an_invented_one(grounded_b
 def test_a_looping_answer_is_cut(grounded_bot):
     import torch
 
-    cycle = grounded_bot.tokenizer("배송은 내일", add_special_tokens=False)["input_ids"]
+    cycle = grounded_bot.engine.tokenizer("배송은 내일", add_special_tokens=False)["input_ids"]
     start = []
 
     def loop(input_ids, scores):  # the model writes the same few tokens over and over
@@ -621,7 +620,7 @@ def test_an_answer_from_no_entry_is_replaced_by_the_best_entry(grounded_bot, tmp
 
     question = ON_TOPIC[0]
     nowhere = "오늘 날씨가 맑고 바람이 붑니다."  # no number to catch, no words from any entry
-    forced_ids = grounded_bot.tokenizer(nowhere, add_special_tokens=False)["input_ids"] + [1]
+    forced_ids = grounded_bot.engine.tokenizer(nowhere, add_special_tokens=False)["input_ids"] + [1]
     said: list = []
 
     def say(input_ids, scores):
@@ -644,7 +643,7 @@ def test_an_answer_from_no_entry_is_replaced_by_the_best_entry(grounded_bot, tmp
 def test_an_answer_that_copies_an_entrys_question_is_replaced_by_the_best_entry(grounded_bot):
     question = ON_TOPIC[0]
     best = grounded_bot.knowledge.search(question, grounded_bot.rag.k)[0].entry
-    echo = forcing(grounded_bot.tokenizer, best.question)  # the FAQ line, not its answer
+    echo = forcing(grounded_bot.engine.tokenizer, best.question)  # the FAQ line, not its answer
     reply = grounded_bot.reply(question, max_new_tokens=40, logits_processor=[echo])
     assert reply.generated == best.question and reply.fallback and reply.guarded
     assert reply.text == best.answer and [h.entry for h in reply.sources] == [best]
@@ -664,12 +663,11 @@ def test_reply_batch_gives_the_replies_of_reply(grounded_bot):
 
 
 def test_format_sources_names_the_faq_lines(grounded_bot):
-    from builder.chat import format_sources
-    from builder.guard import Reply
+    from builder.doors.terminal import format_sources
+    from builder.answering.guard import Reply
 
-    reply = Reply()
-    hits = grounded_bot._ground(ON_TOPIC[1], "", reply)
-    text = format_sources(reply)
+    hits = grounded_bot.ground(ON_TOPIC[1]).hits
+    text = format_sources(Reply(sources=hits))
     assert text.startswith("참고한 FAQ: ") and text.count(" · ") == len(hits) - 1
     for hit in hits:
         assert f"{hit.entry.line}행 {hit.entry.question}" in text
@@ -689,9 +687,9 @@ def test_a_grounded_run_loads_its_knowledge(tiny_runs, knowledge, tmp_path):
     meta["config"] = Config(rag=RagConfig(k=2)).to_dict()
     (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(UserError, match="builder index"):
-        Chatbot.load(run)
+        load_chatbot(run)
     knowledge.save(run / "knowledge")
-    bot = Chatbot.load(run)
+    bot = load_chatbot(run)
     assert bot.template.grounded and bot.rag.k == 2
     assert bot.knowledge.entries == knowledge.entries
     reply = bot.reply(OFF_TOPIC)
@@ -714,13 +712,13 @@ def test_an_answer_copied_from_an_entry_that_fits_less_shows_the_best_entry(grou
                                                                             monkeypatch, entries):
     import dataclasses
 
-    from builder.guard import Reply
+    from builder.answering.guard import Reply
 
     bot = grounded_bot
     monkeypatch.setattr(bot, "rag", dataclasses.replace(bot.rag, prompt_entries=entries))
     question, hits, worse = less_fitting(bot)
     reply = Reply()
-    copy = forcing(bot.tokenizer, worse[0].entry.answer)
+    copy = forcing(bot.engine.tokenizer, worse[0].entry.answer)
     deltas = list(bot.stream(question, reply=reply, max_new_tokens=80, logits_processor=[copy]))
     assert reply.generated.startswith(worse[0].entry.answer[:10])
     assert "".join(deltas) == reply.text == hits[0].entry.answer
@@ -738,31 +736,31 @@ def test_the_prompt_carries_the_entries_that_fit_the_question_as_well_as_the_bes
     bot = grounded_bot
     question, hits, worse = less_fitting(bot)
     fitting = [h.entry for h in hits if h not in worse]
-    prompts, generate = [], bot.generate_stream
+    prompts, generate = [], bot.engine.stream
 
-    def recording(*args, faq="", **kwargs):
-        prompts.append(faq)
-        yield from generate(*args, faq=faq, **kwargs)
+    def recording(prompt, **kwargs):
+        prompts.append(prompt)
+        yield from generate(prompt, **kwargs)
 
-    monkeypatch.setattr(bot, "generate_stream", recording)
-    copy = forcing(bot.tokenizer, hits[0].entry.answer)
+    monkeypatch.setattr(bot.engine, "stream", recording)
+    copy = forcing(bot.engine.tokenizer, hits[0].entry.answer)
     reply = bot.reply(question, max_new_tokens=80, logits_processor=[copy])
-    assert prompts[-1] == bot.template.render_faq(fitting)
+    assert prompts[-1] == bot.template.render(question, "", bot.template.render_faq(fitting))
     assert reply.text == hits[0].entry.answer and not reply.fallback
     assert [h.entry for h in reply.sources] == fitting  # the entries the answer was given
     monkeypatch.setattr(bot, "rag", dataclasses.replace(bot.rag, prompt_entries="all"))
     bot.reply(question, max_new_tokens=4)
-    assert prompts[-1] == bot.template.render_faq([h.entry for h in hits])
+    assert prompts[-1] == bot.template.render(question, "",
+                                              bot.template.render_faq([h.entry for h in hits]))
 
 
 def test_ready_loads_what_the_first_answer_would_wait_for(tiny_bot, knowledge):
     from builder.config import RagConfig
-    from builder.knowledge import Knowledge
+    from builder.answering.knowledge import Knowledge
     from builder.prompts import load_template
 
     fresh = Knowledge.build(knowledge.entries, calibrate=False)
-    bot = Chatbot(tiny_bot.model, tiny_bot.tokenizer, load_template("korean"), tiny_bot.end_ids,
-                  knowledge=fresh, rag=RagConfig())
-    assert fresh._terms is None and fresh._exact is None and fresh._entry_nouns is None
+    bot = with_template(tiny_bot, load_template("korean"), knowledge=fresh, rag=RagConfig())
+    assert not fresh._per_entry and fresh._exact is None
     bot.ready()
-    assert fresh._terms is not None and fresh._exact is not None and fresh._entry_nouns
+    assert {"terms", "nouns"} <= set(fresh._per_entry) and fresh._exact is not None

@@ -103,11 +103,11 @@ def test_unknown_template_lists_shipped():
 
 
 def test_cli_app_passes_its_flags_to_launch(monkeypatch):
-    import builder.webapp
-    from builder.cli import main
+    import builder.doors.page
+    from builder.doors.cli import main
 
     seen = {}
-    monkeypatch.setattr(builder.webapp, "launch", lambda *a, **k: seen.update(args=a, kwargs=k))
+    monkeypatch.setattr(builder.doors.page, "launch", lambda *a, **k: seen.update(args=a, kwargs=k))
     assert main(["app", "--run", "runs/demo", "--port", "7861"]) == 0
     assert seen["args"] == ("127.0.0.1", 7861)
     assert seen["kwargs"]["run_dir"] == "runs/demo" and seen["kwargs"]["runs_root"] == "runs"
@@ -127,7 +127,7 @@ def test_shipped_templates_are_grounded(name):
 
 
 def test_render_faq_writes_each_entry_with_its_context():
-    from builder.knowledge import Entry
+    from builder.answering.knowledge import Entry
 
     entries = [Entry(0, 2, "배송비는 얼마인가요?", "", "3,000원입니다."),
                Entry(1, 5, "오늘 출고될까요?", "결제 시각 오후 2시", "내일 출고됩니다.")]

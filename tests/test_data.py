@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import main
-from builder.data import prepare, read_faq
+from builder.doors.cli import main
+from builder.data.prepare import prepare, read_faq
 from builder.errors import UserError
 
 QA = [
@@ -311,7 +311,7 @@ def test_token_lengths_work_from_a_script_without_a_main_guard(faq, tmp_path):
     from builder.embedded import ensure_embedded_model
 
     ensure_embedded_model()
-    script = f"from builder.data import prepare; r = prepare({str(faq)!r}, {str(tmp_path / 'o')!r}); " \
+    script = f"from builder.data.prepare import prepare; r = prepare({str(faq)!r}, {str(tmp_path / 'o')!r}); " \
              "print(r['lengths']['unit'])"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

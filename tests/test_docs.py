@@ -1,4 +1,4 @@
-"""Guards builder/docs.py and builder/faqgen.py: documents -> chunks -> FAQ pairs from a scripted
+"""Guards builder/data/docs.py and builder/data/faqgen.py: documents -> chunks -> FAQ pairs from a scripted
 loopback OpenAI-compatible server (retries, 429, 500, timeouts, unfaithful numbers, resume after
 SIGKILL, the key never shown), and a CSV that `prepare` accepts as is; and once (slow) against
 llama.cpp's own server (llama-cpp-python[server]) serving the embedded gemma-3-270m GGUF."""
@@ -20,11 +20,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from builder import faqgen
-from builder.cli import main
-from builder.data import prepare
-from builder.docs import read_chunks
-from builder.faqgen import parse_pairs
+from builder.data import faqgen
+from builder.doors.cli import main
+from builder.data.prepare import prepare
+from builder.data.docs import read_chunks
+from builder.data.faqgen import parse_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "data" / "docs"

@@ -1,4 +1,4 @@
-"""Guards builder/evaluate.py: Korean metrics, the answer loss, the eval/ folder, tuned beats base."""
+"""Guards builder/evaluation/evaluate.py: Korean metrics, the answer loss, the eval/ folder, tuned beats base."""
 
 import csv
 import json
@@ -11,19 +11,11 @@ import pytest
 
 from builder.config import load_config
 from builder.errors import UserError
-from builder.evaluate import (
-    bleu,
-    chrf,
-    corpus_bleu,
-    corpus_chrf,
-    evaluate,
-    exact_match,
-    format_summary,
-    morphemes,
-    normalize,
-    rouge_l,
-)
-from fixtures import make_prepared, make_tiny_gemma, sample_rows
+from builder.evaluation.evaluate import evaluate
+from builder.evaluation.metrics import (bleu, chrf, corpus_bleu, corpus_chrf, exact_match, morphemes,
+                                        normalize, rouge_l)
+from builder.evaluation.report import format_summary
+from fixtures import make_prepared, make_tiny_gemma, sample_rows, write_run
 
 ROOT = Path(__file__).parents[1]
 ANSWER = "배송은 주문 후 보통 2일 걸립니다."
@@ -102,7 +94,7 @@ def test_answer_loss_is_the_masked_cross_entropy_of_answer_and_eos(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from builder.evaluate import answer_loss
+    from builder.evaluation.evaluate import answer_loss
     from builder.prompts import load_template
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
@@ -134,22 +126,19 @@ def tiny_run(tiny_model, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from builder.train import file_sha256
+    from builder.training.sft import file_sha256
 
     tmp = tmp_path_factory.mktemp("eval-tiny-run")
     prepared = make_prepared(tmp, 30)
-    run = tmp / "run"
-    run.mkdir()
-    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
-    cfg = load_config(None, [f"model.name={tiny_model}", "train.min_val_rows=4"])
-    meta = {"base_model": str(tiny_model), "base_model_path": str(tiny_model), "backend": "hf",
-            "template": "korean", "data_dir": str(prepared), "seed": 123, "end_token_ids": [1, 106],
-            "data_sha256": file_sha256(prepared / "train.csv", prepared / "test.csv"),
-            "config": cfg.to_dict()}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    from builder.knowledge import Knowledge, entries_from_prepared
+    from builder.answering.knowledge import Knowledge, entries_from_prepared
 
-    Knowledge.build(entries_from_prepared(prepared)).save(run / "knowledge")
+    cfg = load_config(None, [f"model.name={tiny_model}", "train.min_val_rows=4"])
+    run = write_run(tmp / "run", "korean", knowledge=Knowledge.build(
+        entries_from_prepared(prepared)), meta={
+        "base_model": str(tiny_model), "base_model_path": str(tiny_model), "backend": "hf",
+        "template": "korean", "data_dir": str(prepared), "seed": 123, "end_token_ids": [1, 106],
+        "data_sha256": file_sha256(prepared / "train.csv", prepared / "test.csv"),
+        "config": cfg.to_dict()})
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(run / "adapter")
     return run
@@ -220,7 +209,7 @@ def test_a_question_file_scores_declines_paraphrases_and_caches_base_answers(tin
 
 
 def test_a_bad_question_file_names_the_line(tmp_path):
-    from builder.evaluate import read_questions
+    from builder.evaluation.scores import read_questions
 
     bad = tmp_path / "q.csv"
     bad.write_text("question,expected,kind\n배송비?,,paraphrase\n", encoding="utf-8")
@@ -256,33 +245,35 @@ def test_evaluate_errors_name_the_missing_piece_and_the_command(tiny_run, tmp_pa
 def test_the_tuned_model_is_released_before_the_base_model_loads(tiny_run, monkeypatch):
     import weakref
 
-    import builder.evaluate
-    from builder.chat import Chatbot
+    import builder.answering.chatbot
+    import builder.evaluation.evaluate
 
-    real_load, real_base_bot = Chatbot.load, builder.evaluate._base_bot
+    real_load, real_base_bot = (builder.answering.chatbot.load_chatbot,
+                                builder.evaluation.evaluate._base_bot)
     tuned_models, tuned_alive = [], []
 
     def load(*args, **kwargs):
         bot = real_load(*args, **kwargs)
-        tuned_models.append(weakref.ref(bot.model))
+        tuned_models.append(weakref.ref(bot.engine.model))
         return bot
 
     def base_bot(*args, **kwargs):
         tuned_alive.append(tuned_models[0]() is not None)
         return real_base_bot(*args, **kwargs)
 
-    monkeypatch.setattr(Chatbot, "load", load)
-    monkeypatch.setattr(builder.evaluate, "_base_bot", base_bot)
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", load)
+    monkeypatch.setattr(builder.evaluation.evaluate, "_base_bot", base_bot)
     report = evaluate(tiny_run, train_sample=1, max_new_tokens=2, limit=1, log=lambda *_: None)
     assert tuned_alive == [False]  # one model in memory at a time
     assert report["rows"] == {"test": 1, "train_sample": 1, "questions": 0}
 
 
-def test_the_base_model_loads_in_fp16_on_a_gpu_without_bf16(tiny_model, monkeypatch):
+def test_the_base_model_loads_in_fp16_on_a_gpu_without_bf16(tiny_model, tmp_path, monkeypatch):
     import torch
     import transformers
 
-    from builder.evaluate import _base_bot
+    from builder.evaluation.evaluate import _base_bot
+    from builder.run import Run
 
     class Loading(Exception):
         pass
@@ -290,12 +281,43 @@ def test_the_base_model_loads_in_fp16_on_a_gpu_without_bf16(tiny_model, monkeypa
     def from_pretrained(path, dtype=None, **kwargs):
         raise Loading(dtype)
 
+    run = Run(tmp_path / "run")
+    run.write_meta({"base_model_path": str(tiny_model)})
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
     for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
         with pytest.raises(Loading) as loading:
-            _base_bot({"base_model_path": str(tiny_model)}, None, None, {1}, torch.device("cuda"))
+            _base_bot(run, None, None, None, None, {1}, torch.device("cuda"))
         assert loading.value.args[0] == expected
+
+
+def test_eval_asks_an_engine_url_through_the_same_grounding(tiny_run, tmp_path):
+    """`builder eval --engine URL`: the completion server answers as the tuned bot, from the
+    prompts every door gives it; the base model and the baseline answer beside it."""
+    from fixtures import ScriptedEngine
+
+    from builder.doors.cli import main
+
+    run = tmp_path / "remote"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    engine = ScriptedEngine()
+    engine.pieces = ["택배는 ", "1~2일 걸려요."]
+    try:
+        assert main(["eval", str(run), "--engine", engine.url, "--train-sample", "2",
+                     "--limit", "2", "--max-new-tokens", "8"]) == 0
+    finally:
+        engine.close()
+    report = json.loads((run / "eval" / "report.json").read_text(encoding="utf-8"))
+    assert report["tuned_weights"] == "remote engine (scripted-gemma)"
+    assert set(report["systems"]) == {"base", "tuned", "retrieval"}
+    assert "loss" not in report["splits"]["test"]["tuned"]  # no model here to score it with
+    assert "loss" in report["splits"]["test"]["base"]
+    # the split questions asked without the word-for-word lookup went to the engine
+    with (run / "eval" / "answers.csv").open(encoding="utf-8-sig", newline="") as f:
+        answers = list(csv.DictReader(f))
+    assert len(engine.requests) == 4 and {r["model"] for r in engine.requests} == {"scripted-gemma"}
+    for answer in answers[:4]:
+        assert any(f"### 질문:\n{answer['question']}\n" in r["prompt"] for r in engine.requests)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -304,7 +326,7 @@ def test_the_base_model_loads_in_fp16_on_a_gpu_without_bf16(tiny_model, monkeypa
     (["--limit", "0"], "--limit 0"),
 ])
 def test_cli_eval_refuses_negative_counts(tiny_run, capsys, flags, message):
-    from builder.cli import main
+    from builder.doors.cli import main
 
     assert main(["eval", str(tiny_run), *flags]) == 2
     assert message in capsys.readouterr().err

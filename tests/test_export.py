@@ -1,4 +1,4 @@
-"""Guards builder/export.py and builder/llamacpp.py: the staging folder (tokenizer.model rebuilt,
+"""Guards builder/deploy/export.py and builder/answering/engines/llamacpp.py: the staging folder (tokenizer.model rebuilt,
 chat template), the Ollama Modelfile, the verdict on a quant, the refusal of one that breaks the
 answers, and (slow) the embedded model's GGUF answering as the merged model does, also behind
 llama.cpp's own OpenAI-compatible server."""
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import UserError
-from builder.export import (compare, modelfile, needs_sentencepiece, ollama_template,
-                            sentencepiece_model, stage, verdict_line)
+from builder.deploy.export import compare, modelfile, ollama_template, verdict_line
+from builder.deploy.gguf import needs_sentencepiece, sentencepiece_model, stage
 from builder.prompts import load_template, parse_template
 from fixtures import PLAIN_TEMPLATE, sample_rows
 
@@ -62,7 +62,7 @@ def test_a_byte_level_tokenizer_gets_no_tokenizer_model():
 
 
 def test_the_staging_folder_links_the_weights_and_leaves_merged_untouched(tiny_merged, tmp_path):
-    from builder.merge import chat_template
+    from builder.training.merge import chat_template
 
     before = {p.name: p.stat().st_mtime_ns for p in tiny_merged.iterdir()}
     template = load_template("korean")
@@ -134,7 +134,7 @@ def test_identical_close_and_broken_answers_get_their_verdicts():
 
 
 def test_the_questions_checked_are_the_faqs_else_the_training_splits(tmp_path):
-    from builder.export import verification_questions
+    from builder.deploy.export import verification_questions
     from fixtures import make_prepared
 
     run = tmp_path / "plain"
@@ -153,9 +153,10 @@ def test_the_questions_checked_are_the_faqs_else_the_training_splits(tmp_path):
 
 def make_grounded_run(run: Path, merged_source: Path, *, link=False) -> Path:
     from builder.config import Config
-    from builder.knowledge import Entry, Knowledge
+    from fixtures import sample_knowledge, write_run
 
-    run.mkdir(parents=True)
+    write_run(run, "korean", knowledge=sample_knowledge(30), meta={
+        "base_model": "tiny-gemma3", "end_token_ids": [1, 106], "config": Config().to_dict()})
     if link:
         (run / "merged").mkdir()
         for path in merged_source.iterdir():
@@ -166,12 +167,6 @@ def make_grounded_run(run: Path, merged_source: Path, *, link=False) -> Path:
             json.dumps({**generation, "eos_token_id": [1, 106]}))
     else:
         shutil.copytree(merged_source, run / "merged")
-    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
-    meta = {"base_model": "tiny-gemma3", "end_token_ids": [1, 106], "config": Config().to_dict()}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    entries = [Entry(id=i, line=i + 2, question=r["instruction"], context=r["input"],
-                     answer=r["output"]) for i, r in enumerate(sample_rows(30))]
-    Knowledge.build(entries, calibrate=False).save(run / "knowledge")
     return run
 
 
@@ -184,22 +179,20 @@ def tiny_run(tiny_merged, tmp_path_factory):
 def scripted(monkeypatch, gguf_answers=None):
     """greedy(): the merged model's answers are fixed, the GGUF's are gguf_answers (None: the
     same)."""
-    import builder.export as export_module
+    import builder.deploy.export as export_module
 
     merged = [answer(f"답변 {i}번입니다.") for i in range(5)]
 
     def fake(bot, prompts, max_new_tokens=96):
-        from builder.llamacpp import GgufChatbot
-
-        return gguf_answers if isinstance(bot, GgufChatbot) and gguf_answers else merged
+        return gguf_answers if bot.engine.name == "gguf" and gguf_answers else merged
 
     monkeypatch.setattr(export_module, "greedy", fake)
     return merged
 
 
 def test_export_writes_the_gguf_its_modelfile_and_report(tiny_run, monkeypatch):
-    from builder.export import export
-    from builder.llamacpp import GgufChatbot
+    from builder.answering.chatbot import load_chatbot
+    from builder.deploy.export import export
 
     scripted(monkeypatch)
     out = export(tiny_run, "f16", log=lambda *_: None)
@@ -218,16 +211,17 @@ def test_export_writes_the_gguf_its_modelfile_and_report(tiny_run, monkeypatch):
     # Hangul decodes as Hangul, and the chat template is embedded
     from transformers import AutoTokenizer
 
-    bot = GgufChatbot.load(tiny_run)
-    prompt = bot.template.render("제주도 배송비는 얼마인가요? 뷁", "", "쌰뜛 같은 드문 글자")
+    engine = load_chatbot(tiny_run, "gguf").engine
+    prompt = load_chatbot(tiny_run, "gguf").template.render("제주도 배송비는 얼마인가요? 뷁", "",
+                                                             "쌰뜛 같은 드문 글자")
     hf = AutoTokenizer.from_pretrained(tiny_run / "merged")
-    assert bot.encode(prompt) == hf(prompt, add_special_tokens=True)["input_ids"]
-    assert bot._decode(bot.encode("뷁 쌰뜛")[1:]) == "뷁 쌰뜛"
-    assert "### 질문" in bot.llama.metadata.get("tokenizer.chat_template", "")
+    assert engine.encode(prompt) == hf(prompt, add_special_tokens=True)["input_ids"]
+    assert engine.decode(engine.encode("뷁 쌰뜛")[1:]) == "뷁 쌰뜛"
+    assert "### 질문" in engine.llama.metadata.get("tokenizer.chat_template", "")
 
 
 def test_a_quant_that_breaks_the_answers_is_refused_and_deleted(tiny_run, monkeypatch):
-    from builder.export import export
+    from builder.deploy.export import export
 
     looping = [answer("네 네 네 네 네", 96, ran_to_limit=True)] * 5
     scripted(monkeypatch, looping)
@@ -246,7 +240,7 @@ def test_a_quant_that_breaks_the_answers_is_refused_and_deleted(tiny_run, monkey
 
 def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, tmp_path, capsys):
     """(after the exports above, which leave tiny_run/gguf/)"""
-    from builder.cli import main
+    from builder.doors.cli import main
 
     assert main(["export", str(tmp_path)]) == 2
     assert f"{tmp_path / 'merged'}: no merged model" in capsys.readouterr().err
@@ -254,28 +248,29 @@ def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, 
     shutil.copytree(tiny_run, bare, ignore=shutil.ignore_patterns("gguf"))
     assert main(["ask", str(bare), "배송비는 얼마인가요?", "--use", "gguf"]) == 2
     err = capsys.readouterr().err
-    assert "no exported GGUF; make one with `builder export" in err and "Traceback" not in err
+    assert "no exported GGUF; make it with `builder export" in err and "Traceback" not in err
     # the exported one answers (an FAQ question asked word for word: the FAQ's answer)
     question, expected = sample_rows(1)[0]["instruction"], sample_rows(1)[0]["output"]
     assert main(["ask", str(tiny_run), question, "--use", "gguf", "--sources"]) == 0
     assert expected in capsys.readouterr().out
     # builder serve --use gguf loads the same bot; sampling (temperature > 0) runs too
-    from builder.llamacpp import GgufChatbot, chosen_gguf
-    from builder.serve import load_bot
+    from builder.answering.chatbot import load_chatbot
+    from builder.run import Run
 
-    bot = load_bot(tiny_run, "local", use="gguf")
-    assert isinstance(bot, GgufChatbot) and bot.gguf_path == chosen_gguf(tiny_run)
+    bot = load_chatbot(tiny_run, "gguf")
+    assert bot.engine.name == "gguf" and bot.engine.path == Run(tiny_run).gguf()
     ids = []
-    "".join(bot.generate_stream("배송비는요?", max_new_tokens=8, temperature=0.7,
-                                generated_ids=ids))
+    "".join(bot.engine.stream(bot.prompt(bot.ground("배송비는요?"), 8), max_new_tokens=8,
+                              temperature=0.7, generated_ids=ids))
     assert 1 <= len(ids) <= 8
 
 
 def test_kept_prompt_states_give_the_answers_of_reading_each_whole_prompt(tiny_run):
     """(after the exports above, which leave tiny_run/gguf/)"""
-    from builder.llamacpp import GgufChatbot
+    from builder.answering.chatbot import load_chatbot
 
-    bot = GgufChatbot.load(tiny_run)
+    bot = load_chatbot(tiny_run, "gguf")
+    prefixes = bot.engine.prefixes
     asked = [row["instruction"] + " 궁금해요" for row in sample_rows(4)]  # not word for word
 
     def answers():
@@ -286,25 +281,51 @@ def test_kept_prompt_states_give_the_answers_of_reading_each_whole_prompt(tiny_r
             out.append(ids)
         return out
 
-    bot.prefixes.budget = 0  # nothing kept: every prompt read whole
+    prefixes.budget = 0  # nothing kept: every prompt read whole
     read_whole = answers()
-    assert not bot.prefixes.states and bot.prefixes.restored == 0
-    bot.prefixes.budget = 2**30
-    assert bot.warm() == len(bot.knowledge.entries) == len(bot.prefixes.states)
+    assert not prefixes.states and prefixes.restored == 0
+    prefixes.budget = 2**30
+    assert bot.warm() == len(bot.knowledge.entries) == len(prefixes.states)
     assert answers() == read_whole
-    assert bot.prefixes.restored >= len(asked) - 1  # each started from its entry's state
+    assert prefixes.restored >= len(asked) - 1  # each started from its entry's state
     # the oldest states go first once the budget is spent
-    warmed = len(bot.prefixes.states)
-    bot.prefixes.budget = bot.prefixes.size // 2
+    warmed = len(prefixes.states)
+    prefixes.budget = prefixes.size // 2
     bot.reply(asked[0] + "?", max_new_tokens=8)
-    assert bot.prefixes.size <= bot.prefixes.budget and len(bot.prefixes.states) < warmed
-    assert bot.prefixes.size == sum(map(len, bot.prefixes.states.values()))
-    llama = bot.llama
-    assert list(bot.prefixes.states)[-1] == tuple(llama.input_ids[:llama.n_tokens])  # the reply's
+    assert prefixes.size <= prefixes.budget and len(prefixes.states) < warmed
+    assert prefixes.size == sum(map(len, prefixes.states.values()))
+    llama = bot.engine.llama
+    assert list(prefixes.states)[-1] == tuple(llama.input_ids[:llama.n_tokens])  # the reply's
+
+
+def test_eval_asks_the_exported_gguf(tiny_run, tiny_merged, tmp_path):
+    """(after the exports above) `builder eval --use gguf`: the GGUF answers as the tuned bot,
+    through the same grounding; the base model and the baseline answer beside it."""
+    from fixtures import make_prepared
+
+    from builder.config import load_config
+    from builder.doors.cli import main
+
+    run = tmp_path / "shop"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval"))
+    meta = json.loads((run / "meta.json").read_text())
+    meta.update(base_model_path=str(tiny_merged), template="korean", seed=1,
+                data_dir=str(make_prepared(tmp_path, 30)),
+                config=load_config(None, ["train.min_val_rows=4"]).to_dict())
+    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert main(["eval", str(run), "--use", "gguf", "--train-sample", "2", "--limit", "2",
+                 "--max-new-tokens", "6"]) == 0
+    report = json.loads((run / "eval" / "report.json").read_text(encoding="utf-8"))
+    default = json.loads((run / "gguf" / "report.json").read_text(encoding="utf-8"))["default"]
+    assert report["tuned_weights"] == f"gguf ({default})"
+    assert set(report["systems"]) == {"base", "tuned", "retrieval"}
+    assert "loss" not in report["splits"]["test"]["tuned"] and "loss" in report["splits"]["test"]["base"]
+    assert report["splits"]["test"]["tuned"]["exact"] == 2  # FAQ questions word for word
+    assert "model_fact_accuracy" in report["splits"]["test"]["tuned"]  # the GGUF's own answers
 
 
 def test_serve_warm_needs_the_gguf_engine(tiny_run):
-    from builder.serve import serve
+    from builder.doors.api import serve
 
     with pytest.raises(UserError, match="--warm reads the FAQ into llama.cpp: add --use gguf"):
         serve(tiny_run, port=0, warm=True, use="merged")
@@ -324,7 +345,7 @@ def embedded_base_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_embedded_models_f16_gguf_answers_as_the_merged_model(embedded_base_run):
-    from builder.export import export
+    from builder.deploy.export import export
 
     # the base model runs every answer to the token limit: 48 tokens of each are compared
     out = export(embedded_base_run, "f16", questions=5, max_new_tokens=48)
@@ -339,11 +360,11 @@ def test_the_embedded_models_f16_gguf_answers_as_the_merged_model(embedded_base_
 def test_builder_serve_in_front_of_llama_cpps_own_server_answers_with_sources(embedded_base_run):
     from test_serve import ask, free_port, serving
 
-    from builder.serve import load_bot
+    from builder.answering.chatbot import load_chatbot
 
     gguf = embedded_base_run / "gguf" / "embedded-f16.gguf"
     if not gguf.is_file():  # run alone: export it here (the test above leaves it otherwise)
-        from builder.export import export
+        from builder.deploy.export import export
 
         gguf = export(embedded_base_run, "f16", questions=1)
     port = free_port()
@@ -365,8 +386,8 @@ def test_builder_serve_in_front_of_llama_cpps_own_server_answers_with_sources(em
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "llama.cpp's server did not start"
                 time.sleep(0.5)
-        bot = load_bot(embedded_base_run, url)
-        assert bot.engine_model == "shop-gguf"
+        bot = load_chatbot(embedded_base_run, engine=url)
+        assert bot.engine.model == "shop-gguf"
         with serving(bot, "embedded") as front:
             reply = ask(front.client(), "배송비 얼마임?", model="embedded", max_tokens=64)
         message = reply.choices[0].message

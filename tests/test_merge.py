@@ -1,4 +1,4 @@
-"""Guards builder/merge.py's chat template: apply_chat_template gives the prompt Chatbot encodes."""
+"""Guards builder/training/merge.py's chat template: apply_chat_template gives the prompt Chatbot encodes."""
 
 import json
 import shutil
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.chat import Chatbot
-from builder.merge import chat_template, merge
+from builder.answering.chatbot import Chatbot
+from builder.answering.engines.transformers import TransformersEngine
+from builder.answering.grounding import Grounding
+from builder.training.merge import chat_template, merge
 from builder.prompts import load_template, parse_template
 from fixtures import PLAIN_TEMPLATE, sample_rows
 
@@ -20,18 +22,15 @@ CONTEXT = "주문번호 1234, 제주도 배송"
 def tiny_run(tmp_path_factory):
     """A run folder as training leaves it: meta.json, template.yaml, a LoRA adapter over a tiny
     random gemma3 (real tokenizer) saved with its tokenizer."""
-    from fixtures import make_tiny_gemma
+    from fixtures import make_tiny_gemma, write_run
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     tmp = tmp_path_factory.mktemp("merge-tiny")
     base = make_tiny_gemma(tmp / "base")
-    run = tmp / "run"
-    run.mkdir()
-    shutil.copy(PROMPTS / "korean.yaml", run / "template.yaml")
-    meta = {"base_model": "tiny-gemma3", "base_model_path": str(base), "backend": "hf",
-            "template": "korean", "end_token_ids": [1, 106]}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    run = write_run(tmp / "run", "korean", meta={
+        "base_model": "tiny-gemma3", "base_model_path": str(base), "backend": "hf",
+        "template": "korean", "end_token_ids": [1, 106]})
     model = AutoModelForCausalLM.from_pretrained(base)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, lora).save_pretrained(run / "adapter")
@@ -49,7 +48,7 @@ def merged_tokenizer(tiny_run):
 
 
 def faq_block(template, n: int = 3) -> str:
-    from builder.knowledge import Entry
+    from builder.answering.knowledge import Entry
 
     rows = sample_rows(n)
     return template.render_faq([Entry(i, i + 2, r["instruction"], r["input"], r["output"])
@@ -83,9 +82,11 @@ def test_apply_chat_template_gives_the_ids_chatbot_generates_from(tiny_run, merg
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_run / "merged")
-    bot = Chatbot(model, merged_tokenizer, load_template(PROMPTS / "korean.yaml"), {1, 106})
+    template = load_template(PROMPTS / "korean.yaml")
+    bot = Chatbot(TransformersEngine(model, merged_tokenizer, end_ids={1, 106},
+                                     stop_markers=template.stop_markers), template)
     faq = faq_block(bot.template)
-    expected = bot._generate_kwargs(QUESTION, context, [], faq=faq)["input_ids"][0].tolist()
+    expected = bot.engine.encode(bot.prompt(Grounding(QUESTION, context, faq=faq)))
     got = merged_tokenizer.apply_chat_template(messages(faq, QUESTION, context),
                                                add_generation_prompt=True)["input_ids"]
     assert got == expected
@@ -117,7 +118,7 @@ def test_every_template_renders_as_template_render(merged_tokenizer, name):
 
 
 def test_a_finished_conversation_renders_as_a_training_example(merged_tokenizer):
-    from builder.train import tokenize_row
+    from builder.training.rows import tokenize_row
 
     template = load_template(PROMPTS / "korean.yaml")
     merged_tokenizer.chat_template = chat_template(template)
@@ -142,7 +143,7 @@ def test_template_text_that_looks_like_jinja_stays_text(merged_tokenizer):
 def test_push_model_uploads_the_chat_template(tiny_run, hub_server):
     from huggingface_hub import HfApi
 
-    from builder import hub
+    from builder.deploy import hub
 
     hub.push_model(tiny_run, "tester/faq-chat-template", token=hub_server.token)
     assert "chat_template.jinja" in HfApi().list_repo_files("tester/faq-chat-template")

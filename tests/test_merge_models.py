@@ -9,11 +9,11 @@ import torch
 
 pytest.importorskip("mergekit", reason="the `merge` extra: pip install -c constraints/cpu.txt '.[merge]'")
 
-from builder.chat import Chatbot  # noqa: E402
-from builder.cli import main  # noqa: E402
+from builder.answering.chatbot import load_chatbot  # noqa: E402
+from builder.doors.cli import main  # noqa: E402
 from builder.errors import UserError  # noqa: E402
-from builder.mergemodels import merge_models  # noqa: E402
-from fixtures import PLAIN_TEMPLATE, make_tiny_gemma  # noqa: E402
+from builder.training.merge_models import merge_models  # noqa: E402
+from fixtures import PLAIN_TEMPLATE, make_tiny_gemma, write_run  # noqa: E402
 
 
 def make_run(run: Path, base: Path, seed: int) -> Path:
@@ -30,11 +30,9 @@ def make_run(run: Path, base: Path, seed: int) -> Path:
     model.to(torch.bfloat16).save_pretrained(run / "merged")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(base / name, run / "merged" / name)
-    (run / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
-    meta = {"base_model": "embedded:gemma-3-270m", "base_model_path": str(base),
-            "template": "korean-plain", "end_token_ids": [1, 106]}
-    (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    return run
+    return write_run(run, PLAIN_TEMPLATE, meta={
+        "base_model": "embedded:gemma-3-270m", "base_model_path": str(base),
+        "template": "korean-plain", "end_token_ids": [1, 106]})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +71,7 @@ def test_slerp_is_each_parent_at_the_ends_and_neither_between(runs, tmp_path):
     assert meta["merge_recipe"]["method"] == "slerp" and meta["merge_recipe"]["t"] == 0.5
     assert meta["merge_recipe"]["runs"] == [str(a.resolve()), str(b.resolve())]
     assert (out / "template.yaml").is_file() and (out / "merged" / "generation_config.json").is_file()
-    reply = Chatbot.load(out).reply("배송비 얼마임?", max_new_tokens=4)
+    reply = load_chatbot(out).reply("배송비 얼마임?", max_new_tokens=4)
     assert isinstance(reply.text, str)
 
 
@@ -113,7 +111,7 @@ def test_merge_models_says_what_is_wrong(runs, tmp_path):
 
 
 def test_the_model_card_shows_the_merge_recipe(runs, tmp_path):
-    from builder.hub import model_card
+    from builder.deploy.cards import model_card
 
     out = merge_models(list(runs), tmp_path / "lin", method="linear", weights=[1.0, 0.5],
                        log=lambda *_: None)
@@ -130,7 +128,7 @@ def test_slerp_of_two_embedded_runs_is_each_at_the_ends_and_answers_between(embe
                                                                            tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from builder.merge import merge
+    from builder.training.merge import merge
 
     other = tmp_path / "other"
     shutil.copytree(embedded_run, other, ignore=shutil.ignore_patterns("merged", "checkpoints"))
@@ -153,5 +151,5 @@ def test_slerp_of_two_embedded_runs_is_each_at_the_ends_and_answers_between(embe
     for key in tuned:
         middle = merged[0.5][key]
         assert not torch.allclose(middle, wa[key]) and not torch.allclose(middle, wb[key]), key
-    reply = Chatbot.load(tmp_path / "t0.5").reply("배송비 얼마예요?", max_new_tokens=64)
+    reply = load_chatbot(tmp_path / "t0.5").reply("배송비 얼마예요?", max_new_tokens=64)
     assert reply.text.strip() and not reply.declined and reply.sources, reply

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import builder.models as models
+import builder.training.models as models
 from builder.config import load_config
 from builder.errors import UserError
 

@@ -1,4 +1,4 @@
-"""Guards builder/plan.py: LoRA counts match peft and Unsloth; the memory estimate moves right."""
+"""Guards builder/training/plan.py: LoRA counts match peft and Unsloth; the memory estimate moves right."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 from builder.config import LORA_TARGETS, config_from_dict
 from builder.errors import UserError
-from builder.plan import architecture_for, format_plan, plan
+from builder.training.plan import architecture_for, format_plan, plan
 
 LLAMA_8B = "beomi/Llama-3-Open-Ko-8B-Instruct-preview"
 

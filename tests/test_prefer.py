@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from builder.chat import Chatbot
-from builder.cli import main
+from builder.answering.chatbot import Chatbot, load_chatbot
+from builder.doors.cli import main
 from builder.config import DECLINE_MESSAGE, RagConfig, load_config
 from builder.errors import UserError
-from builder.prefer import build_pairs, judge, preference_figures, prefer, read_pairs
+from builder.training.prefer import prefer
+from builder.training.pairs import build_pairs, judge, preference_figures, read_pairs
 from builder.prompts import load_template
-from fixtures import make_prepared, make_tiny_gemma, sample_rows
+from fixtures import make_prepared, make_tiny_gemma, sample_knowledge, sample_rows
 
 SHIPPING = sample_rows(1)[0]  # 배송비는 얼마인가요? -> 3,000원, 30,000원, 5,000원
 OFF_TOPIC = "내일 부산 날씨 알려줘"
@@ -46,31 +47,42 @@ def test_judge_names_each_reason():
 # Building pairs with a scripted chatbot (no model): same retrieval and template as chat
 
 
-class ScriptedBot(Chatbot):
-    """A grounded Chatbot whose 'model' answers from a script: {question: [answers]}."""
+class ScriptedEngine:
+    """An engine without a model: it answers each prompt's question from a script
+    ({question: [answers]}) and records every prompt it is given."""
 
-    def __init__(self, knowledge, script):
-        super().__init__(None, None, load_template("korean"), {1}, knowledge=knowledge,
-                         rag=RagConfig())
+    name = "scripted"
+    encode = None
+    context_length = None
+
+    def __init__(self, script):
         self.script = {q: list(a) for q, a in script.items()}
-        self.options = []
+        self.options, self.prompts = [], []
 
-    def generate_stream(self, question, context="", *, faq="", reply=None, **options):
-        self.options.append(options)
-        yield self.script[question].pop(0)
+    def _answer(self, prompt: str) -> str:
+        question = prompt.rsplit("### 질문:\n", 1)[1].split("\n\n###")[0]
+        return self.script[question].pop(0)
 
-    def _generate_batch(self, prompts, max_new_tokens, **options):
+    def stream(self, prompt, **options):
         self.options.append(options)
-        return [(self.script[question].pop(0), False) for question, _, _ in prompts]
+        self.prompts.append(prompt)
+        yield self._answer(prompt)
+
+    def batch(self, prompts, **options):
+        self.options.append(options)
+        self.prompts += prompts
+        return [(self._answer(prompt), False) for prompt in prompts]
+
+
+def scripted_bot(knowledge, script) -> Chatbot:
+    """A grounded Chatbot whose engine answers from a script."""
+    return Chatbot(ScriptedEngine(script), load_template("korean"), knowledge=knowledge,
+                   rag=RagConfig())
 
 
 @pytest.fixture(scope="module")
 def knowledge():
-    from builder.knowledge import Entry, Knowledge
-
-    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
-               for i, r in enumerate(sample_rows(30))]
-    return Knowledge.build(entries, calibrate=False)  # the gate here: a shared content noun
+    return sample_knowledge(30)  # the gate here: a shared content noun
 
 
 def test_pairs_are_built_from_judged_samples(knowledge):
@@ -84,7 +96,7 @@ def test_pairs_are_built_from_judged_samples(knowledge):
         cutoff["instruction"]: [DECLINE_MESSAGE] * 4,  # declines though its entry is there
         "하루커피 배송비 알려줘 그리고 내일 날씨도": ["기본 배송비는 3,000원입니다."] * 4,
     }
-    bot = ScriptedBot(knowledge, script)
+    bot = scripted_bot(knowledge, script)
     cfg = load_config(None, ["prefer.samples=4"])
     off_topic = ["하루커피 배송비 알려줘 그리고 내일 날씨도", OFF_TOPIC]  # one passes the gate
     pairs, counts = build_pairs(bot, rows, off_topic, cfg, log=lambda *_: None)
@@ -95,12 +107,14 @@ def test_pairs_are_built_from_judged_samples(knowledge):
     assert by_reason["invented_number"]["rejected"] == "기본 배송비는 3,500원입니다."
     assert by_reason["invented_number"]["chosen"] == SHIPPING["output"]
     assert by_reason["answered_off_topic"]["chosen"] == DECLINE_MESSAGE
-    # the prompt is exactly what chat renders: the template with the retrieved FAQ block
-    hits = knowledge.search(SHIPPING["instruction"], 3)
-    expected = bot.template.render(SHIPPING["instruction"], "",
-                                   bot.template.render_faq([h.entry for h in hits]))
+    # the prompt is the one the engine was given: the template with the FAQ entries that fit
+    # the question (rag.prompt_entries "fitting"), not every retrieved one
+    question = SHIPPING["instruction"]
+    fitting = knowledge.fitting(question, knowledge.search(question, 3))
+    expected = bot.template.render(question, "", bot.template.render_faq([h.entry for h in fitting]))
     assert by_reason["missing_fact"]["prompt"] == expected
-    assert all(o["temperature"] > 0 for o in bot.options)  # sampled, not greedy
+    assert {p["prompt"] for p in pairs} <= set(bot.engine.prompts)
+    assert all(o["temperature"] > 0 for o in bot.engine.options)  # sampled, not greedy
 
 
 def test_pair_files_are_checked_with_their_line(tmp_path):
@@ -135,7 +149,7 @@ def tiny_sets(model_dir):
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
-    from builder.train import train
+    from builder.training.sft import train
 
     tmp = tmp_path_factory.mktemp("prefer")
     model = make_tiny_gemma(tmp / "tiny")
@@ -159,7 +173,7 @@ def policy(run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from builder.models import load_tokenizer
+    from builder.training.models import load_tokenizer
 
     meta = json.loads((run / "meta.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(meta["base_model_path"], dtype=torch.float32)
@@ -188,7 +202,7 @@ def test_preference_tuning_prefers_the_chosen_answer(sft_run, tmp_path, method):
 
 
 def test_the_preference_run_folder_works_with_merge_and_chat(sft_run, tmp_path, capsys):
-    from builder.merge import merge
+    from builder.training.merge import merge
 
     pairs = pairs_csv(tmp_path / "pairs.csv")
     out = tmp_path / "run2"
@@ -213,10 +227,10 @@ def test_the_preference_run_folder_works_with_merge_and_chat(sft_run, tmp_path, 
     assert main(["prefer", str(sft_run), "--out", str(out), "--pairs", str(out / "pairs.jsonl"),
                  "--set", "prefer.max_steps=1"]) == 0
     assert len((out / "pairs.jsonl").read_text().splitlines()) == 6
-    reply = Chatbot.load(out).reply("배송비 얼마임?", max_new_tokens=8)
+    reply = load_chatbot(out).reply("배송비 얼마임?", max_new_tokens=8)
     assert isinstance(reply.text, str)
     merge(out, log=lambda *_: None)
-    assert Chatbot.load(out, use="merged").reply("배송비 얼마임?", max_new_tokens=4) is not None
+    assert load_chatbot(out, use="merged").reply("배송비 얼마임?", max_new_tokens=4) is not None
     # the SFT run itself and a foreign folder are refused as --out
     with pytest.raises(UserError, match="the SFT run itself"):
         prefer(sft_run, sft_run, pairs_file=pairs)
@@ -231,8 +245,8 @@ def test_the_preference_run_folder_works_with_merge_and_chat(sft_run, tmp_path, 
 
 
 def test_the_unsloth_path_follows_its_dpo_recipe(sft_run, tmp_path, monkeypatch):
-    import builder.models
-    from builder.prefer import load_policy_hf
+    import builder.training.models
+    from builder.training.prefer import load_policy_hf
 
     calls = []
 
@@ -251,7 +265,7 @@ def test_the_unsloth_path_follows_its_dpo_recipe(sft_run, tmp_path, monkeypatch)
     fake.FastLanguageModel = FastLanguageModel
     fake.PatchDPOTrainer = lambda: calls.append(("PatchDPOTrainer",))
     monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(builder.models, "pick_backend", lambda cfg: "unsloth")
+    monkeypatch.setattr(builder.training.models, "pick_backend", lambda cfg: "unsloth")
     out = prefer(sft_run, tmp_path / "gpu", pairs_file=pairs_csv(tmp_path / "pairs.csv"),
                  overrides=["prefer.max_steps=1", "prefer.max_length=300"], log=lambda *_: None)
     assert [c[0] for c in calls] == ["PatchDPOTrainer", "from_pretrained", "for_training"]

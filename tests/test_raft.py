@@ -1,4 +1,4 @@
-"""Guards builder/raft.py: grounded rows show the right entry; near misses and off-topic decline."""
+"""Guards builder/training/raft.py: grounded rows show the right entry; near misses and off-topic decline."""
 
 import random
 from dataclasses import replace
@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 
 from builder.config import RagConfig
-from builder.knowledge import Entry, Hit, Knowledge
+from builder.answering.knowledge import Entry, Hit, Knowledge
 from builder.prompts import load_template
-from builder.raft import find_entry, grounded_rows, with_entry
+from builder.training.raft import find_entry, grounded_rows, with_entry
 from fixtures import sample_rows
 
 N_ROWS = 30
@@ -66,7 +66,7 @@ def test_near_miss_rows_hide_their_entry_and_decline(grounded, kb):
 
 
 def test_off_topic_rows_decline_questions_from_the_shipped_list(grounded, rows, kb):
-    from builder.knowledge import off_topic_questions
+    from builder.answering.gate import off_topic_questions
 
     pool = set(off_topic_questions())
     for row in (r for r in grounded if r["kind"] == "off_topic"):

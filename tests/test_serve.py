@@ -1,24 +1,22 @@
-"""Guards builder/serve.py: the OpenAI-compatible API, through the official openai client, over a
+"""Guards builder/doors/api.py: the OpenAI-compatible API, through the official openai client, over a
 tiny random gemma3 run (real tokenizer) and over a scripted completion engine."""
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from builder.chat import Chatbot
-from builder.serve import build_app, load_bot
-from fixtures import PLAIN_TEMPLATE, sample_rows
+from builder.answering.chatbot import load_chatbot
+from builder.doors.api import build_app
+from fixtures import PLAIN_TEMPLATE, ScriptedEngine, free_port, sample_rows
 
 openai = pytest.importorskip("openai")
 
@@ -28,50 +26,33 @@ OFF_TOPIC = "파이썬으로 리스트 정렬하는 코드 짜줘"
 KEY = "sk-builder-test-" + os.urandom(8).hex()  # distinctive, so a leak is easy to grep
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Run folders: a grounded one (korean template, knowledge/) and a plain one, one tiny model
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from builder.config import Config
-    from builder.knowledge import Entry, Knowledge
-    from fixtures import make_tiny_gemma
+    from fixtures import make_tiny_gemma, sample_knowledge, write_run
 
     tmp = tmp_path_factory.mktemp("serve")
-    grounded, plain = tmp / "shop", tmp / "plain"
-    for run in (grounded, plain):
-        run.mkdir()
+    meta = {"base_model": "tiny-gemma3", "end_token_ids": [1, 106], "config": Config().to_dict()}
+    grounded = write_run(tmp / "shop", "korean", meta=meta, knowledge=sample_knowledge(30))
+    plain = write_run(tmp / "plain", PLAIN_TEMPLATE, meta=meta)
     merged = make_tiny_gemma(grounded / "merged")
     config = json.loads((merged / "generation_config.json").read_text())
     (merged / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [1, 106]}))
     (plain / "merged").symlink_to(merged)
-    meta = {"base_model": "tiny-gemma3", "end_token_ids": [1, 106],
-            "config": Config().to_dict()}
-    for run in (grounded, plain):
-        (run / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    shutil.copy(ROOT / "prompts" / "korean.yaml", grounded / "template.yaml")
-    (plain / "template.yaml").write_text(PLAIN_TEMPLATE, encoding="utf-8")
-    rows = sample_rows(30)
-    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
-               for i, r in enumerate(rows)]
-    Knowledge.build(entries, calibrate=False).save(grounded / "knowledge")
     return grounded, plain
 
 
 @pytest.fixture(scope="module")
 def shop_bot(runs):
-    return Chatbot.load(runs[0])
+    return load_chatbot(runs[0])
 
 
 @pytest.fixture(scope="module")
 def plain_bot(runs):
-    return Chatbot.load(runs[1])
+    return load_chatbot(runs[1])
 
 
 class Server:
@@ -171,17 +152,17 @@ def slow_distinct(tokenizer, seconds: float, calls: list):
 @contextmanager
 def generating(bot, make_processor):
     """Every generate call of `bot` gets a fresh processor from `make_processor`."""
-    original = bot.model.generate
+    original = bot.engine.model.generate
 
     def generate(**kwargs):
         kwargs["logits_processor"].append(make_processor())
         return original(**kwargs)
 
-    bot.model.generate = generate
+    bot.engine.model.generate = generate
     try:
         yield
     finally:
-        del bot.model.generate
+        del bot.engine.model.generate
 
 
 def ask(client, question, model="shop", **options):
@@ -206,7 +187,7 @@ def test_models_and_health(shop):
 
 def test_streamed_and_whole_answers_are_the_grounded_answer_with_its_sources(shop, shop_bot):
     answer = "기본 배송비는 3,000원입니다. 30,000원 이상 구매하시면 무료입니다."
-    make = scripted(shop_bot.tokenizer, answer)
+    make = scripted(shop_bot.engine.tokenizer, answer)
     with generating(shop_bot, make):
         expected = shop_bot.reply(ON_TOPIC)
         whole = ask(shop.client(), ON_TOPIC)
@@ -235,7 +216,7 @@ def test_an_unscripted_answer_streams_as_it_is_whole(runs, plain_bot):
 
 
 def test_the_fact_guard_and_the_decline_rule_hold(shop, shop_bot):
-    make = scripted(shop_bot.tokenizer, "배송비는 9,999원입니다.")
+    make = scripted(shop_bot.engine.tokenizer, "배송비는 9,999원입니다.")
     with generating(shop_bot, make):
         guarded = ask(shop.client(), ON_TOPIC).choices[0].message
         streamed, _ = ask_streamed(shop.client(), ON_TOPIC)
@@ -254,14 +235,14 @@ def test_a_short_follow_up_is_retrieved_with_the_previous_question(shop, shop_bo
     searched, prompts = [], []
     search = shop_bot.knowledge.search
     monkeypatch.setattr(shop_bot.knowledge, "search",
-                        lambda q, k=3, **kw: searched.append(q) or search(q, k, **kw))
-    original = shop_bot.model.generate
+                        lambda q, k=3, **kw: searched.append(getattr(q, "text", q)) or search(q, k, **kw))
+    original = shop_bot.engine.model.generate
 
     def generate(**kwargs):
-        prompts.append(shop_bot.tokenizer.decode(kwargs["input_ids"][0]))
+        prompts.append(shop_bot.engine.tokenizer.decode(kwargs["input_ids"][0]))
         return original(**kwargs)
 
-    monkeypatch.setattr(shop_bot.model, "generate", generate)
+    monkeypatch.setattr(shop_bot.engine.model, "generate", generate)
     history = [{"role": "system", "content": "You are a helpful assistant."},
                {"role": "user", "content": "배송비는 얼마인가요?"},
                {"role": "assistant", "content": "3,000원입니다."}]
@@ -333,7 +314,7 @@ def test_a_bad_request_gets_an_openai_error(shop, body, status, param, code):
 
 
 def test_a_body_over_the_cap_gets_413_and_a_stream_of_one_too(shop):
-    from builder.serve import MAX_BODY_BYTES
+    from builder.doors.api import MAX_BODY_BYTES
 
     big = {"model": "shop", "messages": [{"role": "user", "content": "가" * MAX_BODY_BYTES}]}
     response = post(shop, big)
@@ -440,7 +421,7 @@ def wait_for(predicate, timeout=20.0, what="the condition"):
 def test_a_full_queue_gets_429_with_retry_after(plain_bot):
     calls: list = []
     with serving(plain_bot, "plain", max_queue=1) as server, \
-            generating(plain_bot, slow_distinct(plain_bot.tokenizer, 0.05, calls)):
+            generating(plain_bot, slow_distinct(plain_bot.engine.tokenizer, 0.05, calls)):
         first = server.client().chat.completions.create(
             model="plain", messages=[{"role": "user", "content": "배송은요?"}], stream=True,
             max_tokens=80)
@@ -473,7 +454,7 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(plain_bot):
             max_tokens=max_tokens)
 
     with serving(plain_bot, "plain", max_queue=1) as server, \
-            generating(plain_bot, slow_distinct(plain_bot.tokenizer, 0.05, calls)):
+            generating(plain_bot, slow_distinct(plain_bot.engine.tokenizer, 0.05, calls)):
         stream = open_stream(server, 200)
         pieces = iter(stream)
         next(pieces)
@@ -498,53 +479,6 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(plain_bot):
 # --engine URL: a scripted OpenAI-compatible completion server on loopback
 
 
-class ScriptedEngine:
-    """GET /v1/models and a streamed POST /v1/completions that writes `pieces` (ignoring the
-    stop strings, as a careless server would); records every completion request."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.pieces: list[str] = []
-        self.status = 200
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, body: bytes, kind="application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    return self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": "scripted-gemma", "object": "model"}]}).encode())
-                self._send(404, b"{}")
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                engine.requests.append(body)
-                if self.path != "/v1/completions" or engine.status != 200:
-                    return self._send(engine.status, b'{"error": {"message": "engine down"}}')
-                events = b"".join(
-                    b"data: " + json.dumps({"object": "text_completion", "choices": [
-                        {"index": 0, "text": piece, "finish_reason": None}]},
-                        ensure_ascii=False).encode() + b"\n\n" for piece in engine.pieces)
-                self._send(200, events + b"data: [DONE]\n\n", "text/event-stream")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def engine():
     scripted_engine = ScriptedEngine()
@@ -553,8 +487,8 @@ def engine():
 
 
 def test_an_engine_url_completes_the_rendered_prompt(runs, shop_bot, engine):
-    bot = load_bot(runs[0], engine.url)
-    assert bot.engine_model == "scripted-gemma" and bot.knowledge is not None
+    bot = load_chatbot(runs[0], engine=engine.url)
+    assert bot.engine.model == "scripted-gemma" and bot.knowledge is not None
     engine.pieces = ["기본 배송비는 ", "3,000", "원입니다.", "\n\n### 질", "문:\n다른 질문"]
     with serving(bot, "shop", engine=engine.url) as server:
         whole = ask(server.client(), ON_TOPIC, max_tokens=40, temperature=0.2)
@@ -574,7 +508,7 @@ def test_an_engine_url_completes_the_rendered_prompt(runs, shop_bot, engine):
 
 
 def test_an_engine_url_answer_is_guarded_and_declined_like_a_local_one(runs, engine):
-    bot = load_bot(runs[0], engine.url, engine_model="named")
+    bot = load_chatbot(runs[0], engine=engine.url, engine_model="named")
     engine.pieces = ["배송비는 ", "9,999원입니다."]
     with serving(bot, "shop") as server:
         guarded = ask(server.client(), ON_TOPIC).choices[0].message
@@ -595,9 +529,9 @@ def test_an_engine_url_that_is_not_there_is_named(runs):
     from builder.errors import UserError
 
     with pytest.raises(UserError, match=r"127\.0\.0\.1:9/v1/models"):
-        load_bot(runs[0], "http://127.0.0.1:9/v1")
+        load_chatbot(runs[0], engine="http://127.0.0.1:9/v1")
     with pytest.raises(UserError, match="local.*or a URL"):
-        load_bot(runs[0], "vllm")
+        load_chatbot(runs[0], engine="vllm")
 
 
 # The real embedded model (minutes on 2 CPU cores)
@@ -616,7 +550,7 @@ def test_the_embedded_model_streams_the_grounded_answer_it_gives_whole(runs, tmp
     generation = json.loads((source / "generation_config.json").read_text())
     (run / "merged" / "generation_config.json").write_text(
         json.dumps({**generation, "eos_token_id": [1, 106]}))
-    bot = Chatbot.load(run)
+    bot = load_chatbot(run)
     with serving(bot, "embedded") as server:
         for question in ("배송비 얼마임?", "원두 개봉했는데 반품돼?"):
             whole = ask(server.client(), question, model="embedded", max_tokens=48)

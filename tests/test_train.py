@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder.cli import main
+from builder.doors.cli import main
 from builder.config import load_config
 from builder.errors import UserError
 from builder.prompts import load_template
-from builder.train import IGNORE, make_trainer_class, tokenize_row, train
+from builder.training.sft import make_trainer_class, train
+from builder.training.rows import IGNORE, tokenize_row
 from fixtures import make_prepared, make_tiny_gemma, sample_rows
 
 
@@ -143,18 +144,18 @@ def test_answer_only_loss_has_the_same_gradients(tiny_model, tokenizer):
 
 
 def test_train_writes_the_run_folder(tiny_model, tmp_path, monkeypatch):
-    import builder.raft
-    from builder.knowledge import Knowledge
+    import builder.training.raft
+    from builder.answering.knowledge import Knowledge
 
-    made = []  # what builder.raft made for each split: train first, then validation
+    made = []  # what builder.training.raft made for each split: train first, then validation
 
-    real = builder.raft.grounded_rows
+    real = builder.training.raft.grounded_rows
 
     def spy(*args, **kwargs):
         made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(builder.raft, "grounded_rows", spy)
+    monkeypatch.setattr(builder.training.raft, "grounded_rows", spy)
     prepared = make_prepared(tmp_path, 30)
     run = train(prepared, tmp_path / "run", tiny_config(tiny_model, max_steps=4), log=lambda *_: None)
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "loss.png",
@@ -296,7 +297,7 @@ def test_merged_logits_equal_base_plus_adapter(embedded_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from builder.merge import merge
+    from builder.training.merge import merge
 
     merged_dir = embedded_run / "merged"  # merged by the fixture
     assert merge(embedded_run, log=lambda *_: None) == merged_dir  # re-run: no-op
@@ -358,9 +359,9 @@ def test_resume_after_a_killed_run_finishes(tmp_path):
 def test_a_row_added_with_index_is_answered_without_retraining(embedded_run, tmp_path):
     import shutil
 
-    from builder.chat import Chatbot
+    from builder.answering.chatbot import load_chatbot
     from builder.facts import states
-    from builder.knowledge import index_run
+    from builder.answering.knowledge import index_run
 
     # a copy: the session's run stays as trained for the other tests
     embedded_run = Path(shutil.copytree(embedded_run, tmp_path / "run",
@@ -377,7 +378,7 @@ def test_a_row_added_with_index_is_answered_without_retraining(embedded_run, tmp
     index_run(embedded_run, faq, log=lambda *_: None)
     assert (embedded_run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
 
-    bot = Chatbot.load(embedded_run, use="adapter")
+    bot = load_chatbot(embedded_run, use="adapter")
     reply = bot.reply("에코백 가격이 얼마예요?", max_new_tokens=64)
     assert not reply.declined and states(reply.text, "12,000원"), reply
     assert reply.sources and reply.sources[0].entry.line == 26  # header + 24 rows, then the new one
@@ -385,8 +386,8 @@ def test_a_row_added_with_index_is_answered_without_retraining(embedded_run, tmp
 
 @pytest.mark.slow
 def test_an_off_topic_question_gets_the_decline_message(embedded_run):
-    from builder.chat import Chatbot
+    from builder.answering.chatbot import load_chatbot
 
-    bot = Chatbot.load(embedded_run, use="adapter")
+    bot = load_chatbot(embedded_run, use="adapter")
     reply = bot.reply("파이썬으로 리스트 정렬하는 코드 짜줘", max_new_tokens=64)
     assert reply.declined and reply.text == bot.rag.decline_message and not reply.sources

@@ -1,0 +1,290 @@
+"""The chatbot: the answering policy over an engine. Every door asks it, so the same
+conversation gets the same answer on the page, in the terminal and through the API.
+
+    builder chat RUN_DIR                        # terminal chat; exit, quit or 종료 ends it
+    builder ask RUN_DIR "배송은 며칠 걸리나요?"     # one answer, streamed
+
+    from builder.answering.chatbot import load_chatbot
+    bot = load_chatbot("runs/NAME")              # merged/ when present, else base + adapter/
+    for delta in bot.stream("제주는요?", history=["배송비는 얼마인가요?"]):
+        print(delta, end="", flush=True)
+
+How a question is answered (a grounded run: its template has a `{faq}` slot, its folder a
+`knowledge/`):
+1. `ground` (builder.answering.grounding) looks the question up in the shop's FAQ, with the
+   conversation's earlier questions for a short follow-up. An FAQ question asked word for word
+   gets the entry's own answer; a question the FAQ says nothing about gets the decline message;
+   neither generates.
+2. `prompt` renders the run's template with the retrieved entries, cut to the engine's context
+   (builder.answering.decoding.fit_prompt).
+3. The engine (builder.answering.engines: transformers, llama.cpp, a remote completion server)
+   generates; its deltas stop at the end tokens and the template's stop markers.
+4. The fact guard (builder.answering.guard) shows the answer sentence by sentence once checked
+   and falls back to the best entry's own answer when it must.
+`stream(..., reply=Reply())` fills in the sources, the prompt, whether the bot declined and
+whether the guard or the runaway check stepped in (then a line goes to RUN/chat.log).
+"""
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+
+from builder.answering.decoding import fit_prompt
+from builder.answering.grounding import Grounder, Grounding
+from builder.answering.guard import Reply, settle
+from builder.errors import UserError
+from builder.run import USES, Run
+
+log = logging.getLogger(__name__)
+
+
+class Chatbot:
+    """An engine, the run's template and (for a grounded run) its knowledge, ready to answer."""
+
+    def __init__(self, engine, template, *, knowledge=None, rag=None,
+                 log_path: Path | None = None):
+        self.engine = engine
+        self.template = template
+        self.knowledge = knowledge  # builder.answering.knowledge.Knowledge, or None
+        self.grounder = Grounder(knowledge, rag, template) if knowledge is not None else None
+        self.rag = rag  # the run's RagConfig (k, decline message, guard, prompt entries)
+        self.log_path = log_path  # RUN/chat.log: answers the guard or the loop check cut
+        self.exact_answers = True  # an FAQ question asked word for word gets the FAQ's answer
+
+    @property
+    def rag(self):
+        return self._rag
+
+    @rag.setter
+    def rag(self, rag) -> None:  # the grounding step reads the same settings
+        self._rag = rag
+        if self.grounder is not None:
+            self.grounder.rag = rag
+
+    def use_knowledge(self, knowledge) -> None:
+        """Answer from `knowledge` from the next question on (an updated FAQ, no retraining)."""
+        self.knowledge = knowledge
+        self.grounder = Grounder(knowledge, self.rag, self.template)
+
+    # The policy
+
+    def ground(self, question: str, context: str = "", history: Sequence[str] = ()) -> Grounding:
+        """What the FAQ says about `question` in this conversation (`history`: the customer's
+        earlier messages, oldest first)."""
+        if self.grounder is None:
+            return Grounding(question, context)
+        return self.grounder.ground(question, context, history, exact=self.exact_answers)
+
+    def prompt(self, grounding: Grounding, max_new_tokens: int = 256) -> str:
+        """The template rendered with the grounding's FAQ block, cut so the answer's
+        max_new_tokens fit the engine's context (an engine without a tokenizer here gets it
+        whole)."""
+        render = self.template.render
+        question, context, faq = grounding.question, grounding.context, grounding.faq
+        length = self.engine.context_length
+        if self.engine.encode is None or length is None:
+            return render(question, context, faq)
+        budget = length - max_new_tokens  # room for the whole answer is kept
+
+        def encode(q: str, c: str) -> list[int]:
+            return self.engine.encode(render(q, c, faq))
+
+        if len(encode("", "")) > budget:
+            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt: "
+                            f"the model has {length} positions in all")
+        return render(*fit_prompt(encode, question, context, budget), faq)
+
+    def _settled(self, grounding: Grounding, reply: Reply) -> bool:
+        """Fill in a reply that needs no generation (an exact FAQ question, a decline)."""
+        if grounding.exact is not None:
+            reply.exact, reply.sources = True, [grounding.exact]
+            reply.text = grounding.exact.entry.answer
+        elif grounding.declined:
+            reply.declined = reply.gated = True
+            reply.text = self.rag.decline_message
+        else:
+            reply.sources = list(grounding.hits)
+        return grounding.settled
+
+    # Answers
+
+    def stream(self, question: str, context: str = "", *, history: Sequence[str] = (),
+               reply: Reply | None = None, **options) -> Iterator[str]:
+        """Yield the answer as text deltas. Options go to the engine's stream (max_new_tokens,
+        temperature, top_p, stop_event, ...); `reply`, if given, is filled in."""
+        reply = reply if reply is not None else Reply()
+        grounding = self.ground(question, context, history)
+        if self._settled(grounding, reply):
+            yield reply.text
+            return
+        reply.prompt = self.prompt(grounding, options.get("max_new_tokens", 256))
+        deltas = self.engine.stream(reply.prompt, flags=reply, **options)
+        if self.grounder is None:
+            for delta in deltas:
+                reply.text += delta
+                yield delta
+            return
+        shown = grounding.guard(self.rag)
+        with closing(deltas):
+            for delta in deltas:
+                if text := shown.feed(delta):
+                    reply.text += text
+                    yield text
+                if shown.tripped:
+                    break
+        # a loop's unfinished sentence is never shown: only the sentences checked before it
+        if not reply.runaway and (text := shown.finish()):
+            reply.text += text
+            yield text
+        if text := settle(reply, shown, grounding.hits, self.rag.decline_message):
+            yield text
+        if reply.guarded or reply.runaway:
+            self._log_event(question, reply)
+
+    def reply(self, question: str, context: str = "", **options) -> Reply:
+        """The whole answer with its sources and flags (the joined stream)."""
+        reply = Reply()
+        for _ in self.stream(question, context, reply=reply, **options):
+            pass
+        return reply
+
+    def answer(self, question: str, context: str = "", **options) -> str:
+        """The whole answer as one string: the joined stream."""
+        return "".join(self.stream(question, context, **options))
+
+    def reply_batch(self, items: list[tuple[str, str]], *, max_new_tokens: int = 256,
+                    batch_size: int = 8, temperature: float = 0.0,
+                    top_p: float = 0.9) -> list[Reply]:
+        """Replies to many (question, context) pairs, through the same grounding, guard and
+        fallback as `stream`; generated `batch_size` at a time by an engine that batches,
+        one after another by one that does not. For the eval and the preference pairs."""
+        replies = [Reply() for _ in items]
+        todo = []  # (reply, grounding)
+        for reply, (question, context) in zip(replies, items):
+            grounding = self.ground(question, context)
+            if not self._settled(grounding, reply):
+                reply.prompt = self.prompt(grounding, max_new_tokens)
+                todo.append((reply, grounding))
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outputs = self._generate([reply.prompt for reply, _ in chunk], options)
+            for (reply, grounding), (text, looped) in zip(chunk, outputs):
+                reply.runaway = looped
+                if self.grounder is None:
+                    reply.text = reply.generated = text
+                    continue
+                shown = grounding.guard(self.rag)
+                # fed word by word, as a stream is: the guard releases and trips as it would live
+                reply.text = "".join(shown.feed(word) for word in re.split(r"(?<=\s)", text))
+                reply.text += "" if looped or shown.tripped else shown.finish()
+                settle(reply, shown, grounding.hits, self.rag.decline_message)
+        return replies
+
+    def _generate(self, prompts: list[str], options: dict) -> list[tuple[str, bool]]:
+        """[(answer, looped)] for prompts: the engine's batch, or its stream one at a time."""
+        if hasattr(self.engine, "batch"):
+            return self.engine.batch(prompts, **options)
+        outputs = []
+        for prompt in prompts:
+            flags = Reply()
+            text = "".join(self.engine.stream(prompt, flags=flags, **options))
+            outputs.append((text, flags.runaway))
+        return outputs
+
+    # Serving
+
+    def ready(self, model: bool = True) -> None:
+        """Load now what the first answer would wait for (Kiwi, the knowledge's per-entry
+        caches and, with `model`, the engine's first step): `builder serve` calls it before it
+        listens, so the first customer is answered as fast as the next."""
+        grounding = Grounding("안녕하세요")
+        if self.grounder is not None and self.knowledge.entries:
+            question = self.knowledge.entries[0].question
+            self.knowledge.exact(question)
+            grounding = self.grounder.ground(question, exact=False)
+            if grounding.hits:
+                grounding.guard(self.rag).feed(grounding.hits[0].entry.answer[:20])
+        if model:  # a prompt as long as an answer's: the model's buffers are sized for it
+            for _ in self.engine.stream(self.prompt(grounding, 1), max_new_tokens=1):
+                pass
+
+    def warm(self, stop_event: threading.Event | None = None) -> int:
+        """With the llama.cpp engine: keep a KV state for every FAQ entry as the first in a
+        prompt, so a question whose best entry it is starts there. The entries warmed."""
+        if not hasattr(self.engine, "warm"):
+            raise UserError("--warm reads the FAQ into llama.cpp: add --use gguf")
+        warmed = 0
+        for entry in self.knowledge.entries if self.knowledge is not None else []:
+            if stop_event is not None and stop_event.is_set():
+                break
+            faq = self.template.render_faq([entry])
+            warmed += self.engine.warm(self.template.render("", "", faq))
+        return warmed
+
+    def _log_event(self, question: str, reply: Reply) -> None:
+        """The fact guard or the runaway check stepped in: a line in RUN/chat.log, so the owner
+        can count how often (the eval counts it on its questions too)."""
+        event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "question": question,
+                 "event": "fact guard" if reply.guarded else "runaway check",
+                 "outcome": "fallback to the best entry" if reply.fallback else "answer cut",
+                 "why": reply.why,
+                 "invented": [list(f) for f in reply.invented], "generated": reply.generated}
+        log.info("%s: %r -> %s", event["event"], question, event["outcome"])
+        if self.log_path is not None:
+            with self.log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(event, ensure_ascii=False) + "\n")
+
+
+def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local",
+                 engine_model: str | None = None, device: str | None = None,
+                 gguf_file: str | Path | None = None) -> Chatbot:
+    """A run folder's chatbot. `engine` "local" generates in this process: use "auto" (merged/
+    when present, else base model + adapter/), "merged", "adapter" (transformers) or "gguf"
+    (llama.cpp: `gguf_file`, else the one RUN/gguf/report.json chose); a URL generates at
+    that OpenAI-compatible completion server."""
+    if use not in USES:
+        raise ValueError(f"use must be one of {', '.join(USES)}, not {use!r}")
+    run = Run(run_dir).require()
+    weights = run.weights(use) if engine == "local" and use != "gguf" else None
+    template, meta = run.template(), run.meta()
+    knowledge = rag = None
+    if template.grounded:
+        from builder.answering.knowledge import Knowledge
+
+        knowledge = Knowledge.load(run.require_knowledge().knowledge_dir)
+        rag = run.config().rag
+    options = {"stop_markers": template.stop_markers,
+               "repetition_penalty": rag.repetition_penalty if rag is not None else 1.0}
+    if engine != "local":
+        import os
+
+        from builder.answering.engines.remote import (ENGINE_API_KEY_ENV, RemoteEngine,
+                                                      engine_model_name)
+
+        if not engine.startswith(("http://", "https://")):
+            raise UserError(f"--engine must be 'local' or a URL like http://HOST:PORT/v1, not "
+                            f"{engine!r}")
+        api_key = os.environ.get(ENGINE_API_KEY_ENV)
+        generator = RemoteEngine(engine, engine_model or engine_model_name(engine, api_key),
+                                 api_key=api_key, **options)
+    elif use == "gguf":
+        from builder.answering.engines.llamacpp import GgufEngine
+
+        generator = GgufEngine.load(Path(gguf_file) if gguf_file else run.gguf(), end_ids=set(meta.get("end_token_ids") or []),
+                                    **options)
+    else:
+        from builder.answering.engines.transformers import TransformersEngine
+
+        model_dir, adapter_dir = weights
+        generator = TransformersEngine.load(
+            model_dir, adapter_dir, device=device, end_ids=meta.get("end_token_ids") or [],
+            # a config without max_position_embeddings: the length the run trained on
+            context_length=meta.get("config", {}).get("model", {}).get("max_seq_length"),
+            **options)
+    return Chatbot(generator, template, knowledge=knowledge, rag=rag, log_path=run.chat_log)

@@ -1,0 +1,218 @@
+"""The llama.cpp engine: the GGUF that `builder export` wrote, in this process
+(llama-cpp-python).
+
+    builder export runs/NAME --format gguf            # -> runs/NAME/gguf/NAME-f16.gguf
+    builder chat runs/NAME --use gguf                  # the same bot, generating in llama.cpp
+    builder serve runs/NAME --use gguf [--warm]
+
+The prompt is tokenized by the GGUF's own tokenizer (BOS added, as training did); generation is
+greedy at temperature 0 and stops at the end tokens the export recorded, at the template's
+stop markers and at a repeating loop. The repetition penalty is applied as transformers applies
+it (only to tokens the answer generated, never to the FAQ block in the prompt), so a GGUF at
+f16 answers what the merged model answers. Needs the `gguf` extra (llama-cpp-python).
+$BUILDER_LLAMA_THREADS sets the threads llama.cpp uses (default: every core). One answer is
+generated at a time (a Llama object is not thread-safe); others wait for the lock.
+
+Most of an idle server's first-token time is llama.cpp reading the prompt (~450 tokens/s on 2
+cores). Prompts whose first FAQ entry is the same share their start, so the KV state of recent
+prompts is kept (`PrefixStates`): a new prompt is read only from where it parts from the
+closest one. `warm(prompts)` keeps one state per prompt, so even a first question starts there.
+"""
+
+import ctypes
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+from builder.answering.decoding import answer_deltas
+from builder.answering.guard import runaway
+from builder.errors import UserError
+
+THREADS_ENV = "BUILDER_LLAMA_THREADS"  # threads llama.cpp uses (default: every core)
+N_CTX = 4096  # tokens of prompt + answer; a FAQ prompt with 3 entries is a few hundred
+PREFIX_MIN = 32  # shared tokens worth restoring a kept state for (a lone header is ~6)
+PREFIX_BYTES = 512 * 2**20  # KV states kept in all; gemma-3-270m holds 18 KB per token
+INSTALL = ("llama-cpp-python is not installed: pip install -e '.[gguf]' (it builds llama.cpp, "
+           "about 5 minutes on 2 cores, once per machine)")
+
+
+def import_llama():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(INSTALL) from None
+    return llama_cpp
+
+
+def load_llama(path: Path, n_ctx: int = N_CTX):
+    llama_cpp = import_llama()
+    # every core by default; on a machine other work keeps busy fewer are faster (llama.cpp's
+    # threads spin while they wait: 334 prompt tokens took 4.2 s on 2 threads, 1.4 s on 1, with
+    # two other processes running on 2 cores)
+    threads = int(os.environ.get(THREADS_ENV) or 0) or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                           n_threads_batch=threads, verbose=False)
+
+
+def shared_length(a, b) -> int:
+    """How many tokens two token sequences share from their start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixStates:
+    """The llama.cpp KV state of recent prompts (sequence 0 only, no logits), newest last,
+    within a byte budget. llama-cpp-python reuses what is still in its context by itself;
+    this keeps more than the last prompt. Used under the bot's lock."""
+
+    def __init__(self, llama, budget: int = PREFIX_BYTES):
+        self.llama, self.budget = llama, budget
+        self.states: OrderedDict[tuple, bytes] = OrderedDict()
+        self.size = 0
+        self.restored = 0  # prompts started from a kept state
+
+    def save(self) -> None:
+        """Keep the context's state (the prompt and answer just evaluated)."""
+        import llama_cpp
+
+        llama = self.llama
+        key = tuple(int(t) for t in llama.input_ids[:llama.n_tokens])
+        if len(key) < PREFIX_MIN or key in self.states:
+            return
+        ctx = llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        if not written or written > self.budget:
+            return
+        self.states[key] = bytes(buffer)[:written]
+        self.size += written
+        while self.size > self.budget:
+            self.size -= len(self.states.popitem(last=False)[1])
+
+    def restore(self, prompt: list[int]) -> int:
+        """Load the kept state sharing the longest start with `prompt`, if it shares more
+        than the context holds now (and PREFIX_MIN tokens at least). The tokens shared."""
+        import llama_cpp
+
+        llama = self.llama
+        best, length = None, max(PREFIX_MIN - 1,
+                                 shared_length(llama.input_ids[:llama.n_tokens], prompt))
+        for key in self.states:
+            if (n := shared_length(key, prompt)) > length:
+                best, length = key, n
+        if best is None:
+            return 0
+        data = self.states[best]
+        llama._ctx.kv_cache_seq_rm(0, -1, -1)
+        llama.n_tokens = 0
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(data), 0):
+            llama._ctx.kv_cache_seq_rm(0, -1, -1)  # (not loaded: read from the start)
+            return 0
+        llama.input_ids[:len(best)] = best
+        llama.n_tokens = len(best)  # llama.generate reads the prompt from where they part
+        self.states.move_to_end(best)
+        self.restored += 1
+        return length
+
+
+class GgufEngine:
+    """Generation with a llama.cpp GGUF."""
+
+    name = "gguf"
+
+    def __init__(self, llama, *, end_ids: set[int], stop_markers=(),
+                 repetition_penalty: float = 1.0, path: Path | None = None):
+        self.llama, self.path = llama, path
+        self.end_ids = set(end_ids) | {llama.token_eos()}
+        self.stop_markers = tuple(stop_markers)
+        self.repetition_penalty = repetition_penalty
+        self.context_length = llama.n_ctx()
+        self.lock = threading.Lock()
+        self.prefixes = PrefixStates(llama)
+
+    @classmethod
+    def load(cls, path: Path, *, n_ctx: int = N_CTX, **options) -> "GgufEngine":
+        return cls(load_llama(path, n_ctx), path=Path(path), **options)
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's ids by the GGUF's tokenizer, BOS first (special tokens in the text are
+        text, as the transformers tokenizer treats them)."""
+        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+
+    def decode(self, ids: list[int]) -> str:
+        # a character whose bytes are not all generated yet decodes to U+FFFD, held back
+        return self.llama.detokenize(ids).decode("utf-8", errors="replace")
+
+    def stream(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 0.9, stop_event: threading.Event | None = None, flags=None,
+               generated_ids: list[int] | None = None, **ignored) -> Iterator[str]:
+        """Yield the answer as text deltas, as the transformers engine does (logits_processor
+        is a transformers option and is ignored here)."""
+        ids = self.encode(prompt)
+        with self.lock:
+            tokens = self._tokens(ids, max_new_tokens, temperature, top_p, stop_event, flags,
+                                  generated_ids)
+            try:
+                yield from answer_deltas(tokens, self.decode, self.stop_markers, self.end_ids)
+            finally:
+                tokens.close()  # ends llama.cpp's generation loop before the lock is released
+
+    def warm(self, prompt: str) -> bool:
+        """Keep the KV state of `prompt` (one at a time under the lock: answers go between);
+        False when it does not fit."""
+        ids = self.encode(prompt)
+        if len(ids) + 1 > self.context_length:
+            return False
+        with self.lock:
+            self.llama.reset()
+            self.llama.eval(ids)
+            self.prefixes.save()
+        return True
+
+    def _tokens(self, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
+                stop_event, flags, generated_ids: list[int] | None):
+        import numpy as np
+
+        penalty = self.repetition_penalty
+        start = len(prompt)
+
+        def penalize(input_ids, scores):  # transformers' RepetitionPenaltyLogitsProcessor
+            seen = np.unique(np.asarray(input_ids[start:], dtype=np.int64))
+            if seen.size:
+                picked = scores[seen]
+                scores[seen] = np.where(picked < 0, picked * penalty, picked / penalty)
+            return scores
+
+        sampling = dict(temp=temperature, top_p=top_p, top_k=0, min_p=0.0) if temperature > 0 \
+            else dict(temp=0.0)
+        generated: list[int] = []
+        self.prefixes.restore(prompt)
+        stream = self.llama.generate(
+            prompt, repeat_penalty=1.0, reset=True, **sampling,
+            logits_processor=[penalize] if penalty > 1 else None)
+        try:
+            for token_id in stream:
+                generated.append(int(token_id))
+                if generated_ids is not None:
+                    generated_ids.append(int(token_id))
+                yield int(token_id)
+                if token_id in self.end_ids or len(generated) >= max_new_tokens:
+                    return
+                if runaway(generated):
+                    if flags is not None:
+                        flags.runaway = True
+                    return
+                if stop_event is not None and stop_event.is_set():
+                    return
+        finally:
+            stream.close()
+            self.prefixes.save()

@@ -1,0 +1,111 @@
+"""The grounding step: what the FAQ says about one question of a conversation, the one place
+where an answer is looked up. Every door (page, terminal, API), the eval, the preference pairs
+and the export check call it through `Chatbot.ground`; none of them retrieves on its own.
+
+    grounder = Grounder(knowledge, rag, template)
+    g = grounder.ground("제주는요?", history=["배송비는 얼마인가요?"])
+    g.exact, g.declined        # settled without generating: the FAQ's own answer, or decline
+    g.hits, g.faq              # the entries the prompt carries, and their FAQ block
+
+The rules, in order:
+1. A question that is an FAQ question word for word (with the same context) gets that entry's
+   own answer (`exact`), unless the caller asks for the model's own answer.
+2. A short follow-up (at most FOLLOW_UP_CHARS letters, "제주도는요?") after an earlier question
+   is also searched with that question in front; the two searches' hits are interleaved, and
+   it passes the gate when it does alone or together with the earlier question.
+3. The gate (builder.answering.gate) declines a question the FAQ says nothing about.
+4. With rag.prompt_entries "fitting", the prompt carries only the hits that cover the question
+   as well as the best one (a follow-up keeps both questions' hits: they are its context).
+The question is analysed once (builder.answering.text.Query) for all of it, under one lock:
+Kiwi and the embedder are shared by answers generated side by side.
+"""
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from builder.answering.guard import GuardedText
+
+FOLLOW_UP_CHARS = 8  # letters (spaces and punctuation aside): "제주도는요?" is 5
+
+
+@dataclass
+class Grounding:
+    """What the FAQ says about one question."""
+
+    question: str
+    context: str = ""
+    earlier: str = ""  # the earlier question a short follow-up was read with ('' if none)
+    hits: list = field(default_factory=list)  # the entries the prompt carries, best first
+    faq: str = ""  # the hits as the template's FAQ block
+    exact: object = None  # the Hit of an FAQ question asked word for word
+    declined: bool = False  # the gate found nothing in the FAQ about the question
+    may_copy: list[str] = field(default_factory=list)  # answers the guard lets a reply copy
+
+    @property
+    def settled(self) -> bool:
+        """Answered without generating: the FAQ's own answer, or the decline message."""
+        return self.exact is not None or self.declined
+
+    def guard(self, rag) -> GuardedText:
+        """The fact guard for an answer generated from these hits."""
+        hits = self.hits
+        # the decline message may name the shop's phone number: the model says it when it declines
+        sources = [h.entry.text for h in hits] + [self.question, self.context,
+                                                 rag.decline_message]
+        return GuardedText(sources, enabled=rag.fact_guard,
+                           answers=[h.entry.answer for h in hits],
+                           questions=[line for h in hits
+                                      for line in (h.entry.question, h.entry.context) if line],
+                           asked=[self.question, self.context],
+                           decline_message=rag.decline_message, may_copy=self.may_copy)
+
+
+def follow_up(question: str, history: Sequence[str]) -> str:
+    """The earlier question a short follow-up is read with: the last non-empty one in
+    `history` (the customer's earlier messages, oldest first) when `question` is short."""
+    earlier = [text.strip() for text in history if text and text.strip()]
+    short = sum(ch.isalnum() for ch in question) <= FOLLOW_UP_CHARS
+    return earlier[-1] if short and earlier else ""
+
+
+class Grounder:
+    """The grounding step over one knowledge, with the run's retrieval settings and template."""
+
+    def __init__(self, knowledge, rag, template):
+        self.knowledge, self.rag, self.template = knowledge, rag, template
+        self.lock = threading.Lock()
+
+    def ground(self, question: str, context: str = "", history: Sequence[str] = (), *,
+               exact: bool = True) -> Grounding:
+        kb, k = self.knowledge, self.rag.k
+        g = Grounding(question, context, earlier=follow_up(question, history))
+        with self.lock:
+            if exact and (hit := kb.exact(question, context)) is not None:
+                g.exact, g.hits = hit, [hit]
+                return g
+            query = kb.query(question)
+            queries = [query] + ([kb.query(f"{g.earlier} {question}")] if g.earlier else [])
+            hits = _interleave([kb.search(q, k) for q in queries], k)
+            g.declined = not any(kb.relevant(q, hits) for q in queries)
+            if self.rag.prompt_entries == "fitting" and not g.earlier:
+                hits = kb.fitting(query, hits)
+            # a lower entry may be copied only if it covers the question as well as the best
+            # one: "탈퇴하고 언제 다시 가입?" is not answered with how to leave
+            covered = [kb.coverage(query, h.entry) for h in hits]
+            g.may_copy = [h.entry.answer for h, c in zip(hits, covered) if c >= covered[0]]
+        g.hits = hits
+        g.faq = self.template.render_faq([h.entry for h in hits])
+        return g
+
+
+def _interleave(rankings: list[list], k: int) -> list:
+    """The first k distinct entries of the rankings taken in turn (one ranking: itself)."""
+    if len(rankings) == 1:
+        return rankings[0][:k]
+    hits, seen = [], set()
+    for hit in (h for row in zip(*rankings) for h in row):
+        if hit.entry.id not in seen:
+            seen.add(hit.entry.id)
+            hits.append(hit)
+    return hits[:k]

@@ -1,0 +1,1 @@
+"""Getting the bot out: GGUF export, the Hugging Face Hub and the cards."""

@@ -1,0 +1,363 @@
+"""The HTTP door: a run's grounded chatbot behind an OpenAI-compatible API (FastAPI + uvicorn).
+
+    builder serve runs/NAME                                    # http://127.0.0.1:8000/v1
+    BUILDER_API_KEY=... builder serve runs/NAME --host 0.0.0.0 # clients send "Bearer ..."
+    builder serve runs/NAME --engine http://GPU-HOST:8001/v1   # vLLM, llama.cpp, Ollama, TGI
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")
+    reply = client.chat.completions.create(
+        model="NAME", messages=[{"role": "user", "content": "배송비는 얼마인가요?"}])
+    reply.choices[0].message.content, reply.choices[0].message.sources
+
+GET /v1/models, POST /v1/chat/completions (whole, or `stream: true` as server-sent events
+ending with `data: [DONE]`), GET /health (no key needed, for load balancers). Every answer is
+`Chatbot.stream`'s: retrieval, the decline rule, the fact guard and the stop rules stay here.
+
+- The question is the last user message; the earlier user messages are the conversation a
+  short follow-up ("제주도는요?") is read with (builder.answering.grounding), as on the page
+  and in `builder chat`. System messages are ignored (the run's template is the prompt); an
+  extra `context` field fills the template's context block.
+- Replies carry extra fields that standard clients ignore: `sources` ([{"line", "question"}],
+  the FAQ rows the answer came from) and `declined`, on the message (whole answers) or on the
+  last chunk (streams).
+- Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with its status.
+- At most `concurrency` answers are generated at once (1 for the in-process model: on CPU one
+  generation takes all cores) and `max_queue` more wait; beyond that 429 with Retry-After. A
+  client that leaves stops its generation after the current token and frees its place.
+- `--engine URL`: the model runs in an OpenAI-compatible completion server; the builder renders
+  the prompt and asks only for its completion (POST URL/completions, streamed, with the
+  template's stop markers). The server adds <bos>, as training did.
+- The API key is compared in constant time and never logged: uvicorn's access log is off and
+  the log line written instead has the method, the path without its query, status and time.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+from builder.answering.chatbot import Chatbot, load_chatbot
+from builder.answering.engines.remote import EngineError
+from builder.answering.guard import Reply
+from builder.doors.api_request import ApiError, read_request
+from builder.errors import UserError
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "BUILDER_API_KEY"
+MAX_BODY_BYTES = 256 * 1024  # a chat request with its history is a few kB
+END = object()  # the end of a job's deltas
+
+
+# Reading a request
+
+
+# One answer being generated, and the queue in front of the engine
+
+
+class Gate:
+    """At most `concurrency` answers generated at once and `max_queue` waiting."""
+
+    def __init__(self, concurrency: int, max_queue: int):
+        self.concurrency, self.max_queue = concurrency, max_queue
+        self.running = self.waiting = 0
+        self.turns = asyncio.Semaphore(concurrency)
+        self.seconds = 2.0  # a running mean of how long an answer takes, for Retry-After
+
+    def admit(self) -> None:
+        if self.running + self.waiting >= self.concurrency + self.max_queue:
+            retry = math.ceil(self.seconds * (self.waiting + 1) / self.concurrency)
+            raise ApiError(429, f"the server is busy ({self.running} answering, {self.waiting} "
+                           f"waiting); retry in {retry} s", type="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": str(retry)})
+        self.waiting += 1
+
+
+class Job:
+    """One answer: waits for its turn, then streams deltas from a thread into `deltas`."""
+
+    def __init__(self, bot: Chatbot, gate: Gate, request: dict):
+        self.bot, self.gate, self.request = bot, gate, request
+        self.reply = Reply()
+        self.deltas: asyncio.Queue = asyncio.Queue()
+        self.stop = threading.Event()  # set when the client leaves: generation ends
+        self.error: BaseException | None = None
+        self.started = False
+        gate.admit()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task.add_done_callback(self._ended)
+
+    def cancel(self) -> None:
+        """The client left: leave the queue, or stop generating after the current token."""
+        self.stop.set()
+        if not self.started:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        await self.gate.turns.acquire()  # cancelled here when the client leaves while waiting
+        self.gate.waiting -= 1
+        self.gate.running += 1
+        self.started = True
+        begun, loop, finished = time.monotonic(), asyncio.get_running_loop(), asyncio.Event()
+        try:
+            thread = threading.Thread(target=self._generate, args=(loop, finished),
+                                      name="serve-answer", daemon=True)
+            thread.start()
+            await finished.wait()  # not cancelled: the slot is free only once the thread is done
+        finally:
+            self.gate.running -= 1
+            self.gate.turns.release()
+            self.gate.seconds = 0.8 * self.gate.seconds + 0.2 * (time.monotonic() - begun)
+
+    def _ended(self, task) -> None:  # also when cancelled before it began
+        if not self.started:
+            self.gate.waiting -= 1
+        self.deltas.put_nowait(END)
+
+    def _generate(self, loop, finished: asyncio.Event) -> None:
+        def hand(callback, *args):
+            try:
+                loop.call_soon_threadsafe(callback, *args)
+            except RuntimeError:  # the server loop is gone (shutdown)
+                pass
+
+        request = self.request
+        try:
+            with closing(self.bot.stream(request["question"], request["context"],
+                                         history=request["history"], reply=self.reply,
+                                         stop_event=self.stop, **request["options"])) as deltas:
+                for delta in deltas:
+                    if self.stop.is_set():
+                        break
+                    hand(self.deltas.put_nowait, delta)
+        except BaseException as err:  # handed to the response
+            self.error = err
+        finally:
+            hand(finished.set)
+
+
+# The app
+
+
+class _Door:
+    """ASGI middleware: the API key for /v1/*, and one log line per request (method, path
+    without its query, status, seconds), never a header."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    def _authorized(self, scope) -> bool:
+        sent = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = sent.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
+                                                                   self.api_key.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        begun, status = time.monotonic(), [500]
+
+        async def send_noting_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key is not None and scope["path"].startswith("/v1") \
+                    and not self._authorized(scope):
+                refused = ApiError(401, "missing or wrong API key (send Authorization: Bearer "
+                                   "KEY)", code="invalid_api_key")
+                await _error_response(refused)(scope, receive, send_noting_status)
+            else:
+                await self.app(scope, receive, send_noting_status)
+        finally:
+            log.info("%s %s %d %.2fs", scope["method"], scope["path"], status[0],
+                     time.monotonic() - begun)
+
+
+def _error_response(err: ApiError):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _failure(err: BaseException) -> ApiError:
+    """What the client is told about an answer that failed (the traceback stays in the log)."""
+    if isinstance(err, UserError):
+        return ApiError(400, str(err))
+    if isinstance(err, EngineError):
+        log.error("%s", err)
+        return ApiError(502, "the completion engine failed; see the server log",
+                        type="server_error", code="engine_error")
+    log.error("answer failed", exc_info=err)
+    return ApiError(500, "the answer failed; see the server log", type="server_error")
+
+
+def _sources(reply: Reply) -> list[dict]:
+    return [{"line": h.entry.line, "question": h.entry.question} for h in reply.sources]
+
+
+def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue: int = 8,
+              max_tokens_cap: int = 512, concurrency: int = 1, engine: str = "local"):
+    """The FastAPI app serving `bot` as `model`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="builder serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_Door, api_key=api_key)
+    app.state.gate = None  # made in the server's event loop, on the first request
+    created = int(time.time())
+
+    def gate() -> Gate:
+        if app.state.gate is None:
+            app.state.gate = Gate(concurrency, max_queue)
+        return app.state.gate
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):  # unknown paths and methods, in OpenAI's shape
+        return _error_response(ApiError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, exc):  # a bug: JSON for the client, the traceback logged
+        return _error_response(_failure(exc))
+
+    @app.get("/health")
+    async def health():
+        g = gate()
+        return {"status": "ok", "model": model, "engine": engine, "running": g.running,
+                "waiting": g.waiting, "max_queue": max_queue}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": created,
+                                            "owned_by": "builder"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = await _read_json(request)
+            job = Job(bot, gate(), read_request(body, model, max_tokens_cap))
+        except ApiError as err:
+            return _error_response(err)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        if job.request["stream"]:
+            async def leave():  # runs after the stream, also when the client left before it began
+                job.cancel()
+
+            return StreamingResponse(_events(job, head), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"},
+                                     background=BackgroundTask(leave))
+        text = await _whole(job, request)
+        if text is None:  # the client left
+            return JSONResponse({}, status_code=499)
+        if job.error is not None:
+            return _error_response(_failure(job.error))
+        message = {"role": "assistant", "content": text, "sources": _sources(job.reply),
+                   "declined": job.reply.declined}
+        return {**head, "object": "chat.completion", "choices": [
+            {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}]}
+
+    return app
+
+
+async def _read_json(request) -> object:
+    """The body as JSON, at most MAX_BODY_BYTES (413 beyond, read no further)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes",
+                       code="body_too_large")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes",
+                           code="body_too_large")
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise ApiError(400, f"the request body is not valid JSON ({err})",
+                       code="invalid_json") from None
+
+
+async def _whole(job: Job, request) -> str | None:
+    """The joined answer; None when the client left before it was done (its job is stopped)."""
+    parts, getter = [], None
+    while True:
+        getter = getter or asyncio.ensure_future(job.deltas.get())
+        done, _ = await asyncio.wait({getter}, timeout=0.5)
+        if not done:
+            if await request.is_disconnected():
+                getter.cancel()
+                job.cancel()
+                return None
+            continue
+        item, getter = getter.result(), None
+        if item is END:
+            return "".join(parts)
+        parts.append(item)
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _events(job: Job, head: dict):
+    """The answer as chat.completion.chunk events; the last one has the sources."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        return _sse({**head, "object": "chat.completion.chunk", **extra, "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (item := await job.deltas.get()) is not END:
+            yield chunk({"content": item})
+        if job.error is not None:
+            yield _sse(_failure(job.error).body())
+        else:
+            yield chunk({}, "stop", sources=_sources(job.reply), declined=job.reply.declined)
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # a no-op once done; when the client left, its generation stops
+
+
+# The door's one call
+
+
+def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          engine: str = "local", api_key: str | None = None, max_queue: int = 8,
+          max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
+          engine_model: str | None = None, warm: bool = False) -> None:
+    """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who reaches it can ask; set $%s",
+                    host, API_KEY_ENV)
+    if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
+        concurrency = 1 if engine == "local" else 8
+    bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model)
+    started = time.perf_counter()
+    bot.ready(model=engine == "local")
+    log.info("ready to answer in %.1f s (retrieval%s loaded)", time.perf_counter() - started,
+             " and model" if engine == "local" else "")
+    if warm:
+        started = time.perf_counter()
+        warmed = bot.warm()
+        log.info("warmed %d FAQ entries in %.1f s", warmed, time.perf_counter() - started)
+    model = Path(run_dir).resolve().name
+    app = build_app(bot, model, api_key=api_key, max_queue=max_queue,
+                    max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine)
+    log.info("serving %s (engine %s) on http://%s:%d/v1%s", model, engine, host, port,
+             " (API key required)" if api_key else "")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -1,0 +1,131 @@
+"""The web page (Gradio, Korean labels): 데이터 -> 학습 -> 채팅 -> 배포, over the library's functions.
+
+    python app.py                     # http://127.0.0.1:7860
+    python app.py --run runs/demo     # chat with a trained run first
+
+Each tab is one function (data_tab and train_tab in page_build.py, chat_tab and deploy_tab in
+page_serve.py, what they share in page_common.py) and calls what the CLI calls
+(builder.data.prepare.prepare, builder.data.faqgen, `builder train` / `builder merge`,
+builder.answering.chatbot.load_chatbot, builder.deploy.export, builder.deploy.hub);
+builder.doors.jobs (the training job) and builder.doors.uploads hold the logic that is not
+drawing. Every event has an `api_name`, so
+gradio_client can drive the page: /prepare, /generate_faq, /prepare_generated,
+/start_training, /stop_training, /training_status, /chat, /stop_chat, /clear_chat, /index_faq,
+/eval_report, /push_dataset, /push_model, /push_adapter, /export_gguf, /push_gguf,
+/model_card. A UserError shows in the tab's error box, never as a traceback.
+The Hugging Face token and an endpoint's API key go from their password fields straight to
+builder.deploy.hub / builder.data.faqgen: they are not kept.
+
+In the 데이터 tab documents (.md .txt .html .pdf .docx) become FAQ rows through an
+OpenAI-compatible endpoint the user names (`builder generate`); the rows are shown, editable,
+and only prepared once reviewed. One answer is generated at a time; a session waiting for its
+turn sees its place in the queue on the chat box, and nothing else on the page waits behind an
+answer. Pushes show a progress bar (the upload's own progress, file by file).
+
+In the 채팅 tab each answer of a run that answers from its FAQ is followed by a collapsed
+"참고한 FAQ" message (the entries and their rows in the FAQ file); "FAQ 업데이트" replaces the
+run's knowledge from an updated FAQ file (as `builder index`) and the next question uses it;
+the run's evaluation (`builder eval`: RUN/eval/, or RUN/eval.running while it runs) is shown
+and read again on a timer, so an eval that ends while the page is open fills in.
+
+Visitors type paths and text, so the page only reads folders under its runs root (and the
+--run folder), caps what it queues and the length of a question. Off loopback it needs a login
+(BUILDER_APP_PASSWORD) or an explicit --open, and never lends the owner's saved Hub login.
+"""
+
+import atexit
+import os
+import signal
+from pathlib import Path
+
+from builder.doors.page_build import data_tab, train_tab
+from builder.doors.page_common import (
+    BUSY,
+    CSS,
+    FONTS,
+    MONO_FONTS,
+    Page,
+    is_loopback,
+)
+from builder.doors.page_serve import chat_tab, deploy_tab
+from builder.errors import UserError
+
+PASSWORD_ENV, USER_ENV = "BUILDER_APP_PASSWORD", "BUILDER_APP_USER"  # the page's login
+
+
+def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-cpu.yaml",
+              max_upload_mb=20, token_fallback=False):
+    """The whole page as gr.Blocks (not launched).
+
+    token_fallback: an empty token field pushes with HF_TOKEN or the saved login (loopback only)."""
+    import gradio as gr
+
+    page = Page(runs_root, run_dir, config_path, max_upload_mb, token_fallback)
+    with gr.Blocks(title="한국어 FAQ 챗봇 빌더", analytics_enabled=False) as app:
+        gr.Markdown("# 한국어 FAQ 챗봇 빌더\nFAQ 파일 → 데이터 점검 → LoRA 학습 → 채팅 → Hugging Face 배포")
+        # the prepared folder goes to the 학습 and 배포 tabs: made here, drawn in their tabs
+        train_data = gr.Textbox(label="학습할 데이터 폴더", value=page.default_data,
+                                elem_id="train-data-dir", render=False)
+        deploy_data = gr.Textbox(label="데이터 폴더", value=page.default_data,
+                                 elem_id="deploy-data-dir", render=False)
+        data_tab(page, [train_data, deploy_data])
+        train_tab(page, train_data)
+        chat_tab(page, app)
+        deploy_tab(page, app, deploy_data)
+    return app
+
+
+def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
+           config_path="configs/embedded-cpu.yaml", max_upload_mb=20, open_access=False,
+           max_queue=20) -> None:
+    """Build the page, serve it on host:port, print the URL and block until Ctrl-C.
+
+    Off loopback the page needs a login ($BUILDER_APP_PASSWORD, user $BUILDER_APP_USER or
+    "admin") unless open_access; max_queue events may wait, more get the busy message."""
+    loopback = is_loopback(host)
+    password = os.environ.get(PASSWORD_ENV)
+    if not loopback and not password and not open_access:
+        raise UserError(f"{host}: 다른 컴퓨터에서도 열리는 주소입니다 / this address is reachable "
+                        f"beyond this machine: set {PASSWORD_ENV} for a login, or pass --open to "
+                        "serve it to anyone without one")
+    auth = (os.environ.get(USER_ENV) or "admin", password) if password else None
+
+    import gradio as gr
+    from starlette.exceptions import HTTPException
+
+    app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
+                    max_upload_mb=max_upload_mb, token_fallback=loopback)
+    allowed = [str(Path(runs_root).resolve())] + ([str(Path(run_dir).resolve())] if run_dir else [])
+    app.queue(default_concurrency_limit=1, max_size=max_queue)
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+               css=CSS, theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS),
+               allowed_paths=allowed, footer_links=["api", "gradio"], auth=auth,
+               run_history=False,  # the browser must not keep a record of inputs (the token)
+               max_file_size=int(4 * max_upload_mb * 2**20),  # over the cap: our message
+               app_kwargs={"exception_handlers": {HTTPException: _busy}})
+    open_note = "" if loopback or auth else " (open: no login, anyone who reaches it can use it)"
+    print(f"builder app: http://{host}:{port}/{open_note}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server and ends a training run
+    # Ctrl-C too, even when started in the background (a shell then starts it with SIGINT
+    # ignored, and Python installs no KeyboardInterrupt handler of its own)
+    signal.signal(signal.SIGINT, _interrupt)
+    app.block_thread()  # returns once Ctrl-C or SIGTERM has closed the server
+    # Python joins every non-daemon thread before it runs the atexit handlers, and a thread
+    # the server leaves behind can hang that join (seen on a loaded machine): run the handlers
+    # (chart folder, a running training job) now, then leave.
+    atexit._run_exitfuncs()
+    os._exit(0)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+async def _busy(request, exc):
+    """A full queue answers 503 with our bilingual message instead of Gradio's English one."""
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException
+
+    if exc.status_code == 503 and request.url.path.endswith("/queue/join"):
+        exc = HTTPException(503, BUSY)
+    return await http_exception_handler(request, exc)

@@ -1,0 +1,194 @@
+"""What the page's tabs share: the page's state (runs root, loaded bot, uploads cap), the limits
+on what a visitor may send, and the small renderings (progress, the FAQ sources under an
+answer, the evaluation)."""
+
+import atexit
+import html
+import ipaddress
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from builder.doors import jobs, uploads
+from builder.errors import UserError
+from builder.evaluation import report as eval_report
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+
+CSS = """
+.error-box { background: #fdecea; border-left: 4px solid #d93025; padding: 8px 12px;
+             border-radius: 6px; color: #5f2120; }
+.progress-outer { background: #e8eaed; border-radius: 6px; height: 14px; overflow: hidden; }
+.progress-inner { background: #1a73e8; height: 100%; transition: width 0.5s; }
+"""
+
+
+STATE_KO = {"idle": "대기", "running": "학습 중", "merging": "병합 중", "done": "완료",
+            "failed": "실패", "stopped": "멈춤"}
+# Local fonts only (no Google Fonts request), Korean first
+FONTS = ["Noto Sans KR", "NanumGothic", "Apple SD Gothic Neo", "Malgun Gothic", "sans-serif"]
+MONO_FONTS = ["D2Coding", "NanumGothicCoding", "monospace"]
+MAX_QUESTION_CHARS = 1000  # a FAQ question is a sentence or two; training rows are 512 tokens
+MAX_CONTEXT_CHARS = 4000
+BUSY = "서버가 바쁩니다. 잠시 후 다시 시도하세요 / the page is busy: try again in a moment"
+CHAT_CONCURRENCY = 1  # answers generated at once: on CPU one generation takes every core
+DOC_TYPES = (".md", ".txt", ".html", ".htm", ".pdf", ".docx")  # what builder.data.docs reads
+GENERATED_COLUMNS = ("instruction", "input", "output", "source")  # builder generate's CSV
+NEED_TOKEN = ("Hugging Face 토큰을 입력하세요 / type a Hugging Face token: this page is served "
+              "beyond this machine, so it does not use the saved login or HF_TOKEN")
+
+
+def message_text(content) -> str:
+    """A chat message's text: a string, or (Gradio 6) a list of parts like {"type": "text", ...}."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") or ""
+    if isinstance(content, list):
+        return "".join(message_text(part) for part in content)
+    return ""
+
+
+def progress_html(status: jobs.JobStatus) -> str:
+    percent = 100 * status.step / status.max_steps if status.max_steps else 0
+    losses = [f"{name} {value:.4f}" for name, value in
+              (("train loss", status.train_loss), ("val loss", status.eval_loss)) if value is not None]
+    where = f" · {html.escape(status.run_dir)}" if status.run_dir else ""
+    return (f'<div class="progress-outer"><div class="progress-inner" style="width:{percent:.0f}%">'
+            f"</div></div><p><b>{STATE_KO[status.state]}</b> ({status.state}) · 단계 step "
+            f"{status.step}/{status.max_steps or '?'} · {status.elapsed_s:.0f} s"
+            f"{' · ' + ' · '.join(losses) if losses else ''}{where}</p>"
+            f"<p>{html.escape(status.message)}</p>")
+
+
+def sources_message(reply) -> dict | None:
+    """The FAQ entries an answer was given, as a collapsed "참고한 FAQ" chat message to show
+    under it; None for a declined answer or a run that does not answer from a FAQ."""
+    if reply.declined or not reply.sources:
+        return None
+    rows, items = [], []
+    for hit in reply.sources:
+        entry = hit.entry
+        row = f"{entry.line}행" if entry.line else "행 번호 없음 / no row"
+        rows.append(row)
+        answer = entry.answer if len(entry.answer) <= 120 else entry.answer[:119] + "…"
+        items.append(f"- **{row}** {entry.question} → {answer}")
+    return {"role": "assistant", "content": "\n".join(items),
+            "metadata": {"title": "참고한 FAQ / FAQ entries used", "log": ", ".join(rows),
+                         "status": "done"}}  # done: shown collapsed
+
+
+def eval_markdown(summary: eval_report.EvalSummary, run_dir: str | None = None) -> str:
+    """The run's evaluation: a note while one runs, the figures per system, the verdict."""
+    lines = []
+    if summary.running:
+        lines.append("⏳ **평가 진행 중 / evaluation running**" +
+                     (" — 아래는 이전 결과 / below: the previous one" if summary.systems else ""))
+    elif not summary.systems:
+        return (f"평가 결과가 아직 없습니다 / no evaluation yet: `builder eval {run_dir}`"
+                if run_dir else "")
+    if summary.systems:
+        lines += ["### 평가 evaluation", ""]
+        lines += eval_report.markdown_table(list(summary.systems.values()), summary.rows,
+                                       first="항목 figure")
+        lines.append("")
+        lines += eval_report.retrieval_lines({"retrieval": summary.retrieval}, "- 검색 ")
+        if summary.verdict:
+            lines += ["", "**판정 verdict**", ""] + [f"- {line}" for line in summary.verdict]
+    return "\n".join(lines)
+
+
+def eval_view(run_dir: str | None, seen_chart):
+    """(markdown, chart update, chart key) of a run's evaluation; the chart is sent again only
+    when it changed (seen_chart is the key this session last got)."""
+    import gradio as gr
+
+    summary = eval_report.read_summary(run_dir)
+    chart = summary.chart
+    try:
+        key = (str(chart), chart.stat().st_mtime_ns) if chart is not None else None
+    except OSError:  # eval/ was replaced in between
+        chart = key = None
+    if key == seen_chart:
+        return eval_markdown(summary, run_dir), gr.skip(), key
+    return eval_markdown(summary, run_dir), gr.update(value=chart and str(chart),
+                                                      visible=chart is not None), key
+
+
+def too_long(what: str, text: str | None, limit: int) -> str | None:
+    """The error for a text over its cap (the API can skip the box's max_length), else None."""
+    n = len(text or "")
+    if n <= limit:
+        return None
+    return f"{what}: 너무 깁니다 ({n}자 > {limit}자) / too long ({n} characters, the limit is {limit})"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: only this machine can reach the page."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Page:
+    """What the tabs share: the folders a visitor may use, the training job, the loaded
+    chatbot, one stop flag per browser session."""
+
+    def __init__(self, runs_root, run_dir, config_path, max_upload_mb, token_fallback):
+        from builder.config import load_config
+
+        self.runs_root = Path(runs_root)
+        config_path = Path(config_path)
+        if not config_path.is_file() and not config_path.is_absolute():
+            config_path = REPO_DIR / config_path  # the shipped configs, wherever the app starts
+        self.train_cfg = load_config(config_path).train
+        if run_dir is not None and not Path(run_dir).is_dir():
+            raise UserError(f"{run_dir}: no such run folder (--run)")
+        self.run_dir, self.max_upload_mb = run_dir, max_upload_mb
+        self.token_fallback = token_fallback
+        self.job = jobs.TrainingJob(self.runs_root, config_path)
+        self.bots = uploads.ChatbotCache()
+        self.stop_events: dict[str, threading.Event] = {}
+        self.chart_dir = Path(tempfile.mkdtemp(prefix="builder-app-charts-"))
+        atexit.register(shutil.rmtree, self.chart_dir, ignore_errors=True)
+        prepared = uploads.list_prepared(self.runs_root)
+        self.default_data = str(prepared[0]) if prepared else ""
+
+    def inside(self, folder):
+        return uploads.check_folder(folder, self.runs_root, also=self.run_dir)
+
+    def run_choices(self):
+        runs = uploads.list_runs(self.runs_root)
+        if self.run_dir is not None and \
+                Path(self.run_dir).resolve() not in [r.resolve() for r in runs]:
+            runs.insert(0, Path(self.run_dir))
+        return [(f"{r.name} ({'merged' if (r / 'merged').is_dir() else 'adapter'})", str(r))
+                for r in runs]
+
+    def default_run(self):
+        choices = self.run_choices()
+        return str(self.run_dir) if self.run_dir else (choices[0][1] if choices else None)
+
+    def runs_update(self, current=None):
+        import gradio as gr
+
+        choices = self.run_choices()
+        values = [value for _, value in choices]
+        value = current if current in values else (values[0] if values else None)
+        return gr.update(choices=choices, value=value)
+
+
+def shown(message: str):
+    import gradio as gr
+
+    return gr.update(value=f"⚠️ {message}", visible=True)
+
+
+def hidden():
+    import gradio as gr
+
+    return gr.update(value="", visible=False)

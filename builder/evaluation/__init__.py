@@ -1,0 +1,1 @@
+"""Scoring a run: the eval stage, its scores and its report."""

@@ -1,0 +1,200 @@
+"""The run folder in code: the contract between the stages, read and written in one place.
+
+    from builder.run import Run
+    run = Run("runs/demo")
+    run.meta(), run.config(), run.template()   # meta.json, config.yaml, template.yaml
+    run.weights("auto")                         # (merged/, None) or (base model folder, adapter/)
+    run.require_model()                         # a UserError that says which command makes it
+
+What a run folder holds, and which stage writes it:
+
+    RUN/config.yaml     the resolved config                      builder train (prefer, merge-models)
+    RUN/template.yaml   the prompt template, as trained           builder train
+    RUN/meta.json       base model, data, seed, versions, ...     builder train
+    RUN/adapter/        the LoRA adapter and its tokenizer         builder train
+    RUN/knowledge/      the FAQ index the bot answers from         builder train, builder index
+    RUN/merged/         the 16-bit model (with a knowledge/ copy)  builder merge
+    RUN/gguf/           GGUF files, report.json, Modelfile         builder export
+    RUN/eval/           report.json, answers.csv, report.md        builder eval
+    RUN/chat.log        answers the fact guard stepped in on       every door
+
+Every "make it with `builder X`" message comes from here, worded once.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from builder.errors import UserError
+
+USES = ("auto", "merged", "adapter", "gguf")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a temporary file beside it, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Run:
+    """One run folder: its paths, what it holds, and the checks with one wording."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.template_path = self.path / "template.yaml"
+        self.meta_path = self.path / "meta.json"
+        self.adapter_dir = self.path / "adapter"
+        self.merged_dir = self.path / "merged"
+        self.knowledge_dir = self.path / "knowledge"
+        self.gguf_dir = self.path / "gguf"
+        self.eval_dir = self.path / "eval"
+        self.chat_log = self.path / "chat.log"
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # What is there
+
+    def has_merged(self) -> bool:
+        return (self.merged_dir / "config.json").is_file()
+
+    def has_adapter(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").is_file()
+
+    def has_model(self) -> bool:
+        return self.has_merged() or self.has_adapter()
+
+    def has_knowledge(self) -> bool:
+        return (self.knowledge_dir / "index.json").is_file()
+
+    # Reading
+
+    def meta(self) -> dict:
+        """meta.json written by `builder train`; {} when absent (a merged folder is enough to
+        chat)."""
+        if not self.meta_path.is_file():
+            return {}
+        try:
+            return json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise UserError(f"{self.meta_path}: not valid JSON ({err}); re-run `builder train`") \
+                from None
+
+    def config(self):
+        """The run's resolved config: meta.json's copy (what training used), else config.yaml."""
+        from builder.config import config_from_dict, load_config
+
+        meta = self.meta()
+        if meta.get("config"):
+            return config_from_dict(meta["config"])
+        if self.config_path.is_file():
+            return load_config(self.config_path)
+        return config_from_dict({})
+
+    def template(self):
+        from builder.prompts import parse_template
+
+        if not self.template_path.is_file():
+            raise UserError(f"{self.template_path}: missing; {self.path} was not written by "
+                            "`builder train`")
+        return parse_template(self.template_path.read_text(encoding="utf-8"),
+                              str(self.template_path))
+
+    def weights(self, use: str = "auto") -> tuple[Path, Path | None]:
+        """(model folder, adapter folder or None) for use auto / merged / adapter."""
+        if use not in ("auto", "merged", "adapter"):
+            raise ValueError(f"use must be 'auto', 'merged' or 'adapter', not {use!r}")
+        self.require()
+        if use == "merged" or (use == "auto" and self.has_merged()):
+            if not self.has_merged():
+                raise UserError(f"{self.path}: no merged model in merged/; {self.make('merge')}")
+            return self.merged_dir, None
+        if not self.has_adapter():
+            if use == "adapter":
+                raise UserError(f"{self.path}: no LoRA adapter in adapter/; {self.make('train')}")
+            raise UserError(f"{self.path}: neither merged/ nor adapter/ is there; "
+                            f"{self.make('train')}, then `builder merge {self.path}`")
+        return self.base_model_dir(), self.adapter_dir
+
+    def base_model_dir(self) -> Path:
+        path = self.meta().get("base_model_path")
+        if not path or not Path(path).is_dir():
+            raise UserError(f"{self.meta_path}: base model folder {path!r} not found; the adapter "
+                            "and the eval need it (or merge on the training machine: "
+                            "`builder merge`)")
+        return Path(path)
+
+    def gguf(self) -> Path:
+        """The GGUF the run's export chose (gguf/report.json "default")."""
+        try:
+            report = json.loads((self.gguf_dir / "report.json").read_text(encoding="utf-8"))
+            path = self.gguf_dir / report["default"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{self.gguf_dir}: no exported GGUF; {self.make('export')}") from None
+        if not path.is_file():
+            raise UserError(f"{path}: missing; {self.make('export')} again")
+        return path
+
+    def data_dir(self, given: str | Path | None = None) -> Path:
+        """The prepared folder the run trained on (meta.json), or `given`."""
+        folder = Path(given or self.meta().get("data_dir") or "(none recorded)")
+        if not (folder / "report.json").is_file() or not (folder / "dataset").is_dir():
+            raise UserError(f"{folder}: no prepared data folder there (meta.json records the "
+                            "run's); pass --data PREPARED_DIR, made by `builder prepare FAQ_FILE "
+                            "--out DIR`")
+        return folder
+
+    # The checks, worded once
+
+    def make(self, stage: str) -> str:
+        """How to make what `stage` writes: 'make it with `builder merge runs/x`'."""
+        command = {"train": f"builder train PREPARED_DIR --out {self.path}",
+                   "merge": f"builder merge {self.path}",
+                   "index": f"builder index {self.path} FAQ_FILE",
+                   "export": f"builder export {self.path} --format gguf"}[stage]
+        return f"make it with `{command}`"
+
+    def require(self) -> "Run":
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: no such run folder; {self.make('train')}")
+        return self
+
+    def require_trained(self) -> "Run":
+        """A folder `builder train` wrote (meta.json)."""
+        self.require()
+        if not self.meta_path.is_file():
+            raise UserError(f"{self.path} is not a run folder (no meta.json); {self.make('train')}")
+        return self
+
+    def require_model(self) -> "Run":
+        self.require_trained()
+        if not self.has_model():
+            raise UserError(f"{self.path} has neither adapter/ nor merged/: finish training with "
+                            f"`builder train PREPARED_DIR --out {self.path} --resume`")
+        return self
+
+    def require_knowledge(self) -> "Run":
+        if not self.has_knowledge():
+            raise UserError(f"{self.knowledge_dir}: missing; this run answers from its FAQ. "
+                            f"{self.make('index').capitalize()}")
+        return self
+
+    # Writing (each file whole or absent)
+
+    def write_meta(self, meta: dict) -> None:
+        write_atomic(self.meta_path, json.dumps(meta, ensure_ascii=False, indent=2))
+
+    def write_config(self, cfg) -> None:
+        write_atomic(self.config_path, cfg.to_yaml())
+
+    def write_template(self, template) -> None:
+        write_atomic(self.template_path, template.text)

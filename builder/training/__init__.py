@@ -1,0 +1,1 @@
+"""Teaching the model: the backends, the training rows, SFT, preference tuning, merging."""
