@@ -51,10 +51,13 @@ def fake_run_dir(folder: Path) -> Path:
     generation = json.loads((source / "generation_config.json").read_text())
     generation["eos_token_id"] = [1, 106]
     (folder / "merged" / "generation_config.json").write_text(json.dumps(generation))
-    (folder / "template.yaml").write_text((ROOT / "prompts" / "korean.yaml").read_text())
-    meta = {"base_model": "embedded:gemma-3-270m", "base_model_path": str(source),
-            "template": "korean"}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    from builder.prompts import load_template
+    from builder.run import Run
+
+    run = Run(folder)
+    run.write_template(load_template("korean"))
+    run.write_meta({"base_model": "embedded:gemma-3-270m", "base_model_path": str(source),
+                    "template": "korean"})
     return folder
 
 

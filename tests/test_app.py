@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import free_port
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "data" / "sample_faq.csv"
@@ -21,12 +21,6 @@ BUSY = "already in progress"
 
 
 # Helpers shared with test_browser.py
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(tmp: Path, *flags: str, timeout: float = 90,

@@ -764,3 +764,37 @@ def test_ready_loads_what_the_first_answer_would_wait_for(tiny_bot, knowledge):
     assert not fresh._per_entry and fresh._exact is None
     bot.ready()
     assert {"terms", "nouns"} <= set(fresh._per_entry) and fresh._exact is not None
+
+
+def test_a_preference_pairs_prompt_is_token_for_token_what_the_engine_was_given(grounded_bot,
+                                                                                monkeypatch):
+    """builder prefer records each pair's prompt: it is the prompt the model's sampled answer
+    came from (the fitting entries, not all k retrieved), token for token."""
+    from builder.config import load_config
+    from builder.training.pairs import build_pairs
+    from fixtures import sample_rows
+
+    engine, given = grounded_bot.engine, []
+    generate = engine.model.generate
+
+    def recording(**kwargs):  # the ids the model really reads, row by row (left padding off)
+        for row, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
+            given.append([t for t, m in zip(row, mask) if m])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", recording)
+    cfg = load_config(None, ["prefer.samples=2", "prefer.max_new_tokens=6"])
+    try:
+        pairs, counts = build_pairs(grounded_bot, sample_rows(3), [], cfg, log=lambda *_: None)
+    finally:
+        grounded_bot.exact_answers = True  # build_pairs asks for the model's own answers
+    assert pairs, counts  # a random model misses the references' facts
+    shorter = 0  # pairs whose prompt carries fewer entries than were retrieved
+    for pair in pairs:
+        assert engine.encode(pair["prompt"]) in given
+        kb = grounded_bot.knowledge
+        fitting = kb.fitting(pair["question"], kb.search(pair["question"], grounded_bot.rag.k))
+        faq = grounded_bot.template.render_faq([h.entry for h in fitting])
+        assert pair["prompt"] == grounded_bot.template.render(pair["question"], "", faq)
+        shorter += len(fitting) < grounded_bot.rag.k
+    assert shorter  # where all k and the fitting ones differ, the pair has the fitting ones

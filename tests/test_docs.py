@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from builder.doors.cli import main
 from builder.data.prepare import prepare
 from builder.data.docs import read_chunks
 from builder.data.faqgen import parse_pairs
+from fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "data" / "docs"
@@ -375,12 +375,6 @@ def test_refused_key_names_the_variable_never_the_key(chat_server, tmp_path, cap
 # Against a server nobody here wrote: llama.cpp's, serving the embedded gemma-3-270m GGUF
 
 POST_LINE = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" (\d{3})')  # uvicorn's access log
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
