@@ -184,8 +184,9 @@ class Run:
 
     def require_knowledge(self) -> "Run":
         if not self.has_knowledge():
+            make = self.make("index")
             raise UserError(f"{self.knowledge_dir}: missing; this run answers from its FAQ. "
-                            f"{self.make('index').capitalize()}")
+                            f"{make[0].upper()}{make[1:]}")
         return self
 
     # Writing (each file whole or absent)

@@ -341,13 +341,9 @@ def test_an_updated_faq_replaces_the_knowledge_and_the_loaded_bot_answers_from_i
     shutil.copy(CONFIG, run / "config.yaml")
     shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
     loads = []  # a bot stand-in: only its knowledge matters here, the model is not loaded
-    def load(run_dir, use="auto"):
-        loads.append(run_dir)
-        bot = SimpleNamespace(knowledge=Knowledge.load(Path(run_dir) / "knowledge"))
-        bot.use_knowledge = lambda knowledge: setattr(bot, "knowledge", knowledge)
-        return bot
-
-    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", load)
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
+                        loads.append(run_dir) or SimpleNamespace(
+                            knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
     bots = uploads.ChatbotCache()
 
     result = uploads.index_upload(make_faq(tmp_path / "faq.csv", 12), run, 1, bots)

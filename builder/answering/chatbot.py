@@ -50,26 +50,33 @@ class Chatbot:
                  log_path: Path | None = None):
         self.engine = engine
         self.template = template
+        self._rag = rag  # the run's RagConfig (k, decline message, guard, prompt entries)
         self.knowledge = knowledge  # builder.answering.knowledge.Knowledge, or None
-        self.grounder = Grounder(knowledge, rag, template) if knowledge is not None else None
-        self.rag = rag  # the run's RagConfig (k, decline message, guard, prompt entries)
         self.log_path = log_path  # RUN/chat.log: answers the guard or the loop check cut
         self.exact_answers = True  # an FAQ question asked word for word gets the FAQ's answer
+
+    # The grounding step reads the bot's knowledge and settings: setting either (an updated
+    # FAQ, no retraining) changes the next answer
+
+    @property
+    def knowledge(self):
+        return self._knowledge
+
+    @knowledge.setter
+    def knowledge(self, knowledge) -> None:
+        self._knowledge = knowledge
+        self.grounder = (Grounder(knowledge, self._rag, self.template)
+                         if knowledge is not None else None)
 
     @property
     def rag(self):
         return self._rag
 
     @rag.setter
-    def rag(self, rag) -> None:  # the grounding step reads the same settings
+    def rag(self, rag) -> None:
         self._rag = rag
         if self.grounder is not None:
             self.grounder.rag = rag
-
-    def use_knowledge(self, knowledge) -> None:
-        """Answer from `knowledge` from the next question on (an updated FAQ, no retraining)."""
-        self.knowledge = knowledge
-        self.grounder = Grounder(knowledge, self.rag, self.template)
 
     # The policy
 
@@ -144,7 +151,7 @@ class Chatbot:
         if text := settle(reply, shown, grounding.hits, self.rag.decline_message):
             yield text
         if reply.guarded or reply.runaway:
-            self._log_event(question, reply)
+            log_event(self.log_path, question, reply)
 
     def reply(self, question: str, context: str = "", **options) -> Reply:
         """The whole answer with its sources and flags (the joined stream)."""
@@ -227,18 +234,19 @@ class Chatbot:
             warmed += self.engine.warm(self.template.render("", "", faq))
         return warmed
 
-    def _log_event(self, question: str, reply: Reply) -> None:
-        """The fact guard or the runaway check stepped in: a line in RUN/chat.log, so the owner
-        can count how often (the eval counts it on its questions too)."""
-        event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "question": question,
-                 "event": "fact guard" if reply.guarded else "runaway check",
-                 "outcome": "fallback to the best entry" if reply.fallback else "answer cut",
-                 "why": reply.why,
-                 "invented": [list(f) for f in reply.invented], "generated": reply.generated}
-        log.info("%s: %r -> %s", event["event"], question, event["outcome"])
-        if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(event, ensure_ascii=False) + "\n")
+
+def log_event(path: Path | None, question: str, reply: Reply) -> None:
+    """The fact guard or the runaway check stepped in: a line in RUN/chat.log (`path`), so the
+    owner can count how often (the eval counts it on its questions too)."""
+    event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "question": question,
+             "event": "fact guard" if reply.guarded else "runaway check",
+             "outcome": "fallback to the best entry" if reply.fallback else "answer cut",
+             "why": reply.why,
+             "invented": [list(f) for f in reply.invented], "generated": reply.generated}
+    log.info("%s: %r -> %s", event["event"], question, event["outcome"])
+    if path is not None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(event, ensure_ascii=False) + "\n")
 
 
 def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local",
@@ -251,7 +259,9 @@ def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local
     if use not in USES:
         raise ValueError(f"use must be one of {', '.join(USES)}, not {use!r}")
     run = Run(run_dir).require()
-    weights = run.weights(use) if engine == "local" and use != "gguf" else None
+    local = engine == "local"  # what the engine needs is checked before the knowledge loads
+    weights = run.weights(use) if local and use != "gguf" else None
+    gguf = (Path(gguf_file) if gguf_file else run.gguf()) if local and use == "gguf" else None
     template, meta = run.template(), run.meta()
     knowledge = rag = None
     if template.grounded:
@@ -276,7 +286,7 @@ def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local
     elif use == "gguf":
         from builder.answering.engines.llamacpp import GgufEngine
 
-        generator = GgufEngine.load(Path(gguf_file) if gguf_file else run.gguf(), end_ids=set(meta.get("end_token_ids") or []),
+        generator = GgufEngine.load(gguf, end_ids=set(meta.get("end_token_ids") or []),
                                     **options)
     else:
         from builder.answering.engines.transformers import TransformersEngine

@@ -146,7 +146,7 @@ class ChatbotCache:
         with self._lock:
             if self._run_dir != run_dir or getattr(self._bot, "knowledge", None) is None:
                 return False
-            self._bot.use_knowledge(Knowledge.load(run_dir / "knowledge"))
+            self._bot.knowledge = Knowledge.load(run_dir / "knowledge")
             return True
 
 

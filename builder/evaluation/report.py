@@ -137,7 +137,7 @@ def figures_markdown(report: dict) -> str:
     systems = report.get("systems") or {}
     lines = markdown_table(list(systems.values()), figure_rows(report)) + [""]
     lines += retrieval_lines(report, "- ")
-    lines += ["", "Verdict:", ""] + [f"- {v}" for v in report.get("verdict", [])]
+    lines += ["", "## Verdict", ""] + [f"- {v}" for v in report.get("verdict", [])]
     return "\n".join(lines)
 
 
