@@ -361,3 +361,16 @@ def test_the_tuned_model_beats_the_base_model(trained_run):
     # the model itself: the base model already copies from the retrieved entries (loss ~0.2),
     # the tuned one must do it far more surely
     assert summary["loss"]["tuned"] < summary["loss"]["base"] / 2, summary["loss"]
+
+
+def test_cached_base_answers_are_keyed_by_all_the_code_that_decides_them():
+    """A change to any module the base model's answers go through makes the eval answer again."""
+    from builder.evaluation.cache import ANSWERING_CODE, PACKAGE
+
+    answering = {str(p.relative_to(PACKAGE)) for p in (PACKAGE / "answering").rglob("*.py")
+                 if p.name != "__init__.py"}
+    # not on the base model's path: other engines, and rewrites (the gate's figures are keyed)
+    elsewhere = {"answering/engines/llamacpp.py", "answering/engines/remote.py",
+                 "answering/rewrite.py"}
+    assert answering - elsewhere <= set(ANSWERING_CODE)
+    assert all((PACKAGE / name).is_file() for name in ANSWERING_CODE)

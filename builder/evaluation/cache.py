@@ -10,7 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 ANSWERING_CODE = ("facts.py", "answering/guard.py", "answering/chatbot.py", "answering/knowledge.py",
                   "answering/gate.py", "answering/grounding.py", "answering/text.py",
-                  "answering/decoding.py")
+                  "answering/embedder.py", "answering/decoding.py",
+                  "answering/engines/transformers.py")
 
 
 def cache_key(meta: dict, bot, items, max_new_tokens: int) -> str:
