@@ -4,7 +4,7 @@
     table = read_any("data/sample_faq.csv")   # or faq.json, chats.jsonl, a folder of them
 
 - CSV/TSV/XLSX in UTF-8, UTF-8 with BOM, UTF-16 (Excel's "Unicode text") or CP949/EUC-KR, the
-  header mapped to Alpaca columns (instruction / input / output) through `COLUMN_ALIASES`.
+  header mapped to Alpaca columns (instruction / input / output): builder.data.tables.
 - JSON (a list of records, or an object holding one list) and JSONL (one record per line) in
   three shapes: Alpaca (the same field names as the headers), Dolly (context becomes `input`,
   category is counted, not trained), ShareGPT / KoVicuna `conversations` (or `messages`), where

@@ -57,7 +57,7 @@ SYSTEM_LABELS = {"base": "base + retrieval", "tuned": "fine-tuned + retrieval",
 def answer_loss(model, tokenizer, template, row: dict, max_length: int = 512) -> tuple[float, int]:
     """(summed NLL in nats, number of answer tokens) of row["output"] + EOS after the prompt.
 
-    Tokens and cut are builder.training.sft's (prompt with BOS, answer + EOS without special tokens);
+    Tokens and cut are builder.training.rows' (prompt with BOS, answer + EOS without special tokens);
     only the answer positions are scored, so only their logits are computed.
     """
     import torch
