@@ -97,6 +97,14 @@ class RagConfig:
     coverage_floor: float = help_field(
         0.5, "decline when the best FAQ entry holds less than this share of the question's "
         "words (IDF-weighted; 0 turns the check off)")
+    synonyms: bool = help_field(
+        True, "read customers' words as the FAQ's: the shipped Korean shop lexicon "
+        "(prompts/synonyms_ko.txt) plus the run's own RUN/synonyms.txt (one group per line, "
+        "the FAQ's word first: '배송비, 택배비, 택비'; `builder index` applies an edit)")
+    gate: str = help_field(
+        "rules", "the decline gate: learned (a classifier over retrieval features trained on "
+        "this FAQ's own rewrites, near misses and off-topic questions) | rules (a shared noun, "
+        "a calibrated dense threshold and the coverage floor)")
     original_share: float = help_field(
         0.25, "share of training rows that keep the FAQ's own wording of the question "
         "(the rest are rewritten the way customers type)")
@@ -192,6 +200,8 @@ def check(cfg: Config) -> None:
     for key in ("coverage_floor", "original_share", "near_miss_share", "off_topic_share"):
         if not 0 <= getattr(cfg.rag, key) <= 1:
             raise UserError(f"rag.{key} must be between 0 and 1")
+    if cfg.rag.gate not in ("learned", "rules"):
+        raise UserError(f"rag.gate must be learned or rules (got {cfg.rag.gate!r})")
     if cfg.rag.repetition_penalty < 1:
         raise UserError("rag.repetition_penalty must be 1 (off) or more")
     if not cfg.rag.decline_message.strip():

@@ -247,7 +247,7 @@ def test_an_faq_question_asked_word_for_word_finds_its_entry(kb):
 def test_save_and_load_give_the_same_search_results(kb, tmp_path):
     folder = kb.save(tmp_path / "knowledge")
     assert sorted(p.name for p in folder.iterdir()) == ["bm25", "dense.npy", "entries.jsonl",
-                                                        "index.json"]
+                                                        "index.json", "synonyms.json"]
     kb.save(folder)  # saving again replaces it whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["knowledge"]
     loaded = Knowledge.load(folder)

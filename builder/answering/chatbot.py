@@ -36,7 +36,7 @@ from pathlib import Path
 
 from builder.answering.decoding import fit_prompt
 from builder.answering.grounding import Grounder, Grounding
-from builder.answering.guard import Reply, settle
+from builder.answering.guard import Reply, combine, settle
 from builder.errors import UserError
 from builder.run import USES, Run
 
@@ -126,6 +126,18 @@ class Chatbot:
         temperature, top_p, stop_event, ...); `reply`, if given, is filled in."""
         reply = reply if reply is not None else Reply()
         grounding = self.ground(question, context, history)
+        if grounding.parts:  # two asks: each answered from its own entries, one after the other
+            subs = [Reply() for _ in grounding.parts]
+            for i, (part, sub) in enumerate(zip(grounding.parts, subs)):
+                if i:
+                    yield "\n"
+                yield from self._stream(part, sub, options)
+            combine(reply, subs)
+            return
+        yield from self._stream(grounding, reply, options)
+
+    def _stream(self, grounding: Grounding, reply: Reply, options: dict) -> Iterator[str]:
+        question = grounding.question
         if self._settled(grounding, reply):
             yield reply.text
             return
@@ -164,19 +176,25 @@ class Chatbot:
         """The whole answer as one string: the joined stream."""
         return "".join(self.stream(question, context, **options))
 
-    def reply_batch(self, items: list[tuple[str, str]], *, max_new_tokens: int = 256,
+    def reply_batch(self, items: list[tuple], *, max_new_tokens: int = 256,
                     batch_size: int = 8, temperature: float = 0.0,
                     top_p: float = 0.9) -> list[Reply]:
-        """Replies to many (question, context) pairs, through the same grounding, guard and
+        """Replies to many (question, context[, history]) items, through the same grounding, guard and
         fallback as `stream`; generated `batch_size` at a time by an engine that batches,
         one after another by one that does not. For the eval and the preference pairs."""
         replies = [Reply() for _ in items]
         todo = []  # (reply, grounding)
-        for reply, (question, context) in zip(replies, items):
-            grounding = self.ground(question, context)
-            if not self._settled(grounding, reply):
-                reply.prompt = self.prompt(grounding, max_new_tokens)
-                todo.append((reply, grounding))
+        joined = []  # (reply, its parts' replies) of questions with two asks
+        for reply, item in zip(replies, items):
+            grounding = self.ground(*item)
+            parts, subs = [grounding], [reply]
+            if grounding.parts:
+                parts, subs = grounding.parts, [Reply() for _ in grounding.parts]
+                joined.append((reply, subs))
+            for part, sub in zip(parts, subs):
+                if not self._settled(part, sub):
+                    sub.prompt = self.prompt(part, max_new_tokens)
+                    todo.append((sub, part))
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
@@ -191,6 +209,8 @@ class Chatbot:
                 reply.text = "".join(shown.feed(word) for word in re.split(r"(?<=\s)", text))
                 reply.text += "" if looped or shown.tripped else shown.finish()
                 settle(reply, shown, grounding.hits, self.rag.decline_message)
+        for reply, subs in joined:
+            combine(reply, subs)
         return replies
 
     def _generate(self, prompts: list[str], options: dict) -> list[tuple[str, bool]]:

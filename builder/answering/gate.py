@@ -45,6 +45,10 @@ def relevant(knowledge, query, hits) -> bool:
     if not hits:
         return False
     gate = knowledge.settings.get("gate", {})
+    if learned := gate.get("learned"):  # builder.answering.learned_gate
+        from builder.answering.learned_gate import probability
+
+        return probability(knowledge, query, hits) >= learned["threshold"]
     threshold = gate.get("dense_threshold")
     close = threshold is None or max(h.dense for h in hits) >= threshold
     floor = gate.get("coverage_floor") or 0.0

@@ -16,6 +16,9 @@ The rules, in order:
 3. The gate (builder.answering.gate) declines a question the FAQ says nothing about.
 4. With rag.prompt_entries "fitting", the prompt carries only the hits that cover the question
    as well as the best one (a follow-up keeps both questions' hits: they are its context).
+5. A question joining two asks ("배송비랑 반품비 각각 얼마예요?", `two_asks`) whose two halves
+   each pass the gate with different best entries is answered in two `parts`, each grounded,
+   generated and fact-checked against its own entries, and shown one after the other.
 The question is analysed once (builder.answering.text.Query) for all of it, under one lock:
 Kiwi and the embedder are shared by answers generated side by side.
 """
@@ -41,11 +44,12 @@ class Grounding:
     exact: object = None  # the Hit of an FAQ question asked word for word
     declined: bool = False  # the gate found nothing in the FAQ about the question
     may_copy: list[str] = field(default_factory=list)  # answers the guard lets a reply copy
+    parts: list = field(default_factory=list)  # the Groundings of a question's two asks
 
     @property
     def settled(self) -> bool:
         """Answered without generating: the FAQ's own answer, or the decline message."""
-        return self.exact is not None or self.declined
+        return not self.parts and (self.exact is not None or self.declined)
 
     def guard(self, rag) -> GuardedText:
         """The fact guard for an answer generated from these hits."""
@@ -78,6 +82,20 @@ class Grounder:
 
     def ground(self, question: str, context: str = "", history: Sequence[str] = (), *,
                exact: bool = True) -> Grounding:
+        g = self._ground(question, context, history, exact)
+        if g.exact is None and (asks := two_asks(question)):
+            parts = [self._ground(ask, context, (), exact) for ask in asks]
+            tops = [p.hits[0].entry.id for p in parts if p.hits and not p.declined]
+            if len(tops) == 2 and tops[0] != tops[1]:
+                for p in parts:  # each ask is answered from, and checked against, its own entry
+                    p.hits, p.may_copy = p.hits[:1], [p.hits[0].entry.answer]
+                    p.faq = self.template.render_faq([p.hits[0].entry])
+                g.parts = parts
+                g.hits = [p.hits[0] for p in parts]
+        return g
+
+    def _ground(self, question: str, context: str, history: Sequence[str],
+                exact: bool) -> Grounding:
         kb, k = self.knowledge, self.rag.k
         g = Grounding(question, context, earlier=follow_up(question, history))
         with self.lock:
@@ -85,7 +103,9 @@ class Grounder:
                 g.exact, g.hits = hit, [hit]
                 return g
             query = kb.query(question)
-            queries = [query] + ([kb.query(f"{g.earlier} {question}")] if g.earlier else [])
+            # a follow-up is read with its earlier question first: "제주도는요?" after the
+            # shipping fee asks for Jeju's shipping fee
+            queries = ([kb.query(f"{g.earlier} {question}")] if g.earlier else []) + [query]
             hits = _interleave([kb.search(q, k) for q in queries], k)
             g.declined = not any(kb.relevant(q, hits) for q in queries)
             if self.rag.prompt_entries == "fitting" and not g.earlier:
@@ -109,3 +129,47 @@ def _interleave(rankings: list[list], k: int) -> list:
             seen.add(hit.entry.id)
             hits.append(hit)
     return hits[:k]
+
+
+JOINING = {"JC", "MAJ"}  # 배송비"랑" 반품비, "그리고"
+JOINING_WORDS = {"하고", "및", "그리고", "또", "또는"}
+
+
+def two_asks(question: str) -> list[str]:
+    """The two asks of a question that joins two ("배송비랑 반품비 각각 얼마예요?" ->
+    ["배송비 얼마예요?", "반품비 얼마예요?"]; "영업시간 몇 시예요? 주차는 돼요?" -> its two
+    sentences); [] for a question asking one thing. Nouns joined by a particle share what
+    follows the second noun."""
+    from builder.answering.text import kiwi
+
+    tokens = kiwi().tokenize(question)
+    for i, t in enumerate(tokens[1:-1], start=1):
+        # a sentence ends, or a clause does ("몇 개부터 되고 ...")
+        sentence_end = (t.tag == "SF" or (t.tag == "EC" and t.form == "고" and tokens[i - 1].tag
+                                          in ("VV", "VA", "VCP", "VX", "XSV", "XSA"))) and any(
+            x.tag.startswith("N") for x in tokens[i + 1:])
+        joins = (t.tag in JOINING or t.form in JOINING_WORDS) and tokens[i - 1].tag in (
+            "NNG", "NNP", "SL", "XR", "SF")
+        if not (sentence_end or joins):
+            continue
+        left = question[:t.start + (t.len if sentence_end else 0)].strip()
+        right = question[t.start + t.len:].strip()
+        if sentence_end or tokens[i - 1].tag == "SF":
+            asks = [left, right]
+        else:  # nouns joined: the left noun is asked what the right one is ("각각 얼마예요?")
+            rest = tokens[i + 1:]
+            k = 0
+            while k < len(rest) and rest[k].tag.startswith("N"):
+                k += 1
+            while k < len(rest) and (rest[k].tag.startswith("J") or rest[k].form in ("각각",)):
+                k += 1
+            if k < len(rest):
+                tail = question[rest[k].start:].strip()
+            else:  # nouns to the end: the last one is what both are asked about ("사용법")
+                tail = question[rest[-1].start:].strip() if len(rest) > 1 else ""
+            asks = [f"{left} {tail}".strip(), right]
+        asks = [" ".join(w for w in a.split() if w not in JOINING_WORDS and w != "각각")
+                for a in asks]
+        if all(sum(ch.isalnum() for ch in a) >= 2 for a in asks):
+            return asks
+    return []

@@ -51,6 +51,21 @@ class Reply:
     prompt: str = ""  # the prompt the engine was given (empty when nothing was generated)
 
 
+def combine(reply: Reply, parts: list[Reply]) -> Reply:
+    """Fill `reply` with the replies to a question's asks, shown one after the other."""
+    reply.text = "\n".join(p.text for p in parts)
+    reply.sources = [h for p in parts for h in p.sources]
+    for flag in ("declined", "gated", "exact"):
+        setattr(reply, flag, all(getattr(p, flag) for p in parts))
+    for flag in ("guarded", "fallback", "runaway"):
+        setattr(reply, flag, any(getattr(p, flag) for p in parts))
+    reply.invented = [f for p in parts for f in p.invented]
+    reply.generated = "\n".join(p.generated for p in parts)
+    reply.why = "; ".join(p.why for p in parts if p.why)
+    reply.prompt = "\n\n".join(p.prompt for p in parts if p.prompt)
+    return reply
+
+
 def runaway(ids: list[int], n: int = RUNAWAY_NGRAM, repeats: int = RUNAWAY_REPEATS) -> bool:
     """True when the last n ids occur `repeats` times in `ids` (overlaps counted): a loop.
     Gemma spells numbers digit by digit, so an answer that names one price twice repeats 8

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from builder.answering import gate
 from builder.answering.embedder import DEFAULT_EMBEDDER, embedder
+from builder.answering.synonyms import Lexicon
 from builder.answering.text import Query, analyse, content_morphemes, content_nouns, squeeze
 from builder.errors import UserError
 from builder.run import Run
@@ -60,8 +61,10 @@ class Knowledge:
     """FAQ entries with a BM25 and a dense index: `search`, `exact`, the gate's `relevant`,
     `coverage` and `fitting`, `save`, `load`."""
 
-    def __init__(self, entries: list[Entry], bm25, dense, settings: dict):
+    def __init__(self, entries: list[Entry], bm25, dense, settings: dict,
+                 lexicon: Lexicon | None = None):
         self.entries = entries
+        self.lexicon = lexicon or Lexicon([])  # customers' words (builder.answering.synonyms)
         self.bm25 = bm25
         self.dense = dense  # (n_entries, dim) float32, normalised
         self.settings = settings  # embedder, gate calibration, source, sha256
@@ -75,27 +78,48 @@ class Knowledge:
     @classmethod
     def build(cls, entries: list[Entry], *, embedder_name: str = DEFAULT_EMBEDDER,
               source: str = "", calibrate: bool = True,
-              coverage_floor: float = gate.COVERAGE_FLOOR) -> "Knowledge":
+              coverage_floor: float = gate.COVERAGE_FLOOR, lexicon: Lexicon | None = None,
+              learned_gate: bool = False) -> "Knowledge":
         import bm25s
 
         if not entries:
             raise UserError("the knowledge needs at least one FAQ entry")
         started = time.perf_counter()
+        lexicon = lexicon or Lexicon([])
         bm25 = bm25s.BM25()
         # the question counts twice: customers word their question like the FAQ's question more
         # than like its answer (on the sample question set: hit@1 33 -> 36 of 40, hit@3 39 -> 40)
-        bm25.index([content_morphemes(f"{e.question} {e.text}") or [""] for e in entries],
-                   show_progress=False)
+        bm25.index([lexicon.expand(content_morphemes(f"{e.question} {e.text}")) or [""]
+                    for e in entries], show_progress=False)
         dense = embedder(embedder_name).passage([e.text for e in entries])
         settings = {"embedder": embedder_name, "entries": len(entries), "source": source,
                     "entries_sha256": entries_sha256(entries),
+                    "synonyms": {"groups": len(lexicon.groups), "sha256": lexicon.sha256},
                     "gate": {"dense_threshold": None, "coverage_floor": coverage_floor}}
-        knowledge = cls(entries, bm25, dense, settings)
+        knowledge = cls(entries, bm25, dense, settings, lexicon)
         if calibrate:
             settings["gate"] = {**knowledge.calibrate(), "coverage_floor": coverage_floor}
+            if learned_gate:
+                from builder.answering.learned_gate import train_gate
+
+                settings["gate"]["learned"] = train_gate(knowledge)
             settings["gate"]["measured"] = knowledge.gate_figures()
         settings["build_s"] = round(time.perf_counter() - started, 2)
         return knowledge
+
+    @classmethod
+    def for_config(cls, entries: list[Entry], rag, *, source: str = "", run_dir=None,
+                   calibrate: bool = True) -> "Knowledge":
+        """Built with a run's retrieval settings (builder.config.RagConfig): its embedder,
+        coverage floor, lexicon (the shipped one and RUN/synonyms.txt) and gate."""
+        from builder.answering.synonyms import RUN_FILE, SHIPPED
+
+        lexicon = None
+        if getattr(rag, "synonyms", True):
+            lexicon = Lexicon.from_files(Path(run_dir) / RUN_FILE if run_dir else None, SHIPPED)
+        return cls.build(entries, embedder_name=rag.embedder, source=source, calibrate=calibrate,
+                         coverage_floor=rag.coverage_floor, lexicon=lexicon,
+                         learned_gate=getattr(rag, "gate", "rules") == "learned")
 
     def save(self, folder: str | Path) -> Path:
         """Write folder/ (entries.jsonl, bm25/, dense.npy, index.json), complete or not at all."""
@@ -110,6 +134,8 @@ class Knowledge:
                     f.write(json.dumps(asdict(e), ensure_ascii=False) + "\n")
             self.bm25.save(str(staging / "bm25"), show_progress=False)
             np.save(staging / "dense.npy", self.dense)
+            (staging / "synonyms.json").write_text(
+                json.dumps(self.lexicon.groups, ensure_ascii=False), encoding="utf-8")
             (staging / "index.json").write_text(json.dumps(self.settings, ensure_ascii=False,
                                                            indent=2), encoding="utf-8")
             staging.chmod(0o755)
@@ -136,8 +162,11 @@ class Knowledge:
             entries = [Entry(**json.loads(line)) for line in f if line.strip()]
         bm25 = bm25s.BM25.load(str(folder / "bm25"), show_progress=False)
         dense = np.load(folder / "dense.npy")
+        groups = folder / "synonyms.json"  # the lexicon the index was built with
+        lexicon = Lexicon(json.loads(groups.read_text(encoding="utf-8"))
+                          if groups.is_file() else [])
         embedder(settings["embedder"])  # load the model now, not on the first question
-        return cls(entries, bm25, dense, settings)
+        return cls(entries, bm25, dense, settings, lexicon)
 
     # Questions
 
@@ -148,8 +177,15 @@ class Knowledge:
             self._vectors.update(zip(todo, embedder(self.settings["embedder"]).query(todo)))
 
     def query(self, question: "str | Query") -> Query:
-        """The question analysed once (morphemes, nouns, asked units) and embedded."""
+        """The question analysed once (morphemes, nouns, asked units, each with the lexicon's
+        words for the customer's added) and embedded."""
         query = question if isinstance(question, Query) else analyse(question)
+        if not query.expanded:
+            query.expanded = True
+            if self.lexicon:
+                added = self.lexicon.canons(query.morphemes)
+                query.morphemes = self.lexicon.expand(query.morphemes)
+                query.nouns = query.nouns | set(added)
         if query.vector is None:
             query.vector = self._vectors.get(query.text)
             if query.vector is None:
@@ -219,10 +255,12 @@ class Knowledge:
     def entry_nouns(self, entry: Entry) -> set[str]:
         if not 0 <= entry.id < len(self.entries):
             return content_nouns(entry.text)
-        return self._each("nouns", entry.id, lambda e: content_nouns(e.text))
+        return self._each("nouns", entry.id, lambda e: content_nouns(e.text) | set(
+            self.lexicon.canons(content_morphemes(e.text))))
 
     def entry_terms(self, entry: Entry) -> set[str]:
-        return self._each("terms", entry.id, lambda e: set(content_morphemes(e.text)))
+        return self._each("terms", entry.id,
+                          lambda e: set(self.lexicon.expand(content_morphemes(e.text))))
 
     def idf(self) -> dict[str, float]:
         if self._idf is None:
@@ -232,23 +270,19 @@ class Knowledge:
     # The gate (builder.answering.gate), on this knowledge
 
     def relevant(self, question: "str | Query", hits: list[Hit]) -> bool:
-        return gate.relevant(self, _analysed(question), hits)
+        return gate.relevant(self, self.query(question), hits)
 
     def coverage(self, question: "str | Query", entry: Entry) -> float:
-        return gate.coverage(self, _analysed(question), entry)
+        return gate.coverage(self, self.query(question), entry)
 
     def fitting(self, question: "str | Query", hits: list[Hit]) -> list[Hit]:
-        return gate.fitting(self, _analysed(question), hits)
+        return gate.fitting(self, self.query(question), hits)
 
     def calibrate(self, k: int = 3) -> dict:
         return gate.calibrate(self, k)
 
     def gate_figures(self, k: int = 3) -> dict:
         return gate.gate_figures(self, k)
-
-
-def _analysed(question: "str | Query") -> Query:
-    return question if isinstance(question, Query) else analyse(question)
 
 
 def entries_sha256(entries: list[Entry]) -> str:
@@ -297,8 +331,8 @@ def index_run(run_dir: str | Path, faq_file: str | Path, log=print) -> dict:
 
     cfg = load_config(run.config_path)
     entries, report = entries_from_file(faq_file)
-    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=Path(faq_file).name,
-                                coverage_floor=cfg.rag.coverage_floor)
+    knowledge = Knowledge.for_config(entries, cfg.rag, source=Path(faq_file).name,
+                                     run_dir=run.path)
     knowledge.save(run.knowledge_dir)
     if run.has_merged():  # the merged model carries a copy
         knowledge.save(run.merged_dir / "knowledge")

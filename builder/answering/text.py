@@ -79,6 +79,7 @@ class Query:
     nouns: set[str]
     units: frozenset[str]
     vector: object = field(default=None, repr=False)
+    expanded: bool = False  # the knowledge's lexicon words added (Knowledge.query)
 
 
 def analyse(question: str) -> Query:

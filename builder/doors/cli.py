@@ -180,9 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--limit", type=int, help="only the first N test questions")
     p.add_argument("--questions", metavar="CSV",
-                   help="your own questions: columns question, expected (empty = must decline), "
-                   "kind (paraphrase / off_topic / unanswerable), line (FAQ line that answers it)")
+                   help="your own questions: columns question, expected (empty = must decline; "
+                   "'|' between facts all needed), kind (paraphrase / vocabulary / follow_up / "
+                   "two_entry / off_topic / unanswerable / near_miss), line (FAQ lines that "
+                   "answer it), earlier (a follow-up's first question)")
     p.add_argument("--batch-size", type=int, default=8, help="answers generated together")
+    p.add_argument("--judge", metavar="URL", help="an OpenAI-compatible endpoint (…/v1) whose "
+                   "model grades every answer (faithful to the FAQ entries, helpful) and compares "
+                   "the fine-tuned and base answers")
+    p.add_argument("--judge-model", metavar="NAME", help="the judge's model name")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the judge's API key (never printed)")
     use_flag(p)
     p.set_defaults(run=cmd_eval)
 

@@ -112,10 +112,17 @@ def cmd_eval(args) -> None:
     from builder.evaluation.evaluate import evaluate
     from builder.evaluation.report import format_summary
 
+    judge = None
+    if args.judge or args.judge_model:
+        if not (args.judge and args.judge_model):
+            raise UserError("--judge URL and --judge-model NAME go together")
+        from builder.evaluation.judge import JudgeSpec
+
+        judge = JudgeSpec(args.judge, args.judge_model, args.judge_api_key_env)
     report = evaluate(args.run_dir, data_dir=args.data, train_sample=args.train_sample,
                       max_new_tokens=args.max_new_tokens, limit=args.limit,
                       questions=args.questions, batch_size=args.batch_size, use=args.use,
-                      engine=args.engine, engine_model=args.engine_model)
+                      engine=args.engine, engine_model=args.engine_model, judge=judge)
     print(format_summary(report))
     print(f"report: {args.run_dir}/eval/report.md, chart: {args.run_dir}/eval/chart.png")
 

@@ -94,6 +94,7 @@ class Plan:
     use: str = "auto"
     engine: str = "local"
     engine_model: str | None = None
+    judge: object = None  # builder.evaluation.judge.JudgeSpec
 
 
 def _pick_rows(meta: dict, dataset, train_sample: int, limit: int | None) -> dict[str, list[dict]]:
@@ -168,19 +169,21 @@ def _free_memory(device) -> None:
 def retrieval_replies(bot, items: list[tuple[str, str]]) -> list:
     """The baseline: the best entry's answer verbatim, or the decline message under the gate,
     through the bot's own grounding step."""
-    from builder.answering.guard import Reply
+    from builder.answering.guard import Reply, combine
+
+    def answer(g):
+        if g.exact is not None:
+            return Reply(text=g.exact.entry.answer, sources=[g.exact], exact=True,
+                         generated=g.exact.entry.answer)
+        if g.declined:
+            return Reply(text=bot.rag.decline_message, declined=True, gated=True)
+        return Reply(text=g.hits[0].entry.answer, sources=g.hits[:1],
+                     generated=g.hits[0].entry.answer)
 
     replies = []
-    for question, context in items:
-        g = bot.ground(question, context)
-        if g.exact is not None:
-            replies.append(Reply(text=g.exact.entry.answer, sources=[g.exact], exact=True,
-                                 generated=g.exact.entry.answer))
-        elif g.declined:
-            replies.append(Reply(text=bot.rag.decline_message, declined=True, gated=True))
-        else:
-            replies.append(Reply(text=g.hits[0].entry.answer, sources=g.hits[:1],
-                                 generated=g.hits[0].entry.answer))
+    for item in items:
+        g = bot.ground(*item)
+        replies.append(combine(Reply(), [answer(p) for p in g.parts]) if g.parts else answer(g))
     return replies
 
 
@@ -209,8 +212,10 @@ def _losses(bot, rows: dict, max_length: int) -> dict | None:
 
 def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: int = 128,
              limit: int | None = None, questions=None, batch_size: int = 8, use: str = "auto",
-             engine: str = "local", engine_model: str | None = None, log=print) -> dict:
-    """Score base, tuned and retrieval-only answers; writes RUN/eval/; returns the report."""
+             engine: str = "local", engine_model: str | None = None, judge=None,
+             log=print) -> dict:
+    """Score base, tuned and retrieval-only answers; writes RUN/eval/; returns the report.
+    `judge`: a builder.evaluation.judge.JudgeSpec, an LLM grading every answer too."""
     from builder.training.rows import load_prepared
 
     run = Run(run_dir)
@@ -223,13 +228,14 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
     asked = read_questions(questions) if questions else []
     rows = _pick_rows(meta, load_prepared(data_dir), train_sample, limit)
     items = [(r["instruction"], r.get("input") or "") for split in rows.values() for r in split]
-    items += [(q["question"], "") for q in asked]
+    # a follow-up is asked after its earlier question, as a conversation would
+    items += [(q["question"], "", (q["earlier"],) if q.get("earlier") else ()) for q in asked]
     settings = {"max_new_tokens": max_new_tokens, "train_sample": train_sample, "limit": limit,
                 "questions": str(questions) if questions else None, "decoding": "greedy",
                 "batch_size": batch_size, "sample_seed": meta.get("seed", 0),
                 "metrics": METRIC_NOTES}
     plan = Plan(run, meta, data_dir, rows, asked, items, settings, max_new_tokens, batch_size,
-                use, engine, engine_model)
+                use, engine, engine_model, judge)
     log(f"evaluating {run.path}: {len(rows['test'])} test, {len(rows['train_sample'])} training "
         f"and {len(asked)} file questions; up to {max_new_tokens} new tokens, {batch_size} at a time")
 
@@ -282,6 +288,23 @@ def _answers(plan: Plan, log) -> tuple[dict, list, dict, object, str, float]:
         save_replies(cache, replies["base"])
     losses["base"] = _losses(base, plan.rows, max_length)
     return replies, model_alone, losses, base, weights, tuned_s
+
+
+def _judge(plan: Plan, replies: dict, rows: dict, asked: list, decline: str, log) -> dict:
+    """The judge's grades of every answer, with the fact checks it is compared with."""
+    from builder.evaluation.judge import judge_replies
+    from builder.evaluation.scores import answered_right
+    from builder.facts import fact_recall
+
+    truth = [(lambda r, ref=row["output"]: None if fact_recall(r.text, ref) is None
+              else not r.declined and fact_recall(r.text, ref) == 1.0)
+             for split in rows.values() for row in split]
+    truth += [(lambda r, q=q: answered_right(q, r)) if q["expected"]
+              else (lambda r: r.declined) for q in asked]
+    facts_right = {s: [check(r) for check, r in zip(truth, rs)] for s, rs in replies.items()}
+    log(f"judge: {plan.judge.model} grades {len(plan.items)} answers of {len(replies)} systems")
+    return judge_replies(plan.judge, [item[0] for item in plan.items], replies, facts_right,
+                         decline, log)
 
 
 def _evaluate(plan: Plan, log) -> dict:
@@ -338,6 +361,8 @@ def _evaluate(plan: Plan, log) -> dict:
         "wall_time_s": round(wall, 1),
         "tuned_answers_s": round(tuned_s, 1),
     }
+    if plan.judge is not None:
+        report["judge"] = _judge(plan, replies, rows, asked, decline, log)
     report["summary"] = {m: {s: v[m] for s, v in splits.get("test", {}).items() if m in v}
                          for m in ("fact_accuracy", "chrf", "rouge_l", "bleu", "exact_match",
                                    "loss", "ppl")}
@@ -347,6 +372,10 @@ def _evaluate(plan: Plan, log) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=run_dir))
     try:
         answers = answer_table(rows, by_split, asked, asked_replies, systems, model_alone)
+        for system, grades in (report.get("judge") or {}).pop("grades", {}).items():
+            for record, grade in zip(answers, grades):
+                record[f"{system}_judge_faithful"] = "" if grade is None else grade["faithful"]
+                record[f"{system}_judge_helpful"] = "" if grade is None else grade["helpful"]
         (staging / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2),
                                              encoding="utf-8")
         # utf-8-sig: Excel, which most shops open a CSV with, then shows Hangul right

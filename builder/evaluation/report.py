@@ -21,7 +21,8 @@ def answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: d
                   systems: list[str], model_alone: list | None = None) -> list[dict]:
     """One record per question: the texts and, per system, the answer and its flags; for the
     split rows also the tuned model's own answer without the FAQ lookup (`model_alone`)."""
-    from builder.facts import fact_recall, states
+    from builder.evaluation.scores import answered_right
+    from builder.facts import fact_recall
 
     def record(split, question, context, reference, replies, ok):
         out = {"split": split, "question": question, "context": context, "reference": reference}
@@ -52,10 +53,12 @@ def answer_table(rows: dict, by_split: dict, asked: list[dict], asked_replies: d
     for i, q in enumerate(asked):
         replies = {s: asked_replies[s][i] for s in systems}
         if q["expected"]:
-            ok = lambda r, q=q: int(not r.declined and states(r.text, q["expected"]))  # noqa: E731
+            ok = lambda r, q=q: int(answered_right(q, r))  # noqa: E731
         else:
             ok = lambda r: int(r.declined)  # noqa: E731
-        table.append(record(q["kind"], q["question"], "", q["expected"] or "(decline)", replies, ok))
+        # a follow-up's earlier question shows in the context column
+        table.append(record(q["kind"], q["question"], q.get("earlier", ""),
+                            q["expected"] or "(decline)", replies, ok))
     return table
 
 
@@ -63,8 +66,12 @@ FIGURES = [  # (section, key, label) shown in the summary, report.md and the cha
     ("test", "fact_accuracy", "test split: facts right (entries never trained)"),
     ("train_sample", "fact_accuracy", "trained questions: facts right"),
     ("questions", "paraphrase_facts", "paraphrased questions: facts right"),
+    ("questions", "vocabulary_facts", "customers' own words: facts right"),
+    ("questions", "follow_up_facts", "follow-ups: facts right"),
+    ("questions", "two_entry_facts", "two-entry questions: both facts right"),
     ("questions", "off_topic_declined", "off-topic questions declined"),
     ("questions", "unanswerable_declined", "unanswerable questions declined"),
+    ("questions", "near_miss_declined", "near misses declined"),
 ]
 
 
@@ -87,6 +94,16 @@ def figure_rows(report: dict) -> list[tuple[str, list, str]]:
     for section, key, label in FIGURES:
         table = q if section == "questions" else splits.get(section, {})
         add(label, [table.get(s, {}).get(key) for s in systems], "share")
+    if judge := report.get("judge"):
+        per = judge.get("systems", {})
+        add(f"judge ({judge.get('model')}): faithful to the FAQ entries",
+            [per.get(s, {}).get("faithful") for s in systems], "share")
+        add("judge: helpfulness (1-5)", [per.get(s, {}).get("helpful") for s in systems], "score")
+        add("judge agrees with the fact checks",
+            [per.get(s, {}).get("agrees_with_facts") for s in systems], "share")
+        if pair := judge.get("pairwise"):
+            add("judge prefers this answer (fine-tuned vs base, pairwise)",
+                [pair.get(s) if s in ("tuned", "base") else None for s in systems], "count")
     add("test split: chrF (0-100)", [(summary.get("chrf") or {}).get(s) for s in systems], "score")
     for split, label in (("train_sample", "trained questions"), ("test", "test questions")):
         table = splits.get(split, {})

@@ -3,8 +3,11 @@ questions, invented facts, runaways, retrieval hit@k, loss and the verdict again
 retrieval-only baseline; and the question files they are measured on.
 
 A question file (`builder eval --questions FILE.csv`) has the columns question, expected
-(empty = must decline), optional kind (paraphrase | off_topic | unanswerable) and line (the
-FAQ file line(s) that answer it, ';').
+(empty = must decline; facts an answer needs all of, '|'-separated), optional kind, line (the
+FAQ file line(s) that answer it, ';') and earlier (a follow-up's first question). Kinds:
+answered ones (paraphrase: the FAQ's words reworded; vocabulary: the customer's own words;
+follow_up: a short question after `earlier`; two_entry: needs two entries) and declined ones
+(off_topic; unanswerable; near_miss: a detail of an FAQ topic the FAQ does not give).
 """
 
 import csv
@@ -14,12 +17,14 @@ from pathlib import Path
 from builder.errors import UserError
 from builder.evaluation.metrics import corpus_bleu, corpus_chrf, exact_match, rouge_l
 
-QUESTION_KINDS = ("paraphrase", "off_topic", "unanswerable")
+ANSWERED_KINDS = ("paraphrase", "vocabulary", "follow_up", "two_entry")
+DECLINED_KINDS = ("off_topic", "unanswerable", "near_miss")
+QUESTION_KINDS = ANSWERED_KINDS + DECLINED_KINDS
 
 
 def read_questions(path) -> list[dict]:
     """A question file: columns question, expected (empty = must decline), optional kind
-    (paraphrase | off_topic | unanswerable) and line (the FAQ file line(s) that answer it, ';')."""
+    (QUESTION_KINDS), line (the FAQ file line(s) that answer it, ';') and earlier."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such question file (columns question, expected, kind, line)")
@@ -38,14 +43,23 @@ def read_questions(path) -> list[dict]:
         if kind not in QUESTION_KINDS:
             raise UserError(f"{path} line {number}: kind {kind!r} is not one of "
                             f"{', '.join(QUESTION_KINDS)}")
-        if (kind == "paraphrase") != bool(expected):
-            raise UserError(f"{path} line {number}: a paraphrase needs an expected fact; off_topic "
-                            "and unanswerable questions leave expected empty (must decline)")
+        if (kind in ANSWERED_KINDS) != bool(expected):
+            raise UserError(f"{path} line {number}: a {kind} question "
+                            + ("needs an expected fact" if kind in ANSWERED_KINDS else
+                               "leaves expected empty (must decline)")
+                            + f"; answered kinds: {', '.join(ANSWERED_KINDS)}")
+        earlier = (row.get("earlier") or "").strip()
+        if (kind == "follow_up") != bool(earlier):
+            raise UserError(f"{path} line {number}: "
+                            + ("a follow_up needs the earlier question in the column earlier"
+                               if kind == "follow_up" else
+                               "only a follow_up has an earlier question"))
         try:
             lines = [int(x) for x in (row.get("line") or "").replace(",", ";").split(";") if x.strip()]
         except ValueError:
             raise UserError(f"{path} line {number}: line must be FAQ file line numbers like 12;14") from None
-        out.append({"question": question, "expected": expected, "kind": kind, "lines": lines})
+        out.append({"question": question, "expected": expected, "kind": kind, "lines": lines,
+                    "earlier": earlier})
     if not out:
         raise UserError(f"{path}: no questions under the header")
     return out
@@ -91,6 +105,14 @@ def score_split(rows: list[dict], replies: list, decline_message: str) -> dict:
     }
 
 
+def answered_right(question: dict, reply) -> bool:
+    """Not declined, and every expected fact ('|'-separated) stated."""
+    from builder.facts import states
+
+    return not reply.declined and all(states(reply.text, part.strip())
+                                      for part in question["expected"].split("|") if part.strip())
+
+
 def score_questions(questions: list[dict], replies: list, decline_message: str) -> dict:
     """Paraphrase fact accuracy, decline rates, invented facts and runaways on a question file."""
     from builder.facts import states
@@ -100,11 +122,11 @@ def score_questions(questions: list[dict], replies: list, decline_message: str) 
 
     paraphrases = of("paraphrase")
     return {
-        "paraphrase_facts": share(not r.declined and states(r.text, q["expected"])
-                                   for q, r in paraphrases),
+        **{f"{kind}_facts": share(answered_right(q, r) for q, r in of(kind))
+           for kind in ANSWERED_KINDS},
         "paraphrases_declined": share(r.declined for _, r in paraphrases),
-        "off_topic_declined": share(r.declined for _, r in of("off_topic")),
-        "unanswerable_declined": share(r.declined for _, r in of("unanswerable")),
+        "vocabulary_declined": share(r.declined for _, r in of("vocabulary")),
+        **{f"{kind}_declined": share(r.declined for _, r in of(kind)) for kind in DECLINED_KINDS},
         "invented_shown": sum(_invented_shown(r, q["question"], "", decline_message)
                               for q, r in zip(questions, replies)),
         "invented_in_declines": sum(r.declined and _invented_shown(r, q["question"], "",

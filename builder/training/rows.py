@@ -86,9 +86,8 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
         from builder.answering.knowledge import Knowledge, entries_from_prepared
         from builder.training.raft import grounded_rows
 
-        knowledge = Knowledge.build(entries_from_prepared(prepared_dir),
-                                    embedder_name=cfg.rag.embedder, calibrate=False,
-                                    coverage_floor=cfg.rag.coverage_floor)
+        knowledge = Knowledge.for_config(entries_from_prepared(prepared_dir), cfg.rag,
+                                         calibrate=False)
         row = grounded_rows([row], knowledge, template, cfg.rag, seed=cfg.train.seed,
                             off_topic=False)[0]
     example = tokenize_row(tokenizer, template, row, cfg.model.max_seq_length,
@@ -123,15 +122,11 @@ def build_knowledge(prepared_dir: Path, run_dir: Path, cfg: Config, *, reuse: bo
         return Knowledge.load(folder)
     started = time.perf_counter()
     entries = entries_from_prepared(prepared_dir)
-    knowledge = Knowledge.build(entries, embedder_name=cfg.rag.embedder, source=str(prepared_dir),
-                                coverage_floor=cfg.rag.coverage_floor)
+    knowledge = Knowledge.for_config(entries, cfg.rag, source=str(prepared_dir), run_dir=run_dir)
     knowledge.save(folder)
-    gate = knowledge.settings["gate"]
     log(f"knowledge: {len(entries)} FAQ entries indexed in {time.perf_counter() - started:.0f} s "
-        f"(BM25 over Kiwi morphemes + {cfg.rag.embedder}); decline gate: dense similarity "
-        f">= {gate['dense_threshold']}, a shared content noun and the best entry holding "
-        f">= {gate['coverage_floor']:.0%} of the question's words; on the FAQ's own questions "
-        f"{gate['measured']}")
+        f"(BM25 over Kiwi morphemes + {cfg.rag.embedder}, "
+        f"{knowledge.settings['synonyms']['groups']} synonym groups); {gate_line(knowledge)}")
     return knowledge
 
 
@@ -172,3 +167,17 @@ def count_kinds(rows) -> dict:
         kind = row.get("kind", "answer") if isinstance(row, dict) else "answer"
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def gate_line(knowledge) -> str:
+    """The decline gate and its figures on the FAQ's own questions, in one line for the log."""
+    gate = knowledge.settings["gate"]
+    if learned := gate.get("learned"):
+        rule = (f"learned gate (logistic regression on {learned['questions']} questions made "
+                f"from the FAQ, threshold {learned['threshold']} for "
+                f"{learned['recall_target']:.0%} of held-out rewrites; held out: "
+                f"{learned['held_out']})")
+    else:
+        rule = (f"dense similarity >= {gate['dense_threshold']}, a shared content noun and the "
+                f"best entry holding >= {gate['coverage_floor']:.0%} of the question's words")
+    return f"decline gate: {rule}; on the FAQ's own questions {gate['measured']}"
