@@ -23,32 +23,33 @@ sys.path.insert(0, str(ROOT))
 
 SHOPS = {"coffee": ROOT / "data" / "sample_faq.csv",
          "salon": ROOT / "data" / "questions" / "salon_faq.csv"}
-DESIGNS = {  # name: (lexicon, gate, the learned gate's recall target on held-out rewrites)
-    "rules": (False, "rules", None),
-    "lexicon": (True, "rules", None),
-    "learned": (False, "learned", 0.95),
-    "learned@99": (False, "learned", 0.99),
-    "lexicon+learned": (True, "learned", 0.95),
-    "lexicon+learned@97": (True, "learned", 0.97),
-    "lexicon+learned@99": (True, "learned", 0.99),
+DESIGNS = {  # name: (lexicon, gate, learned gate's recall target, dense slack for lexicon words)
+    "rules": (False, "rules", None, 0.0),
+    "lexicon": (True, "rules", None, 0.0),
+    "lexicon+slack": (True, "rules", None, 0.02),
+    "learned": (False, "learned", 0.95, 0.0),
+    "lexicon+learned": (True, "learned", 0.95, 0.0),
 }
 KINDS = ("paraphrase", "vocabulary", "follow_up", "two_entry",
          "off_topic", "near_miss", "unanswerable")
 
 
-def build(faq: Path, lexicon: bool, gate: str, recall: float | None):
+def build(faq: Path, lexicon: bool, gate: str, recall: float | None, slack: float):
     from builder.answering import learned_gate
     from builder.answering.chatbot import Chatbot
-    from builder.answering.knowledge import Knowledge, entries_from_file
+    from builder.answering.knowledge import entries_from_file, knowledge_for
     from builder.config import RagConfig
     from builder.prompts import load_template
 
     rag = RagConfig()
+    from builder.answering import gate as rules
+
+    rules.LEXICON_SLACK = slack
     rag.synonyms, rag.gate = lexicon, gate
     entries, _ = entries_from_file(faq)
     learned_gate.RECALL = recall or learned_gate.RECALL
     started = time.perf_counter()
-    knowledge = Knowledge.for_config(entries, rag, source=faq.name)
+    knowledge = knowledge_for(entries, rag, source=faq.name)
     build_s = time.perf_counter() - started
     return Chatbot(None, load_template("korean"), knowledge=knowledge, rag=rag), build_s
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from builder.answering.knowledge import Entry, Knowledge
+from builder.answering.knowledge import Entry, Knowledge, knowledge_for
 from builder.answering.synonyms import SHIPPED, Lexicon, read_groups
 from builder.errors import UserError
 
@@ -79,7 +79,7 @@ def test_the_runs_own_synonyms_file_comes_first_and_is_kept_with_the_index(tmp_p
     run.mkdir()
     (run / "synonyms.txt").write_text("주차, 차댈곳\n", encoding="utf-8")
     entries = [Entry(i, i + 2, q, "", a) for i, (q, a) in enumerate(ENTRIES)]
-    kb = Knowledge.for_config(entries, RagConfig(), run_dir=run, calibrate=False)
+    kb = knowledge_for(entries, RagConfig(), run_dir=run, calibrate=False)
     assert kb.lexicon.groups[0] == ["주차", "차댈곳"]
     assert kb.settings["synonyms"]["groups"] == len(read_groups(SHIPPED)) + 1
     assert kb.search("차댈곳 있어요?", 1)[0].entry.id == 5

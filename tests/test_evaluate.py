@@ -213,7 +213,7 @@ def test_a_bad_question_file_names_the_line(tmp_path):
 
     bad = tmp_path / "q.csv"
     bad.write_text("question,expected,kind\n배송비?,,paraphrase\n", encoding="utf-8")
-    with pytest.raises(UserError, match="line 2: a paraphrase needs an expected fact"):
+    with pytest.raises(UserError, match="line 2: a paraphrase question needs an expected fact"):
         read_questions(bad)
     bad.write_text("질문,답\n배송비?,3000원\n", encoding="utf-8")
     with pytest.raises(UserError, match="question and expected"):

@@ -253,10 +253,11 @@ def test_a_short_follow_up_is_retrieved_with_the_previous_question(shop, shop_bo
             model="shop", max_tokens=4,
             messages=history + [{"role": "user", "content": follow_up}]).choices[0].message)
     assert replies[0].sources and not replies[0].declined
-    # the FAQ block has both questions' entries, the follow-up's own best first
+    # the FAQ block has both readings' entries: read with the earlier question first (on the
+    # follow-ups of data/questions/*_dev.csv: 8/10 and 7/8 right, 6/10 and 5/8 the other way)
     faq = [line for line in prompts[0].split("\n") if line.startswith("질문: ")]
-    assert faq[:2] == ["질문: 제주도도 무료배송 되나요?", "질문: 배송비는 얼마인가요?"]
-    assert searched == ["제주도는요?", "배송비는 얼마인가요? 제주도는요?",
+    assert set(faq[:2]) == {"질문: 제주도도 무료배송 되나요?", "질문: 배송비는 얼마인가요?"}
+    assert searched == ["배송비는 얼마인가요? 제주도는요?", "제주도는요?",
                         "제주도나 도서산간 지역은 추가 배송비가 있나요"]
     # the prompt has the question as asked, and no system message
     assert "### 질문:\n제주도는요?\n\n### 답변:\n" in prompts[0]

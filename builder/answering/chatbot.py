@@ -198,7 +198,7 @@ class Chatbot:
         options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            outputs = self._generate([reply.prompt for reply, _ in chunk], options)
+            outputs = generate(self.engine, [reply.prompt for reply, _ in chunk], options)
             for (reply, grounding), (text, looped) in zip(chunk, outputs):
                 reply.runaway = looped
                 if self.grounder is None:
@@ -212,17 +212,6 @@ class Chatbot:
         for reply, subs in joined:
             combine(reply, subs)
         return replies
-
-    def _generate(self, prompts: list[str], options: dict) -> list[tuple[str, bool]]:
-        """[(answer, looped)] for prompts: the engine's batch, or its stream one at a time."""
-        if hasattr(self.engine, "batch"):
-            return self.engine.batch(prompts, **options)
-        outputs = []
-        for prompt in prompts:
-            flags = Reply()
-            text = "".join(self.engine.stream(prompt, flags=flags, **options))
-            outputs.append((text, flags.runaway))
-        return outputs
 
     # Serving
 
@@ -253,6 +242,18 @@ class Chatbot:
             faq = self.template.render_faq([entry])
             warmed += self.engine.warm(self.template.render("", "", faq))
         return warmed
+
+
+def generate(engine, prompts: list[str], options: dict) -> list[tuple[str, bool]]:
+    """[(answer, looped)] for prompts: the engine's batch, or its stream one at a time."""
+    if hasattr(engine, "batch"):
+        return engine.batch(prompts, **options)
+    outputs = []
+    for prompt in prompts:
+        flags = Reply()
+        text = "".join(engine.stream(prompt, flags=flags, **options))
+        outputs.append((text, flags.runaway))
+    return outputs
 
 
 def log_event(path: Path | None, question: str, reply: Reply) -> None:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from builder.answering.text import GENERIC_NOUNS
 
+# how far under the dense threshold a question may be when a word the lexicon matched
+# (builder.answering.synonyms) is in the best entry: on data/questions/*_dev.csv, customers'
+# own words answered 8/41 -> 11/41 (coffee) and 6/26 -> 10/26 (salon), nothing else moved
+LEXICON_SLACK = 0.02
 COVERAGE_FLOOR = 0.5  # the best entry must hold at least half of the question's word weight
 # stems every question may carry whatever it asks about (있다, 되다, 하다, 수, ...)
 LIGHT_WORDS = frozenset({"있", "없", "하", "되", "수", "것", "주", "보", "받", "가", "오", "알", "이"})
@@ -45,12 +49,10 @@ def relevant(knowledge, query, hits) -> bool:
     if not hits:
         return False
     gate = knowledge.settings.get("gate", {})
-    if learned := gate.get("learned"):  # builder.answering.learned_gate
-        from builder.answering.learned_gate import probability
-
-        return probability(knowledge, query, hits) >= learned["threshold"]
     threshold = gate.get("dense_threshold")
-    close = threshold is None or max(h.dense for h in hits) >= threshold
+    # a customer's word the lexicon matched to the best entry's is evidence e5 does not see
+    slack = LEXICON_SLACK if query.synonyms & knowledge.entry_terms(hits[0].entry) else 0.0
+    close = threshold is None or max(h.dense for h in hits) >= threshold - slack
     floor = gate.get("coverage_floor") or 0.0
     return (shares_noun(knowledge, query, hits) and close
             and (floor <= 0 or coverage(knowledge, query, hits[0].entry) >= floor))
@@ -137,8 +139,8 @@ def gate_figures(knowledge, k: int = 3) -> dict:
     knowledge.prime([q for _, q in asked] + off_topic_questions())
 
     def passes(question, exclude=frozenset()):
-        query = knowledge.query(question)
-        return relevant(knowledge, query, knowledge.search(query, k, exclude=exclude))
+        query = knowledge.query(question)  # the run's gate, learned or rules
+        return knowledge.relevant(query, knowledge.search(query, k, exclude=exclude))
 
     passed = [passes(q) for _, q in asked]
     off = [passes(q) for q in off_topic_questions()]

@@ -107,7 +107,11 @@ class Grounder:
             # shipping fee asks for Jeju's shipping fee
             queries = ([kb.query(f"{g.earlier} {question}")] if g.earlier else []) + [query]
             hits = _interleave([kb.search(q, k) for q in queries], k)
-            g.declined = not any(kb.relevant(q, hits) for q in queries)
+            if g.earlier:  # each reading is gated on the entry of both that covers it best
+                g.declined = not any(kb.relevant(q, sorted(
+                    hits, key=lambda h, q=q: -kb.coverage(q, h.entry))) for q in queries)
+            else:
+                g.declined = not kb.relevant(query, hits)
             if self.rag.prompt_entries == "fitting" and not g.earlier:
                 hits = kb.fitting(query, hits)
             # a lower entry may be copied only if it covers the question as well as the best
@@ -131,8 +135,8 @@ def _interleave(rankings: list[list], k: int) -> list:
     return hits[:k]
 
 
-JOINING = {"JC", "MAJ"}  # 배송비"랑" 반품비, "그리고"
-JOINING_WORDS = {"하고", "및", "그리고", "또", "또는"}
+# what joins two asks: 배송비"랑" 반품비, "및", "그리고" (not "나"/"또는": one ask of two options)
+JOINING_WORDS = {"와", "과", "랑", "이랑", "하고", "및", "그리고"}
 
 
 def two_asks(question: str) -> list[str]:
@@ -148,8 +152,9 @@ def two_asks(question: str) -> list[str]:
         sentence_end = (t.tag == "SF" or (t.tag == "EC" and t.form == "고" and tokens[i - 1].tag
                                           in ("VV", "VA", "VCP", "VX", "XSV", "XSA"))) and any(
             x.tag.startswith("N") for x in tokens[i + 1:])
-        joins = (t.tag in JOINING or t.form in JOINING_WORDS) and tokens[i - 1].tag in (
-            "NNG", "NNP", "SL", "XR", "SF")
+        after = tokens[i - 1].tag  # a noun (or a sentence) before the joining word
+        joins = (t.form in JOINING_WORDS and t.tag in ("JC", "JKB", "MAJ", "MAG")
+                 and after in ("NNG", "NNP", "SL", "XR", "SF"))
         if not (sentence_end or joins):
             continue
         left = question[:t.start + (t.len if sentence_end else 0)].strip()

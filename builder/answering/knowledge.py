@@ -58,20 +58,17 @@ class Hit:
 
 
 class Knowledge:
-    """FAQ entries with a BM25 and a dense index: `search`, `exact`, the gate's `relevant`,
-    `coverage` and `fitting`, `save`, `load`."""
+    """FAQ entries with a BM25 and a dense index: search, exact, the gate, save, load."""
 
     def __init__(self, entries: list[Entry], bm25, dense, settings: dict,
                  lexicon: Lexicon | None = None):
-        self.entries = entries
+        self.entries, self.bm25 = entries, bm25
         self.lexicon = lexicon or Lexicon([])  # customers' words (builder.answering.synonyms)
-        self.bm25 = bm25
         self.dense = dense  # (n_entries, dim) float32, normalised
         self.settings = settings  # embedder, gate calibration, source, sha256
         self._vectors: dict = {}  # question -> its query embedding (see `prime`)
-        self._exact: dict[tuple[str, str], Entry] | None = None  # see `exact`
+        self._exact, self._idf = None, None  # see `exact` and `idf`, made when first asked
         self._per_entry: dict[str, list] = {}  # nouns, terms, units of each entry (computed once)
-        self._idf: dict[str, float] | None = None
 
     # Build, save, load
 
@@ -98,28 +95,14 @@ class Knowledge:
                     "gate": {"dense_threshold": None, "coverage_floor": coverage_floor}}
         knowledge = cls(entries, bm25, dense, settings, lexicon)
         if calibrate:
-            settings["gate"] = {**knowledge.calibrate(), "coverage_floor": coverage_floor}
+            settings["gate"] = {**gate.calibrate(knowledge), "coverage_floor": coverage_floor}
             if learned_gate:
                 from builder.answering.learned_gate import train_gate
 
                 settings["gate"]["learned"] = train_gate(knowledge)
-            settings["gate"]["measured"] = knowledge.gate_figures()
+            settings["gate"]["measured"] = gate.gate_figures(knowledge)
         settings["build_s"] = round(time.perf_counter() - started, 2)
         return knowledge
-
-    @classmethod
-    def for_config(cls, entries: list[Entry], rag, *, source: str = "", run_dir=None,
-                   calibrate: bool = True) -> "Knowledge":
-        """Built with a run's retrieval settings (builder.config.RagConfig): its embedder,
-        coverage floor, lexicon (the shipped one and RUN/synonyms.txt) and gate."""
-        from builder.answering.synonyms import RUN_FILE, SHIPPED
-
-        lexicon = None
-        if getattr(rag, "synonyms", True):
-            lexicon = Lexicon.from_files(Path(run_dir) / RUN_FILE if run_dir else None, SHIPPED)
-        return cls.build(entries, embedder_name=rag.embedder, source=source, calibrate=calibrate,
-                         coverage_floor=rag.coverage_floor, lexicon=lexicon,
-                         learned_gate=getattr(rag, "gate", "rules") == "learned")
 
     def save(self, folder: str | Path) -> Path:
         """Write folder/ (entries.jsonl, bm25/, dense.npy, index.json), complete or not at all."""
@@ -177,15 +160,9 @@ class Knowledge:
             self._vectors.update(zip(todo, embedder(self.settings["embedder"]).query(todo)))
 
     def query(self, question: "str | Query") -> Query:
-        """The question analysed once (morphemes, nouns, asked units, each with the lexicon's
-        words for the customer's added) and embedded."""
+        """The question analysed once (lexicon words added: Lexicon.apply) and embedded."""
         query = question if isinstance(question, Query) else analyse(question)
-        if not query.expanded:
-            query.expanded = True
-            if self.lexicon:
-                added = self.lexicon.canons(query.morphemes)
-                query.morphemes = self.lexicon.expand(query.morphemes)
-                query.nouns = query.nouns | set(added)
+        self.lexicon.apply(query)
         if query.vector is None:
             query.vector = self._vectors.get(query.text)
             if query.vector is None:
@@ -230,10 +207,9 @@ class Knowledge:
     def exact(self, question: str, context: str = "") -> Hit | None:
         """The entry whose question (and context) is `question` word for word, ignoring spaces,
         punctuation and letter case; None otherwise. Its own answer is the right one."""
-        if self._exact is None:
-            self._exact = {}
-            for e in self.entries:  # the first of repeated questions wins, as in the FAQ file
-                self._exact.setdefault((squeeze(e.question), squeeze(e.context)), e)
+        if self._exact is None:  # the first of repeated questions wins, as in the FAQ file
+            self._exact = {k: e for e in reversed(self.entries)
+                           for k in [(squeeze(e.question), squeeze(e.context))]}
         entry = self._exact.get((squeeze(question), squeeze(context)))
         return None if entry is None else Hit(entry, 1.0, 0.0, 1.0)
 
@@ -255,12 +231,13 @@ class Knowledge:
     def entry_nouns(self, entry: Entry) -> set[str]:
         if not 0 <= entry.id < len(self.entries):
             return content_nouns(entry.text)
+        words = self.lexicon.canons  # the lexicon's words for the entry's are its nouns too
         return self._each("nouns", entry.id, lambda e: content_nouns(e.text) | set(
-            self.lexicon.canons(content_morphemes(e.text))))
+            words(content_morphemes(e.text))))
 
     def entry_terms(self, entry: Entry) -> set[str]:
-        return self._each("terms", entry.id,
-                          lambda e: set(self.lexicon.expand(content_morphemes(e.text))))
+        expand = self.lexicon.expand
+        return self._each("terms", entry.id, lambda e: set(expand(content_morphemes(e.text))))
 
     def idf(self) -> dict[str, float]:
         if self._idf is None:
@@ -270,7 +247,10 @@ class Knowledge:
     # The gate (builder.answering.gate), on this knowledge
 
     def relevant(self, question: "str | Query", hits: list[Hit]) -> bool:
-        return gate.relevant(self, self.query(question), hits)
+        """The decline gate: the learned one when the run trained it, else the rules."""
+        from builder.answering.learned_gate import gate_for
+
+        return gate_for(self)(self, self.query(question), hits)
 
     def coverage(self, question: "str | Query", entry: Entry) -> float:
         return gate.coverage(self, self.query(question), entry)
@@ -278,11 +258,19 @@ class Knowledge:
     def fitting(self, question: "str | Query", hits: list[Hit]) -> list[Hit]:
         return gate.fitting(self, self.query(question), hits)
 
-    def calibrate(self, k: int = 3) -> dict:
-        return gate.calibrate(self, k)
 
-    def gate_figures(self, k: int = 3) -> dict:
-        return gate.gate_figures(self, k)
+def knowledge_for(entries: list[Entry], rag, *, source: str = "", run_dir=None,
+                  calibrate: bool = True) -> Knowledge:
+    """Built with a run's retrieval settings (builder.config.RagConfig): its embedder,
+    coverage floor, lexicon (the shipped one and RUN/synonyms.txt) and gate."""
+    from builder.answering.synonyms import RUN_FILE, SHIPPED
+
+    lexicon = None
+    if getattr(rag, "synonyms", True):
+        lexicon = Lexicon.from_files(Path(run_dir) / RUN_FILE if run_dir else None, SHIPPED)
+    return Knowledge.build(entries, embedder_name=rag.embedder, source=source, calibrate=calibrate,
+                           coverage_floor=rag.coverage_floor, lexicon=lexicon,
+                           learned_gate=getattr(rag, "gate", "rules") == "learned")
 
 
 def entries_sha256(entries: list[Entry]) -> str:
@@ -331,7 +319,7 @@ def index_run(run_dir: str | Path, faq_file: str | Path, log=print) -> dict:
 
     cfg = load_config(run.config_path)
     entries, report = entries_from_file(faq_file)
-    knowledge = Knowledge.for_config(entries, cfg.rag, source=Path(faq_file).name,
+    knowledge = knowledge_for(entries, cfg.rag, source=Path(faq_file).name,
                                      run_dir=run.path)
     knowledge.save(run.knowledge_dir)
     if run.has_merged():  # the merged model carries a copy

@@ -68,6 +68,19 @@ def probability(knowledge, query, hits) -> float:
     return _prob(knowledge.settings["gate"]["learned"], features(knowledge, query, hits))
 
 
+def passes(knowledge, query, hits) -> bool:
+    """The learned gate's verdict: answer (True) or decline."""
+    return bool(hits) and (probability(knowledge, query, hits)
+                           >= knowledge.settings["gate"]["learned"]["threshold"])
+
+
+def gate_for(knowledge):
+    """The knowledge's gate function: `passes` when the run trained one, else the rules."""
+    from builder.answering.gate import relevant
+
+    return passes if knowledge.settings.get("gate", {}).get("learned") else relevant
+
+
 def training_questions(knowledge, seed: int = 0) -> list[tuple[list[float], int, int]]:
     """(features, label, entry id or -1) of every training question (see the module doc)."""
     from builder.answering.gate import off_topic_questions

@@ -99,6 +99,16 @@ class Lexicon:
         extra = [c for c in dict.fromkeys(self.canons(morphemes)) if c not in morphemes]
         return morphemes + extra
 
+    def apply(self, query) -> None:
+        """Add the groups' first words to a Query's morphemes and nouns (once)."""
+        if not query.expanded:
+            query.expanded = True
+            if self.keys:
+                canons = set(self.canons(query.morphemes))
+                query.synonyms = canons - set(query.morphemes)
+                query.nouns = query.nouns | canons
+                query.morphemes = self.expand(query.morphemes)
+
     def variants(self, question: str, limit: int = 3) -> list[str]:
         """Up to `limit` rewordings of `question` with one of its words swapped for another word
         of its group ("배송비 얼마예요?" -> "택배비 얼마예요?"): nouns only, verbs inflect."""

@@ -80,6 +80,7 @@ class Query:
     units: frozenset[str]
     vector: object = field(default=None, repr=False)
     expanded: bool = False  # the knowledge's lexicon words added (Knowledge.query)
+    synonyms: set = field(default_factory=set)  # those the customer's own words brought in
 
 
 def analyse(question: str) -> Query:

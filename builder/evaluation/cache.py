@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1]
 ANSWERING_CODE = ("facts.py", "answering/guard.py", "answering/chatbot.py", "answering/knowledge.py",
                   "answering/gate.py", "answering/grounding.py", "answering/text.py",
                   "answering/embedder.py", "answering/decoding.py",
-                  "answering/engines/transformers.py")
+                  "answering/engines/transformers.py", "answering/synonyms.py",
+                  "answering/learned_gate.py")
 
 
 def cache_key(meta: dict, bot, items, max_new_tokens: int) -> str:

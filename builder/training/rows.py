@@ -83,10 +83,10 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
     template = load_template(cfg.train.template)
     row = dict(rows[index])
     if template.grounded:  # the row as training sees it: reworded, with its retrieved entries
-        from builder.answering.knowledge import Knowledge, entries_from_prepared
+        from builder.answering.knowledge import Knowledge, entries_from_prepared, knowledge_for
         from builder.training.raft import grounded_rows
 
-        knowledge = Knowledge.for_config(entries_from_prepared(prepared_dir), cfg.rag,
+        knowledge = knowledge_for(entries_from_prepared(prepared_dir), cfg.rag,
                                          calibrate=False)
         row = grounded_rows([row], knowledge, template, cfg.rag, seed=cfg.train.seed,
                             off_topic=False)[0]
@@ -115,14 +115,14 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
 
 def build_knowledge(prepared_dir: Path, run_dir: Path, cfg: Config, *, reuse: bool, log=print):
     """The run's knowledge: every row of the prepared folder, indexed into RUN/knowledge/."""
-    from builder.answering.knowledge import Knowledge, entries_from_prepared
+    from builder.answering.knowledge import Knowledge, entries_from_prepared, knowledge_for
 
     folder = run_dir / "knowledge"
     if reuse and (folder / "index.json").is_file():  # a resumed run keeps its rows
         return Knowledge.load(folder)
     started = time.perf_counter()
     entries = entries_from_prepared(prepared_dir)
-    knowledge = Knowledge.for_config(entries, cfg.rag, source=str(prepared_dir), run_dir=run_dir)
+    knowledge = knowledge_for(entries, cfg.rag, source=str(prepared_dir), run_dir=run_dir)
     knowledge.save(folder)
     log(f"knowledge: {len(entries)} FAQ entries indexed in {time.perf_counter() - started:.0f} s "
         f"(BM25 over Kiwi morphemes + {cfg.rag.embedder}, "
