@@ -88,6 +88,21 @@ def test_the_runs_own_synonyms_file_comes_first_and_is_kept_with_the_index(tmp_p
     assert loaded.search("차댈곳 있어요?", 1)[0].entry.id == 5
 
 
+def test_a_lexicon_match_lets_a_question_sit_just_under_the_dense_threshold():
+    from builder.answering import gate
+
+    kb = knowledge()
+    for question, matched in (("택비 얼마예요", True), ("배송비 얼마예요", False)):
+        query = kb.query(question)
+        hits = kb.search(query, 3)
+        assert bool(query.synonyms) == matched  # 택비 brought in 배송비; 배송비 is the FAQ's own
+        best = max(h.dense for h in hits)
+        kb.settings["gate"]["dense_threshold"] = best + gate.LEXICON_SLACK / 2
+        assert kb.relevant(query, hits) == matched
+        kb.settings["gate"]["dense_threshold"] = best + gate.LEXICON_SLACK * 2
+        assert not kb.relevant(query, hits)
+
+
 # The learned gate
 
 

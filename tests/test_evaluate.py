@@ -208,6 +208,42 @@ def test_a_question_file_scores_declines_paraphrases_and_caches_base_answers(tin
     assert any("from the cache" in line for line in again)  # same base, template, questions
 
 
+def test_the_judge_grades_every_systems_answers_in_the_report_and_answers_csv(tiny_run, tmp_path,
+                                                                              monkeypatch):
+    from test_customers_words import ScriptedJudge
+
+    from builder.evaluation.judge import JudgeSpec
+    from builder.evaluation.report import figure_rows
+
+    monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
+    questions = tmp_path / "questions.csv"
+    questions.write_text(
+        "question,expected,kind,line,earlier\n"
+        "제주도는요?,\"3,000원\",follow_up,2;7,배송비는 얼마인가요?\n"
+        "대한민국 수도가 어디야?,,off_topic,,\n", encoding="utf-8")
+    judge = ScriptedJudge()
+    try:
+        report = evaluate(tiny_run, train_sample=0, max_new_tokens=4, limit=1,
+                          questions=questions, log=lambda *_: None,
+                          judge=JudgeSpec(judge.url, "judge-model", "NO_SUCH_KEY_VAR"))
+    finally:
+        judge.close()
+    assert report["questions"]["retrieval"]["counts"]["follow_up"] == 1
+    # the follow-up was asked after its earlier question: the retrieval baseline answers it
+    assert report["questions"]["retrieval"]["follow_up_facts"] == 1.0
+    systems = report["judge"]["systems"]
+    assert set(systems) == {"base", "tuned", "retrieval"} and "grades" not in report["judge"]
+    assert all(v["judged"] == 3 and v["unjudged"] == 0 for v in systems.values())  # 1 test + 2
+    assert sum(report["judge"]["pairwise"].values()) == 3 and report["judge"]["model"] == "judge-model"
+    with (tiny_run / "eval" / "answers.csv").open(encoding="utf-8-sig") as f:
+        answers = list(csv.DictReader(f))
+    assert answers[1]["retrieval_judge_faithful"] == "True" and answers[1]["context"] == (
+        "배송비는 얼마인가요?")
+    labels = [label for label, _, _ in figure_rows(report)]
+    assert "judge agrees with the fact checks" in labels and "follow-ups: facts right" in labels
+    assert judge.url not in (tiny_run / "eval" / "report.md").read_text(encoding="utf-8")
+
+
 def test_a_bad_question_file_names_the_line(tmp_path):
     from builder.evaluation.scores import read_questions
 
