@@ -83,7 +83,10 @@ class Grounder:
     def ground(self, question: str, context: str = "", history: Sequence[str] = (), *,
                exact: bool = True) -> Grounding:
         g = self._ground(question, context, history, exact)
-        if g.exact is None and (asks := two_asks(question)):
+        if g.exact is None:
+            with self.lock:  # Kiwi is shared by answers generated side by side
+                asks = two_asks(question)
+        if g.exact is None and asks:
             parts = [self._ground(ask, context, (), exact) for ask in asks]
             tops = [p.hits[0].entry.id for p in parts if p.hits and not p.declined]
             if len(tops) == 2 and tops[0] != tops[1]:
