@@ -65,11 +65,19 @@ def test_the_shipped_lexicon_reads_and_names_no_word_twice():
     assert "환불" not in lexicon.canons(content_morphemes("교환 되나요"))
 
 
+def test_a_group_naming_an_earlier_groups_word_joins_it():
+    # the owner's file says 택배비 first; the shipped group's 배달비 still reaches it
+    lexicon = Lexicon([["택배비", "배송비"], ["배송비", "배달비", "택비"]])
+    assert lexicon.canons(["배달", "비"]) == ["택배비"] and lexicon.canons(["택비"]) == ["택배비"]
+
+
 def test_a_bad_synonyms_file_names_its_line(tmp_path):
     bad = tmp_path / "synonyms.txt"
-    bad.write_text("# 우리 가게 말\n배송비, 택비\n몽실이\n", encoding="utf-8")
+    bad.write_text("# 우리 가게 말\n배송비, 택비  # 택비: 고객들 말\n몽실이\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"synonyms.txt line 3: a group needs at least two words"):
         read_groups(bad)
+    bad.write_text("배송비, 택비  # 택비: 고객들 말\n", encoding="utf-8")
+    assert read_groups(bad) == [["배송비", "택비"]]  # the comment is not a word
 
 
 def test_the_runs_own_synonyms_file_comes_first_and_is_kept_with_the_index(tmp_path):
@@ -164,6 +172,14 @@ def test_two_asks_are_answered_each_from_its_own_entry_and_checked_against_it():
     # 5,000원 is in no entry: the guard shows the parking entry's own answer instead
     assert second == ENTRIES[5][1] and reply.guarded and not reply.declined
     assert [h.entry.id for h in reply.sources] == [4, 5]
+    # a customer who stops the answer after the first ask keeps it, with its source
+    from builder.answering.guard import Reply
+
+    stopped = Reply()
+    stream = bot.stream("매장 영업시간이랑 주차 되는지 알려주세요", reply=stopped)
+    first = next(stream)
+    stream.close()
+    assert stopped.text == first and [h.entry.id for h in stopped.sources] == [4]
 
 
 def test_a_follow_up_is_read_with_its_earlier_question_first():
@@ -320,3 +336,16 @@ def test_a_judge_that_garbles_refuses_stalls_or_fails_leaves_answers_unjudged(
     else:  # it answered, just not with a grade: every answer was asked
         assert len(judge_server.requests) == 4 and not out["gave_up"]
     assert judge_server.url not in " ".join(logged) + json.dumps(out)
+
+
+def test_the_judges_flags_are_checked_before_any_answer_and_a_pasted_key_is_not_echoed():
+    from builder.evaluation.judge import check_spec
+
+    with pytest.raises(UserError, match="go together"):
+        check_spec("http://127.0.0.1:8000/v1", None, "OPENAI_API_KEY")
+    with pytest.raises(UserError, match="must be an http") as error:
+        check_spec("127.0.0.1:abc/v1", "judge", "OPENAI_API_KEY")
+    with pytest.raises(UserError, match="NAME of an environment variable") as error:
+        check_spec("http://127.0.0.1:8000/v1", "judge", "sk-live-1234567890")
+    assert "sk-live" not in str(error.value)
+    assert check_spec("http://127.0.0.1:8000/v1", "judge", "MY_KEY").api_key_env == "MY_KEY"

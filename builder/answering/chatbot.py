@@ -128,11 +128,13 @@ class Chatbot:
         grounding = self.ground(question, context, history)
         if grounding.parts:  # two asks: each answered from its own entries, one after the other
             subs = [Reply() for _ in grounding.parts]
-            for i, (part, sub) in enumerate(zip(grounding.parts, subs)):
-                if i:
-                    yield "\n"
-                yield from self._stream(part, sub, options)
-            combine(reply, subs)
+            try:
+                for i, (part, sub) in enumerate(zip(grounding.parts, subs)):
+                    if i:
+                        yield "\n"
+                    yield from self._stream(part, sub, options)
+            finally:  # a stopped answer keeps what was shown, and its sources
+                combine(reply, subs)
             return
         yield from self._stream(grounding, reply, options)
 
@@ -179,9 +181,8 @@ class Chatbot:
     def reply_batch(self, items: list[tuple], *, max_new_tokens: int = 256,
                     batch_size: int = 8, temperature: float = 0.0,
                     top_p: float = 0.9) -> list[Reply]:
-        """Replies to many (question, context[, history]) items, through the same grounding, guard and
-        fallback as `stream`; generated `batch_size` at a time by an engine that batches,
-        one after another by one that does not. For the eval and the preference pairs."""
+        """Replies to (question, context[, history]) items through `stream`'s grounding, guard
+        and fallback, `batch_size` at a time where the engine batches (eval, preference pairs)."""
         replies = [Reply() for _ in items]
         todo = []  # (reply, grounding)
         joined = []  # (reply, its parts' replies) of questions with two asks

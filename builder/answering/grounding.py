@@ -83,17 +83,18 @@ class Grounder:
     def ground(self, question: str, context: str = "", history: Sequence[str] = (), *,
                exact: bool = True) -> Grounding:
         g = self._ground(question, context, history, exact)
-        if g.exact is None:
+        asks = []
+        if g.exact is None and not g.earlier:  # a follow-up is read with its earlier question
             with self.lock:  # Kiwi is shared by answers generated side by side
                 asks = two_asks(question)
-        if g.exact is None and asks:
+        if asks:
             parts = [self._ground(ask, context, (), exact) for ask in asks]
             tops = [p.hits[0].entry.id for p in parts if p.hits and not p.declined]
             if len(tops) == 2 and tops[0] != tops[1]:
                 for p in parts:  # each ask is answered from, and checked against, its own entry
                     p.hits, p.may_copy = p.hits[:1], [p.hits[0].entry.answer]
                     p.faq = self.template.render_faq([p.hits[0].entry])
-                g.parts = parts
+                g.parts, g.declined = parts, False
                 g.hits = [p.hits[0] for p in parts]
         return g
 

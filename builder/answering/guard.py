@@ -53,7 +53,7 @@ class Reply:
 
 def combine(reply: Reply, parts: list[Reply]) -> Reply:
     """Fill `reply` with the replies to a question's asks, shown one after the other."""
-    reply.text = "\n".join(p.text for p in parts)
+    reply.text = "\n".join(p.text for p in parts if p.text)
     reply.sources = [h for p in parts for h in p.sources]
     for flag in ("declined", "gated", "exact"):
         setattr(reply, flag, all(getattr(p, flag) for p in parts))

@@ -30,8 +30,8 @@ def read_groups(path: str | Path) -> list[list[str]]:
         raise UserError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     groups = []
     for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        line = line.split("#", 1)[0].strip()  # a comment may follow a group
+        if not line:
             continue
         words = [w.strip() for w in line.replace("，", ",").split(",") if w.strip()]
         if len(words) < 2:
@@ -45,24 +45,30 @@ class Lexicon:
     """Word groups, matched on Kiwi content morphemes (builder.answering.text)."""
 
     def __init__(self, groups: list[list[str]]):
-        from builder.answering.text import content_morphemes
-
         self.groups = groups
         self.keys: dict[tuple[str, ...], str] = {}
         for group in groups:
-            canon = group[0].lower()
-            for word in group:
-                # Kiwi may split a word differently inside a sentence ("디카페인 원두" ->
-                # 디 + 카페인): both readings are keys
-                alone = tuple(content_morphemes(word))
-                in_sentence = tuple(content_morphemes(f"{word} 있나요"))
-                if in_sentence[-1:] == ("있",):
-                    in_sentence = in_sentence[:-1]
-                for key in (alone, in_sentence):
-                    if key:
-                        # the first group naming a word keeps it (the run's file comes first)
-                        self.keys.setdefault(key, canon)
+            keys = [self._keys(w) for w in group]
+            # a group naming a word an earlier group has joins it: that group's first word
+            # stays the one all of them map to (the owner's file comes first)
+            known = [self.keys[k] for ks in keys for k in ks if k in self.keys]
+            canon = known[0] if known else group[0].lower()
+            for word_keys in keys:
+                for key in word_keys:
+                    self.keys.setdefault(key, canon)
         self.longest = max(map(len, self.keys), default=0)
+
+    @staticmethod
+    def _keys(word: str) -> list[tuple[str, ...]]:
+        from builder.answering.text import content_morphemes
+
+        # Kiwi may split a word differently inside a sentence ("디카페인 원두" -> 디 + 카페인):
+        # both readings are keys
+        alone = tuple(content_morphemes(word))
+        in_sentence = tuple(content_morphemes(f"{word} 있나요"))
+        if in_sentence[-1:] == ("있",):
+            in_sentence = in_sentence[:-1]
+        return [key for key in dict.fromkeys((alone, in_sentence)) if key]
 
     @classmethod
     def from_files(cls, *paths: str | Path) -> "Lexicon":

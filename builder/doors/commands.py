@@ -114,11 +114,9 @@ def cmd_eval(args) -> None:
 
     judge = None
     if args.judge or args.judge_model:
-        if not (args.judge and args.judge_model):
-            raise UserError("--judge URL and --judge-model NAME go together")
-        from builder.evaluation.judge import JudgeSpec
+        from builder.evaluation.judge import check_spec
 
-        judge = JudgeSpec(args.judge, args.judge_model, args.judge_api_key_env)
+        judge = check_spec(args.judge, args.judge_model, args.judge_api_key_env)
     report = evaluate(args.run_dir, data_dir=args.data, train_sample=args.train_sample,
                       max_new_tokens=args.max_new_tokens, limit=args.limit,
                       questions=args.questions, batch_size=args.batch_size, use=args.use,

@@ -21,7 +21,7 @@ def cache_key(meta: dict, bot, items, max_new_tokens: int) -> str:
     knowledge = None  # what answers depend on: the entries, the embedder and the gate
     if bot.knowledge is not None:
         settings = bot.knowledge.settings
-        knowledge = [settings.get(k) for k in ("entries_sha256", "embedder", "gate")]
+        knowledge = [settings.get(k) for k in ("entries_sha256", "embedder", "gate", "synonyms")]
     rag = vars(bot.rag) if bot.rag is not None else None
     # the replies are kept as the guard left them: a changed guard gives other replies
     rules = [hashlib.sha256((PACKAGE / name).read_bytes()).hexdigest()

@@ -303,8 +303,9 @@ def _judge(plan: Plan, replies: dict, rows: dict, asked: list, decline: str, log
               else (lambda r: r.declined) for q in asked]
     facts_right = {s: [check(r) for check, r in zip(truth, rs)] for s, rs in replies.items()}
     log(f"judge: {plan.judge.model} grades {len(plan.items)} answers of {len(replies)} systems")
-    return judge_replies(plan.judge, [item[0] for item in plan.items], replies, facts_right,
-                         decline, log)
+    # a follow-up is shown to the judge after its earlier question, as the customer asked it
+    asked_as = [" / ".join([*(item[2] if len(item) > 2 else ()), item[0]]) for item in plan.items]
+    return judge_replies(plan.judge, asked_as, replies, facts_right, decline, log)
 
 
 def _evaluate(plan: Plan, log) -> dict:

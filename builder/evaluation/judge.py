@@ -38,6 +38,29 @@ class JudgeSpec:
     retries: int = 1
 
 
+def check_spec(url: str | None, model: str | None, api_key_env: str) -> JudgeSpec:
+    """The judge's flags checked before any answer is generated."""
+    import httpx
+
+    if not (url and model):
+        raise UserError("--judge URL and --judge-model NAME go together")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env or ""):
+        # never echoed: a key pasted here by mistake must not reach the terminal or a log
+        raise UserError("--judge-api-key-env takes the NAME of an environment variable that "
+                        "holds the key (e.g. OPENAI_API_KEY), not the key itself")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UserError("--judge must be an http(s) URL of an OpenAI-compatible endpoint, "
+                        "e.g. http://127.0.0.1:8000/v1")
+    for path, names in ((GRADE_PROMPT, ("question", "entries", "answer", "decline")),
+                        (PAIR_PROMPT, ("question", "entries", "answer_a", "answer_b"))):
+        load_prompt(path, names)
+    return JudgeSpec(url, model, api_key_env)
+
+
 def load_prompt(path: Path, names: tuple[str, ...]) -> str:
     text = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
                      if not line.startswith("#")).strip()

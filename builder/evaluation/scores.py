@@ -48,6 +48,8 @@ def read_questions(path) -> list[dict]:
                             + ("needs an expected fact" if kind in ANSWERED_KINDS else
                                "leaves expected empty (must decline)")
                             + f"; answered kinds: {', '.join(ANSWERED_KINDS)}")
+        if expected and not any(part.strip() for part in expected.split("|")):
+            raise UserError(f"{path} line {number}: expected has no fact between its '|'")
         earlier = (row.get("earlier") or "").strip()
         if (kind == "follow_up") != bool(earlier):
             raise UserError(f"{path} line {number}: "
@@ -157,10 +159,11 @@ def retrieval_hits(knowledge, rag, questions: list[dict], test_rows: list[dict])
                 "hit@3": share([1] * found3 + [0] * (n - found3)), "questions": n}
 
     out = {}
-    labelled = [q for q in questions if q["lines"]]
+    # one entry answers each (two-entry questions need two); a follow-up is searched as read
+    labelled = [q for q in questions if q["lines"] and q["kind"] != "two_entry"]
     if labelled:
-        out["paraphrases"] = hits_at([(q["question"], lambda e, q=q: e.line in q["lines"])
-                                      for q in labelled])
+        out["paraphrases"] = hits_at([(f"{q.get('earlier', '')} {q['question']}".strip(),
+                                       lambda e, q=q: e.line in q["lines"]) for q in labelled])
     pairs = []
     for row in test_rows:
         entry = find_entry(knowledge, row)

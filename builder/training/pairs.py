@@ -72,6 +72,9 @@ def build_pairs(bot, rows: list[dict], off_topic: list[str], cfg: Config, log=pr
         if grounding.declined:
             counts["gated (declined before generating, no pair)"] += 1
             continue
+        if grounding.parts:  # answered in two generations: no one prompt to pair
+            counts["skipped (two asks, answered in two parts)"] += 1
+            continue
         hits = grounding.hits
         if reference is not None and bot.knowledge is not None:
             entry = find_entry(bot.knowledge, {"instruction": question, "input": context,
