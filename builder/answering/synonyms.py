@@ -51,7 +51,8 @@ class Lexicon:
             keys = [self._keys(w) for w in group]
             # a group naming a word an earlier group has joins it: that group's first word
             # stays the one all of them map to (the owner's file comes first)
-            known = [self.keys[k] for ks in keys for k in ks if k in self.keys]
+            # (on a word's own reading: inside a sentence 상품권 reads as 상품, another group)
+            known = [self.keys[ks[0]] for ks in keys if ks and ks[0] in self.keys]
             canon = known[0] if known else group[0].lower()
             for word_keys in keys:
                 for key in word_keys:
