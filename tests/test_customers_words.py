@@ -214,6 +214,13 @@ def test_question_kinds_are_read_and_scored(tmp_path):
     scores = score_questions(questions, replies, "죄송합니다")
     assert scores["vocabulary_facts"] == 1.0 and scores["follow_up_facts"] == 1.0
     assert scores["two_entry_facts"] == 0.0 and scores["near_miss_declined"] == 1.0
+    from builder.evaluation.scores import verdict
+
+    baseline = {**scores, "follow_up_facts": 1.0, "two_entry_facts": 0.5}
+    lines = verdict({"splits": {}, "questions": {"tuned": {**scores, "runaway": 0},
+                                                 "retrieval": baseline}})
+    assert lines == ["The fine-tuned bot is below the retrieval-only baseline on two-entry fact "
+                     "accuracy: 0% vs 50%."]
     bad = tmp_path / "bad.csv"
     bad.write_text("question,expected,kind,line,earlier\n반품은요?,\"6,000원\",follow_up,5,\n",
                    encoding="utf-8")

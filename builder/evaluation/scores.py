@@ -194,8 +194,12 @@ def verdict(report: dict) -> list[str]:
     if report.get("questions"):
         q = report["questions"]
         checks += [("paraphrase fact accuracy", q, "paraphrase_facts"),
+                   ("fact accuracy in customers' own words", q, "vocabulary_facts"),
+                   ("follow-up fact accuracy", q, "follow_up_facts"),
+                   ("two-entry fact accuracy", q, "two_entry_facts"),
                    ("off-topic decline rate", q, "off_topic_declined"),
-                   ("unanswerable decline rate", q, "unanswerable_declined")]
+                   ("unanswerable decline rate", q, "unanswerable_declined"),
+                   ("near-miss decline rate", q, "near_miss_declined")]
     for label, table, key in checks:
         tuned, baseline = table.get("tuned", {}).get(key), table.get("retrieval", {}).get(key)
         if tuned is not None and baseline is not None and tuned < baseline:
