@@ -494,7 +494,7 @@ def test_an_engine_url_completes_the_rendered_prompt(runs, shop_bot, engine):
     with serving(bot, "shop", engine=engine.url) as server:
         whole = ask(server.client(), ON_TOPIC, max_tokens=40, temperature=0.2)
         streamed, chunks = ask_streamed(server.client(), ON_TOPIC, max_tokens=40)
-        assert server.health()["engine"] == engine.url
+        assert server.health()["engine"] == "remote"  # never the URL: it can carry a key
     assert whole.choices[0].message.content == streamed == "기본 배송비는 3,000원입니다."
     hits = shop_bot.knowledge.search(ON_TOPIC, shop_bot.rag.k)
     sources = [{"line": h.entry.line, "question": h.entry.question} for h in hits]
@@ -562,3 +562,29 @@ def test_the_embedded_model_streams_the_grounded_answer_it_gives_whole(runs, tmp
             sources = [{"line": h.entry.line, "question": h.entry.question}
                        for h in expected.sources]
             assert whole.choices[0].message.sources == chunks[-1].sources == sources
+
+
+def test_serving_settings_that_would_expose_the_bot_or_serve_nothing_are_refused(monkeypatch,
+                                                                                 capsys):
+    from builder.doors.api import check_serving
+    from builder.errors import UserError
+
+    with pytest.raises(UserError, match="without an API key lets anyone"):
+        check_serving("0.0.0.0", None, None, None, 8, open_=False)
+    assert check_serving("0.0.0.0", None, None, None, 8, open_=True) is None  # on purpose
+    assert check_serving("127.0.0.1", None, None, None, 8, open_=False) is None
+    with pytest.raises(UserError, match=r"the API key is empty \(--api-key\)"):
+        check_serving("127.0.0.1", "  ", "from-env", None, 8, open_=False)
+    with pytest.raises(UserError, match=r"empty \(\$BUILDER_API_KEY\)"):
+        check_serving("0.0.0.0", None, "", None, 8, open_=True)
+    assert check_serving("0.0.0.0", None, "k3y", None, 8, open_=False) == "k3y"
+    with pytest.raises(UserError, match="--concurrency 0"):
+        check_serving("127.0.0.1", None, None, 0, 8, open_=False)
+    with pytest.raises(UserError, match="--max-queue -1"):
+        check_serving("127.0.0.1", None, None, None, -1, open_=False)
+    # through the command: refused before the run is even looked at
+    from builder.doors.cli import main
+
+    monkeypatch.delenv("BUILDER_API_KEY", raising=False)
+    assert main(["serve", "no-such-run", "--host", "0.0.0.0"]) != 0
+    assert "without an API key lets anyone" in capsys.readouterr().err

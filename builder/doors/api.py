@@ -233,7 +233,9 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
     @app.get("/health")
     async def health():
         g = gate()
-        return {"status": "ok", "model": model, "engine": engine, "running": g.running,
+        # "local" or "remote", never the engine's URL: it can carry credentials
+        return {"status": "ok", "model": model, "engine": "local" if engine == "local" else
+                "remote", "running": g.running,
                 "waiting": g.waiting, "max_queue": max_queue}
 
     @app.get("/v1/models")
@@ -332,18 +334,43 @@ async def _events(job: Job, head: dict):
 # The door's one call
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_serving(host: str, flag_key: str | None, env_key: str | None,
+                  concurrency: int | None, max_queue: int, open_: bool) -> str | None:
+    """The key the API asks for (None: none), or a UserError for settings that would expose
+    the bot by mistake or serve nothing; checked before the run is loaded."""
+    key = flag_key if flag_key is not None else env_key
+    if key is not None and not key.strip():  # an empty key would turn the check off
+        where = "--api-key" if flag_key is not None else f"${API_KEY_ENV}"
+        raise UserError(f"the API key is empty ({where}): give a key, or leave it unset on "
+                        "loopback")
+    if key is None and host not in LOOPBACK and not open_:
+        raise UserError(f"serving on {host} without an API key lets anyone who reaches it ask: "
+                        f"set ${API_KEY_ENV} (clients send 'Authorization: Bearer KEY'), or "
+                        "pass --open to serve it open on purpose")
+    if concurrency is not None and concurrency < 1:
+        raise UserError(f"--concurrency {concurrency}: give 1 or more answers at once")
+    if max_queue < 0:
+        raise UserError(f"--max-queue {max_queue}: give 0 or more waiting requests")
+    return key
+
+
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           engine: str = "local", api_key: str | None = None, max_queue: int = 8,
           max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
-          engine_model: str | None = None, warm: bool = False) -> None:
-    """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first)."""
+          engine_model: str | None = None, warm: bool = False, open_: bool = False) -> None:
+    """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first; `open_`: off
+    loopback without a key, on purpose)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s without an API key: anyone who reaches it can ask; set $%s",
-                    host, API_KEY_ENV)
+    api_key = check_serving(host, api_key, os.environ.get(API_KEY_ENV), concurrency, max_queue,
+                            open_)
+    if api_key is None and host not in LOOPBACK:
+        log.warning("serving on %s without an API key (--open): anyone who reaches it can ask",
+                    host)
     if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
         concurrency = 1 if engine == "local" else 8
     bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model)

@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the largest max_tokens a request may ask for")
     p.add_argument("--concurrency", type=int,
                    help="answers generated at once (default 1 local, 8 with an engine URL)")
+    p.add_argument("--open", action="store_true",
+                   help="off loopback, serve without an API key: anyone who reaches the port "
+                   "can ask (without it, serving off loopback needs $BUILDER_API_KEY)")
     p.add_argument("--warm", action="store_true",
                    help="with --use gguf: read every FAQ entry once before serving, so the "
                    "first answer from each starts sooner (about 0.15 s an entry on 2 cores)")

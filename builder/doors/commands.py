@@ -139,7 +139,7 @@ def cmd_serve(args) -> None:
     serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
           max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
           concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
-          warm=args.warm)
+          warm=args.warm, open_=args.open)
 
 
 def cmd_export(args) -> None:
