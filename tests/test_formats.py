@@ -321,3 +321,24 @@ def test_a_bad_file_in_a_folder_is_named_with_its_path(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "faqs/chats/bad.json line 1 column 14: not valid JSON" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_generated_faq_file_never_runs_a_formula_and_reads_back_as_written(tmp_path):
+    """CSV injection: a cell starting with = + - @ would run in Excel. The generated file
+    escapes it with a leading ' (what Excel itself writes), and reading it takes that off."""
+    from builder.data.faqgen import COLUMNS
+    from builder.data.paraphrases import write_rows
+    from builder.data.tables import read_table
+
+    path = tmp_path / "faq.csv"
+    rows = [("=HYPERLINK(\"http://evil.example\",\"클릭\")", "", "-5% 할인됩니다.", "doc.md"),
+            ("배송비는 얼마인가요?", "", "@3,000원입니다.", "doc.md")]
+    write_rows(rows, path, header=COLUMNS, excel=True)
+    with path.open(encoding="utf-8", newline="") as f:
+        raw = list(csv.reader(f))[1:]
+    assert raw[0][0].startswith("'=HYPERLINK") and raw[0][2] == "'-5% 할인됩니다."
+    assert raw[1][0] == "배송비는 얼마인가요?" and raw[1][2] == "'@3,000원입니다."
+    table = read_table(path, path.read_bytes(), path.name)
+    assert [(r.instruction, r.output) for r in table.rows] == [
+        ("=HYPERLINK(\"http://evil.example\",\"클릭\")", "-5% 할인됩니다."),
+        ("배송비는 얼마인가요?", "@3,000원입니다.")]

@@ -291,7 +291,7 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
         raise UserError(f"no usable pairs from {url} for any of {len(chunks)} chunks ({why}); "
                         f"check that --model {model} follows {PROMPT_FILE.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_rows(csv_rows, out, header=COLUMNS)
+    write_rows(csv_rows, out, header=COLUMNS, excel=True)  # reviewed in a spreadsheet
     result.path, result.rows = out, len(csv_rows)
     return result
 

@@ -213,8 +213,14 @@ def ask(client, url: str, model: str, prompt: str, api_key_env: str, has_key: bo
 # The stage
 
 
-def write_rows(rows: list[tuple], path: Path, header: tuple = ("question", "paraphrase")) -> None:
-    """CSV rows under `header` into `path`, atomically: a reader sees the old file or the new."""
+def write_rows(rows: list[tuple], path: Path, header: tuple = ("question", "paraphrase"),
+               excel: bool = False) -> None:
+    """CSV rows under `header` into `path`, atomically: a reader sees the old file or the new.
+    `excel`: a file the owner opens in a spreadsheet, its cells never run as formulas."""
+    if excel:
+        from builder.data.tables import excel_safe
+
+        rows = [tuple(excel_safe(cell) for cell in row) for row in rows]
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:

@@ -74,13 +74,26 @@ class FaqTable:
     files_skipped: list[str] = field(default_factory=list)  # a folder's other files
 
 
+# what a spreadsheet runs as a formula when a cell starts with it (CSV injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def excel_safe(value):
+    """A cell Excel shows as text: a leading ' before = + - @ (the sign that it is text; Excel
+    drops it when it saves the file again, `clean_cell` when it reads one of ours)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def clean_cell(value) -> str:
-    """NFC (macOS sends decomposed Hangul), unified newlines, trimmed."""
+    """NFC (macOS sends decomposed Hangul), unified newlines, trimmed; the ' that `excel_safe`
+    put before a formula sign is taken off again."""
     if value is None:
         return ""
     text = str(value)
     if text == "nan":  # pandas' empty cell in xlsx
         return ""
+    if text.startswith("'") and text[1:].startswith(FORMULA_START):
+        text = text[1:]
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     return text.strip()
 

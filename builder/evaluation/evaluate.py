@@ -310,6 +310,7 @@ def _judge(plan: Plan, replies: dict, rows: dict, asked: list, decline: str, log
 
 def _evaluate(plan: Plan, log) -> dict:
     from builder.data.prepare import replace_dir
+    from builder.data.tables import excel_safe
     from builder.training.sft import file_sha256
 
     started = time.perf_counter()
@@ -383,7 +384,7 @@ def _evaluate(plan: Plan, log) -> dict:
         with (staging / "answers.csv").open("w", encoding="utf-8-sig", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(answers[0]) if answers else ["split"])
             writer.writeheader()
-            writer.writerows(answers)
+            writer.writerows({k: excel_safe(v) for k, v in record.items()} for record in answers)
         (staging / "report.md").write_text(markdown(report, answers), encoding="utf-8")
         plot(report, staging / "chart.png")
         staging.chmod(0o755)
