@@ -342,3 +342,16 @@ def test_a_generated_faq_file_never_runs_a_formula_and_reads_back_as_written(tmp
     assert [(r.instruction, r.output) for r in table.rows] == [
         ("=HYPERLINK(\"http://evil.example\",\"클릭\")", "-5% 할인됩니다."),
         ("배송비는 얼마인가요?", "@3,000원입니다.")]
+
+
+def test_json_nested_too_deeply_gets_a_clear_message_not_a_traceback(tmp_path):
+    deep = "[" * 5000 + "]" * 5000
+    path = tmp_path / "faq.json"
+    path.write_text(deep, encoding="utf-8")
+    with pytest.raises(UserError, match="faq.json: JSON nested too deeply to read"):
+        read_any(path)
+    lines = tmp_path / "faq.jsonl"
+    lines.write_text('{"question": "배송비는 얼마인가요?", "answer": "3,000원입니다."}\n' + deep + "\n",
+                     encoding="utf-8")
+    table = read_any(lines)
+    assert len(table.rows) == 1  # the deep line is reported as a broken line, not a crash

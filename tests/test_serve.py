@@ -276,6 +276,7 @@ def post(server, body, **headers):
 USER = [{"role": "user", "content": "배송비는?"}]
 BAD = [  # (body, status, param, code)
     (b'{"model": "shop", "messages": [', 400, None, "invalid_json"),
+    (b"[" * 3000 + b"]" * 3000, 400, None, "invalid_json"),  # nested deeper than json reads
     ([USER], 400, None, None),
     ({"model": "shop"}, 400, "messages", None),
     ({"model": "shop", "messages": []}, 400, "messages", None),

@@ -69,6 +69,10 @@ def json_records(text: str, name: str) -> list[tuple[int, object]]:
     records inside a top-level object ({"data": [...]})."""
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{name}: JSON nested too deeply to read (lists or objects inside each "
+                        f"other hundreds of times); a FAQ is one list of records, like "
+                        f"{RECORDS_EXAMPLE}.") from None
     except json.JSONDecodeError as err:
         hint = (" It looks like one record per line: name the file .jsonl."
                 if err.msg == "Extra data" else " A missing comma, quote or bracket is common.")
@@ -104,6 +108,8 @@ def jsonl_records(text: str, name: str) -> tuple[list[tuple[int, object]], list[
             records.append((number, json.loads(line)))
         except json.JSONDecodeError as err:
             broken.append({"line": number, "reason": f"not JSON ({err.msg}, column {err.colno})"})
+        except RecursionError:
+            broken.append({"line": number, "reason": "JSON nested too deeply to read"})
     if broken and (not records or one_document(text)):
         hint = " This file holds one JSON document: name it .json." if one_document(text) else ""
         raise UserError(f"{name} line {broken[0]['line']}: {broken[0]['reason']}; a .jsonl file "
@@ -115,7 +121,7 @@ def one_document(text: str) -> bool:
     try:
         json.loads(text)
         return True
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 

@@ -288,6 +288,9 @@ async def _read_json(request) -> object:
     except ValueError as err:
         raise ApiError(400, f"the request body is not valid JSON ({err})",
                        code="invalid_json") from None
+    except RecursionError:  # "[[[[...": deeper than Python's parser goes
+        raise ApiError(400, "the request body is JSON nested too deeply to read",
+                       code="invalid_json") from None
 
 
 async def _whole(job: Job, request) -> str | None:
