@@ -392,3 +392,26 @@ def test_reloading_knowledge_leaves_other_runs_and_bots_without_knowledge_alone(
     assert bots.reload_knowledge(tmp_path / "plain") is False and bot.knowledge is kept
     bot = bots.get(tmp_path / "plain")  # a template without {faq}: no knowledge to reload
     assert bots.reload_knowledge(tmp_path / "plain") is False and bot.knowledge is None
+
+
+def test_a_killed_evals_marker_does_not_say_running_forever(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / eval_report.EVAL_RUNNING
+    me = {"pid": os.getpid(), "process_start": eval_report.process_start(os.getpid())}
+    marker.write_text(json.dumps(me))
+    assert eval_report.read_summary(tmp_path).running  # a live eval (this process)
+    # an eval killed with SIGKILL: its marker stays, its process is gone
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    marker.write_text(json.dumps({"pid": child.pid,
+                                  "process_start": eval_report.process_start(child.pid)}))
+    assert eval_report.read_summary(tmp_path).running
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not eval_report.read_summary(tmp_path).running
+    # the PID taken again by another process: its start time is not the eval's
+    marker.write_text(json.dumps({**me, "process_start": "1"}))
+    assert not eval_report.read_summary(tmp_path).running

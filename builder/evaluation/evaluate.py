@@ -25,6 +25,7 @@ by builder.evaluation.report), complete or absent.
 import csv
 import gc
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 from builder.errors import UserError
 from builder.evaluation.cache import cache_key, cached_replies, save_replies
 from builder.evaluation.metrics import METRIC_NOTES
-from builder.evaluation.report import EVAL_RUNNING, answer_table, markdown, plot
+from builder.evaluation.report import EVAL_RUNNING, answer_table, markdown, plot, process_start
 from builder.evaluation.scores import (
     loss_summary,
     read_questions,
@@ -240,7 +241,9 @@ def evaluate(run_dir, *, data_dir=None, train_sample: int = 20, max_new_tokens: 
         f"and {len(asked)} file questions; up to {max_new_tokens} new tokens, {batch_size} at a time")
 
     running = run.path / EVAL_RUNNING  # the page shows "evaluation running" while it exists
-    running.write_text(str(time.time()))
+    # the process that writes it: a killed eval leaves the file, and the page checks the PID
+    running.write_text(json.dumps({"pid": os.getpid(), "process_start": process_start(
+        os.getpid()), "started": time.time()}))
     try:
         return _evaluate(plan, log)
     finally:

@@ -235,13 +235,44 @@ class EvalSummary:
     chart: Path | None
 
 
+def eval_running(marker: Path) -> bool:
+    """RUN/eval.running names a live process: a killed eval (SIGKILL, a power cut) leaves the
+    file behind, and its PID is gone (or is no longer an eval)."""
+    import os
+
+    try:
+        written = json.loads(marker.read_text(encoding="utf-8"))
+        pid = int(written["pid"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):  # an older marker: a timestamp only
+        return marker.exists()
+    try:
+        os.kill(pid, 0)  # signal 0: does the process exist?
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    # a PID used again later is another process: its start time differs
+    return written.get("process_start") in (None, process_start(pid))
+
+
+def process_start(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot (Linux /proc); None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name
+
+
 def read_summary(run_dir: str | Path | None) -> EvalSummary:
     """RUN/eval/report.json and chart.png, and whether RUN/eval.running says an eval is under
     way."""
     if not run_dir:
         return EvalSummary(False, {}, [], {}, [], None)
     run = Run(run_dir)
-    running = (run.path / EVAL_RUNNING).exists()
+    running = eval_running(run.path / EVAL_RUNNING)
     try:
         report = json.loads((run.eval_dir / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # no eval yet, or one being swapped in
