@@ -24,6 +24,7 @@ from builder.doors.cli import main
 from builder.data.prepare import prepare
 from builder.data.docs import read_chunks
 from builder.data.faqgen import parse_pairs
+from builder.errors import UserError
 from fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,3 +478,20 @@ def test_llama_cpp_server_with_embedded_gemma_answers_and_each_chunk_is_written_
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_docx_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    """word/document.xml of 60 MB of spaces packs into ~60 KB: refused by its declared size,
+    with a message, before anything is inflated."""
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", " " * (60 * 2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(UserError, match=r"bomb.docx: its text unpacks to 60 MB .*zip bomb"):
+        read_chunks([bomb], chunk_tokens=100)
+    # a dense one under the size cap but packed a thousand times over: refused by its ratio
+    dense = tmp_path / "dense.docx"
+    with zipfile.ZipFile(dense, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", "<a>" + " " * (20 * 2**20) + "</a>")
+    with pytest.raises(UserError, match="dense.docx: its text unpacks to 20 MB"):
+        read_chunks([dense], chunk_tokens=100)

@@ -24,6 +24,8 @@ from xml.etree import ElementTree
 from builder.data.lengths import TOKENS_PER_CHAR_ESTIMATE
 from builder.errors import UserError
 
+DOCX_MAX_XML_MB = 50  # a Word document's text (word/document.xml), unpacked
+DOCX_MAX_RATIO = 100  # unpacked / packed: text compresses ~5-20 times, a zip bomb ~1000 times
 DOC_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx")
 # a short line that opens with a mark like these reads as a heading in plain text and PDFs
 HEADING_LINE = re.compile(r"^\s*(?:[■□▶▷●◆◇※]|\[[^\]]{1,20}\]|【|\d{1,2}[.)]\s|제\s?\d+\s?조)")
@@ -178,7 +180,17 @@ def docx_blocks(path: Path, name: str) -> list[tuple[int, str]]:
     """Word paragraphs; a Heading 1-6 (or 제목 1-6) style makes a heading."""
     try:
         with zipfile.ZipFile(path) as archive:
-            root = ElementTree.fromstring(archive.read("word/document.xml"))
+            # a small .docx can unpack to gigabytes (a zip bomb): the size its text declares is
+            # checked first (zipfile never inflates a member past its declared size)
+            member = archive.getinfo("word/document.xml")
+            ratio = member.file_size / max(member.compress_size, 1)
+            if member.file_size > DOCX_MAX_XML_MB * 2**20 or (
+                    ratio > DOCX_MAX_RATIO and member.file_size > 2**20):
+                raise UserError(
+                    f"{name}: its text unpacks to {member.file_size / 2**20:.0f} MB "
+                    f"({ratio:.0f} times its packed size), over the {DOCX_MAX_XML_MB} MB limit "
+                    "or a zip bomb: save the document as .txt or .pdf, or split it")
+            root = ElementTree.fromstring(archive.read(member))
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError):
         raise UserError(f"{name}: not a readable .docx; save it again from Word, or as .txt"
                         ) from None
