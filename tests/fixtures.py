@@ -5,6 +5,7 @@ import csv
 import json
 import shutil
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -65,6 +66,23 @@ def make_tiny_gemma(folder: Path) -> Path:
     return folder
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A loopback test server's handler: no request log, and a body sent whole."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def send_body(self, status, body: bytes, kind="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status, payload):
+        self.send_body(status, json.dumps(payload, ensure_ascii=False).encode())
+
+
 class ScriptedEngine:
     """GET /v1/models and a streamed POST /v1/completions that writes `pieces` (ignoring the
     stop strings, as a careless server would); records every completion request."""
@@ -75,33 +93,63 @@ class ScriptedEngine:
         self.status = 200
         engine = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, body: bytes, kind="application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self):
                 if self.path == "/v1/models":
-                    return self._send(200, json.dumps({"object": "list", "data": [
+                    return self.send_body(200, json.dumps({"object": "list", "data": [
                         {"id": "scripted-gemma", "object": "model"}]}).encode())
-                self._send(404, b"{}")
+                self.send_body(404, b"{}")
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 engine.requests.append(body)
                 if self.path != "/v1/completions" or engine.status != 200:
-                    return self._send(engine.status, b'{"error": {"message": "engine down"}}')
+                    return self.send_body(engine.status, b'{"error": {"message": "engine down"}}')
                 events = b"".join(
                     b"data: " + json.dumps({"object": "text_completion", "choices": [
                         {"index": 0, "text": piece, "finish_reason": None}]},
                         ensure_ascii=False).encode() + b"\n\n" for piece in engine.pieces)
-                self._send(200, events + b"data: [DONE]\n\n", "text/event-stream")
+                self.send_body(200, events + b"data: [DONE]\n\n", "text/event-stream")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ScriptedJudge:
+    """POST /v1/chat/completions answering by `behaviour`: good, prose, refuse, slow, down."""
+
+    def __init__(self):
+        self.behaviour = "good"
+        self.requests: list[dict] = []
+        judge = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                judge.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                prompt = body["messages"][0]["content"]
+                if judge.behaviour == "down":
+                    return self.send_json(503, {"error": "overloaded"})
+                if judge.behaviour == "slow":
+                    time.sleep(1.5)
+                if judge.behaviour == "prose":
+                    text = "이 답변은 꽤 괜찮아 보입니다."
+                elif judge.behaviour == "refuse":
+                    text = "죄송하지만 이 요청은 평가할 수 없습니다."
+                elif "답변 A" in prompt:
+                    text = '{"better": "A"}' if "3,000원" in prompt.split("답변 B")[0] else \
+                        '{"better": "B"}'
+                else:  # faithful when the answer states 3,000원 (the entry's fee)
+                    answer = prompt.split("챗봇 답변:")[1].split("챗봇은")[0]
+                    good = "3,000원" in answer
+                    text = json.dumps({"faithful": good, "helpful": 5 if good else 2,
+                                       "reason": "-"}, ensure_ascii=False)
+                self.send_json(200, {"choices": [{"message": {"content": text}}]})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

@@ -3,15 +3,13 @@ decline gate (learned_gate.py), questions with two asks and follow-ups (groundin
 question kinds of the eval (evaluation/scores.py) and the LLM judge (evaluation/judge.py)."""
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from builder.answering.knowledge import Entry, Knowledge, knowledge_for
 from builder.answering.synonyms import SHIPPED, Lexicon, read_groups
 from builder.errors import UserError
+from fixtures import ScriptedJudge
 
 ENTRIES = [
     ("배송비는 얼마인가요?", "기본 배송비는 3,000원이며 30,000원 이상은 무료입니다."),
@@ -229,57 +227,6 @@ def test_question_kinds_are_read_and_scored(tmp_path):
 
 
 # The LLM judge, against a scripted judge server
-
-
-class ScriptedJudge:
-    """POST /v1/chat/completions answering by `behaviour`: good, prose, refuse, slow, down."""
-
-    def __init__(self):
-        self.behaviour = "good"
-        self.requests: list[dict] = []
-        judge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                judge.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                prompt = body["messages"][0]["content"]
-                if judge.behaviour == "down":
-                    return self._send(503, {"error": "overloaded"})
-                if judge.behaviour == "slow":
-                    time.sleep(1.5)
-                if judge.behaviour == "prose":
-                    text = "이 답변은 꽤 괜찮아 보입니다."
-                elif judge.behaviour == "refuse":
-                    text = "죄송하지만 이 요청은 평가할 수 없습니다."
-                elif "답변 A" in prompt:
-                    text = '{"better": "A"}' if "3,000원" in prompt.split("답변 B")[0] else \
-                        '{"better": "B"}'
-                else:  # faithful when the answer states 3,000원 (the entry's fee)
-                    answer = prompt.split("챗봇 답변:")[1].split("챗봇은")[0]
-                    good = "3,000원" in answer
-                    text = json.dumps({"faithful": good, "helpful": 5 if good else 2,
-                                       "reason": "-"}, ensure_ascii=False)
-                self._send(200, {"choices": [{"message": {"content": text}}]})
-
-            def _send(self, status, payload):
-                data = json.dumps(payload, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ def test_a_question_file_scores_declines_paraphrases_and_caches_base_answers(tin
 
 def test_the_judge_grades_every_systems_answers_in_the_report_and_answers_csv(tiny_run, tmp_path,
                                                                               monkeypatch):
-    from test_customers_words import ScriptedJudge
+    from fixtures import ScriptedJudge
 
     from builder.evaluation.judge import JudgeSpec
     from builder.evaluation.report import figure_rows

@@ -6,12 +6,13 @@ import json
 import os
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from builder.doors.cli import main
 from builder.data.paraphrases import clean_paraphrases, load_prompt, parse_reply, render_prompt
+from fixtures import QuietHandler
 
 FENCED_Q = "배송은 얼마나 걸리나요?"
 LINES_Q = "반품 배송비는 얼마인가요?"
@@ -30,7 +31,7 @@ REPLIES = {
 }
 
 
-class FakeChat(BaseHTTPRequestHandler):
+class FakeChat(QuietHandler):
     def do_POST(self):
         server = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -38,23 +39,13 @@ class FakeChat(BaseHTTPRequestHandler):
         if server.status != 200:
             # echoes the header back, as a careless server might: the CLI must still hide it
             echo = self.headers.get("Authorization", "")
-            return self._send(server.status, {"error": {"message": f"bad request {echo}"}})
+            return self.send_json(server.status, {"error": {"message": f"bad request {echo}"}})
         prompt = body["messages"][-1]["content"]
         question = prompt.rsplit("FAQ 질문:", 1)[1].strip()
         content = REPLIES.get(question, "[]")
-        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant",
+        self.send_json(200, {"choices": [{"index": 0, "message": {"role": "assistant",
                                                               "content": content}}]})
 
-    def _send(self, status, payload):
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
 
 
 @pytest.fixture
