@@ -118,7 +118,7 @@ class Knowledge:
             self.bm25.save(str(staging / "bm25"), show_progress=False)
             np.save(staging / "dense.npy", self.dense)
             (staging / "synonyms.json").write_text(
-                json.dumps(self.lexicon.groups, ensure_ascii=False), encoding="utf-8")
+                json.dumps(self.lexicon.to_json(), ensure_ascii=False), encoding="utf-8")
             (staging / "index.json").write_text(json.dumps(self.settings, ensure_ascii=False,
                                                            indent=2), encoding="utf-8")
             staging.chmod(0o755)
@@ -146,8 +146,8 @@ class Knowledge:
         bm25 = bm25s.BM25.load(str(folder / "bm25"), show_progress=False)
         dense = np.load(folder / "dense.npy")
         groups = folder / "synonyms.json"  # the lexicon the index was built with
-        lexicon = Lexicon(json.loads(groups.read_text(encoding="utf-8"))
-                          if groups.is_file() else [])
+        lexicon = Lexicon.from_json(json.loads(groups.read_text(encoding="utf-8"))
+                                    if groups.is_file() else [])
         embedder(settings["embedder"])  # load the model now, not on the first question
         return cls(entries, bm25, dense, settings, lexicon)
 

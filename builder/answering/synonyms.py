@@ -80,6 +80,20 @@ class Lexicon:
                 groups += read_groups(path)
         return cls(groups)
 
+    def to_json(self) -> dict:
+        """The groups and their Kiwi keys, so loading an index reads no word again."""
+        return {"groups": self.groups, "keys": [[list(k), c] for k, c in self.keys.items()]}
+
+    @classmethod
+    def from_json(cls, data) -> "Lexicon":
+        if isinstance(data, list):  # an index saved with the groups only
+            return cls(data)
+        lexicon = cls([])
+        lexicon.groups = data["groups"]
+        lexicon.keys = {tuple(k): c for k, c in data["keys"]}
+        lexicon.longest = max(map(len, lexicon.keys), default=0)
+        return lexicon
+
     @property
     def sha256(self) -> str:
         return hashlib.sha256(repr(self.groups).encode()).hexdigest()
