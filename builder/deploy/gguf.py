@@ -6,8 +6,10 @@ with its vendored gguf-py), a staging copy with the tokenizer llama.cpp needs, a
 
 Gemma's tokenizer saved by transformers 5 has no tokenizer.model, and the converter then writes
 a gpt2-style vocabulary that prints <0xEB>... for rare Hangul: `stage` rebuilds it in the
-staging copy, never in the model folder."""
+staging copy, never in the model folder. The sdist is unpacked only when its sha256 is the one
+pinned here (`SDIST_SHA256`, PyPI's for that release), downloaded or given."""
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +23,9 @@ from pathlib import Path
 from builder.errors import UserError
 
 LLAMA_CPP_VERSION = "0.3.36"
+# PyPI's sha256 of llama_cpp_python-0.3.36.tar.gz: the converter runs as this user, so a
+# tampered or swapped download must never be unpacked
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 SDIST_ENV = "BUILDER_LLAMA_CPP_SDIST"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
 
@@ -38,6 +43,7 @@ def converter_dir(log=print) -> Path:
         if not Path(sdist).is_file():
             raise UserError(f"${SDIST_ENV}={sdist}: no such file; point it at "
                             f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz")
+        check_sdist(Path(sdist))
         staging = Path(tmp) / "converter"
         prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
         with tarfile.open(sdist) as tar:
@@ -56,12 +62,29 @@ def converter_dir(log=print) -> Path:
     return target
 
 
+def check_sdist(sdist: Path) -> None:
+    """Refuse an sdist whose bytes are not the pinned release's."""
+    digest = hashlib.sha256()
+    with sdist.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    if digest.hexdigest() != SDIST_SHA256:
+        raise UserError(f"{sdist}: its sha256 is {digest.hexdigest()}, not {SDIST_SHA256} "
+                        f"(llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz from PyPI), so it was not "
+                        f"unpacked; download that file again from pypi.org"
+                        f"{f' and point ${SDIST_ENV} at it' if os.environ.get(SDIST_ENV) else ''}")
+
+
 def _download_sdist(folder: Path, log) -> str:
     log(f"downloading the llama-cpp-python {LLAMA_CPP_VERSION} sdist once, for llama.cpp's "
         "converter ...")
+    # pip refuses a file whose sha256 differs too (--require-hashes takes it from a file)
+    pinned = folder / "requirements.txt"
+    pinned.write_text(f"llama-cpp-python=={LLAMA_CPP_VERSION} --hash=sha256:{SDIST_SHA256}\n",
+                      encoding="utf-8")
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
-               "--no-deps", "--dest", str(folder), f"llama-cpp-python=={LLAMA_CPP_VERSION}"]
-    done = subprocess.run(command, capture_output=True, text=True)
+               "--no-deps", "--require-hashes", "--dest", str(folder), "-r", str(pinned)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
     found = sorted(folder.glob("llama_cpp_python-*.tar.gz"))
     if done.returncode != 0 or not found:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -152,7 +175,8 @@ def convert(staging: Path, out: Path, outtype: str, log=print) -> None:
     command = [sys.executable, str(script), str(staging), "--outfile", str(out),
                "--outtype", outtype]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # its own gguf-py
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, check=False, capture_output=True, text=True,
+                          env=env)
     if done.returncode != 0 or not out.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-8:])
         raise UserError(f"llama.cpp's converter failed on {staging.name} (exit "
