@@ -495,3 +495,23 @@ def test_a_docx_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
         archive.writestr("word/document.xml", "<a>" + " " * (20 * 2**20) + "</a>")
     with pytest.raises(UserError, match="dense.docx: its text unpacks to 20 MB"):
         read_chunks([dense], chunk_tokens=100)
+
+
+def test_links_that_lead_out_of_a_documents_folder_are_skipped_and_named(tmp_path, capsys):
+    """A link inside a documents folder never sends a file outside it to the endpoint."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notice.txt").write_text("■ 배송\n배송비는 3,000원입니다.", encoding="utf-8")
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "memo.txt").write_text("■ 비밀\n관리자 비밀번호 메모", encoding="utf-8")
+    (docs / "memo.txt").symlink_to(outside / "memo.txt")
+    (docs / "private").symlink_to(outside, target_is_directory=True)
+    (docs / "again.txt").symlink_to(docs / "notice.txt")  # stays inside: read as usual
+    chunks, notes = read_chunks([docs], chunk_tokens=100)
+    assert "비밀번호" not in "\n".join(c.text for c in chunks)
+    assert {c.source for c in chunks} == {"docs/again.txt#1", "docs/notice.txt#1"}
+    assert notes == ["docs/memo.txt: a link that leads outside the folder, not read",
+                     "docs/private: a link that leads outside the folder, not read"]
+    assert main(["generate", str(docs), "--out", str(tmp_path / "faq.csv"), "--dry-run"]) == 0
+    assert "docs/memo.txt: a link that leads outside the folder" in capsys.readouterr().out

@@ -355,3 +355,21 @@ def test_json_nested_too_deeply_gets_a_clear_message_not_a_traceback(tmp_path):
                      encoding="utf-8")
     table = read_any(lines)
     assert len(table.rows) == 1  # the deep line is reported as a broken line, not a crash
+
+
+def test_links_that_lead_out_of_a_faq_folder_are_skipped_and_named(tmp_path, capsys):
+    """A link inside a FAQ folder never reads a file outside it; prepare names each one skipped."""
+    faqs = tmp_path / "faqs"
+    faqs.mkdir()
+    write_json(faqs / "faq.json", [{"question": q, "answer": a} for q, a in QA])
+    outside = tmp_path / "elsewhere"
+    write_json(outside / "secret.json", [{"question": "비밀 질문", "answer": "비밀 답"}])
+    (faqs / "secret.json").symlink_to(outside / "secret.json")
+    (faqs / "shared").symlink_to(outside, target_is_directory=True)
+    (faqs / "again.json").symlink_to(faqs / "faq.json")  # stays inside: read as usual
+    table = read_any(faqs)
+    assert "비밀 질문" not in {r.instruction for r in table.rows}
+    assert [f["file"] for f in table.files] == ["again.json", "faq.json"]
+    assert main(["prepare", str(faqs), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "not read, links that lead outside the folder: secret.json, shared" in printed

@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
 
+from builder.data.formats import leads_outside
 from builder.data.lengths import TOKENS_PER_CHAR_ESTIMATE
 from builder.errors import UserError
 
@@ -282,16 +283,22 @@ def chunk_blocks(blocks: list[tuple[int, str]], name: str, chunk_tokens: int) ->
             for i, (heading, lines) in enumerate(chunks, start=1)]
 
 
-def document_files(paths: list[str | Path]) -> list[tuple[Path, str]]:
+def document_files(paths: list[str | Path]) -> tuple[list[tuple[Path, str]], list[str]]:
     """(file, name shown) for every document given: files as named, folders read recursively
-    (hidden files and folders skipped)."""
-    found = []
+    (hidden files and folders skipped); and the names of links in a folder that lead outside
+    it, skipped (only what is in the folder goes to the endpoint)."""
+    found, outside = [], []
     for given in map(Path, paths):
         if given.is_dir():
+            root = given.resolve()
             for path in sorted(given.rglob("*")):
-                hidden = any(part.startswith(".") for part in path.relative_to(given).parts)
-                if path.is_file() and not hidden and path.suffix.lower() in DOC_SUFFIXES:
-                    found.append((path, f"{given.name}/{path.relative_to(given).as_posix()}"))
+                relative = path.relative_to(given)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue
+                if leads_outside(path, root):
+                    outside.append(f"{given.name}/{relative.as_posix()}")
+                elif path.is_file() and path.suffix.lower() in DOC_SUFFIXES:
+                    found.append((path, f"{given.name}/{relative.as_posix()}"))
         elif given.is_file():
             if given.suffix.lower() not in DOC_SUFFIXES:
                 raise UserError(f"{given}: cannot read {given.suffix or 'this'} files; give "
@@ -300,17 +307,22 @@ def document_files(paths: list[str | Path]) -> list[tuple[Path, str]]:
         else:
             raise UserError(f"{given}: no such file or folder")
     if not found:
-        raise UserError(f"no documents in {', '.join(map(str, paths))}: give "
+        links = f" (links that lead outside the folder are not read: {', '.join(outside)})" \
+            if outside else ""
+        raise UserError(f"no documents in {', '.join(map(str, paths))}{links}: give "
                         f"{', '.join(DOC_SUFFIXES)} files or a folder holding them")
-    return found
+    return found, outside
 
 
 def read_chunks(paths: list[str | Path], chunk_tokens: int = 400) -> tuple[list[Chunk], list[str]]:
-    """-> (chunks of every document in order, "NAME: why" for each document without text)."""
+    """-> (chunks of every document in order, "NAME: why" for each document without text and
+    each link skipped)."""
     if chunk_tokens < 50:
         raise UserError(f"--chunk-tokens {chunk_tokens}: give at least 50 (a few sentences)")
-    chunks, empty = [], []
-    for path, name in document_files(paths):
+    files, outside = document_files(paths)
+    chunks, empty = [], [f"{name}: a link that leads outside the folder, not read"
+                         for name in outside]
+    for path, name in files:
         found = chunk_blocks(read_blocks(path, name), name, chunk_tokens)
         if not found:
             why = "a scanned PDF needs OCR first" if path.suffix.lower() == ".pdf" else "empty"

@@ -10,7 +10,8 @@
   category is counted, not trained), ShareGPT / KoVicuna `conversations` (or `messages`), where
   each question/answer pair is one row and the earlier turns become its context.
 - A folder: every .csv .tsv .xlsx .json .jsonl in it and below (any letter case), hidden files
-  and folders skipped; each row remembers its file.
+  and folders skipped, and links that lead outside it (named in the report); each row
+  remembers its file.
 
 Every row keeps where it came from (`Row.where()`: "line 14", "chats/a.json record 3 pair 2"),
 so the checks in `builder.data.prepare` can name it. Whatever the user must fix raises `UserError`.
@@ -33,6 +34,7 @@ from builder.data.tables import (
 from builder.errors import UserError
 
 FAQ_SUFFIXES = (".csv", ".tsv", ".xlsx", ".json", ".jsonl")
+LINK_OUTSIDE = " (a link that leads outside the folder)"  # after a skipped file's name
 
 # A conversation row's context (its earlier turns) keeps at most this many characters, cut from
 # the oldest end: ~240 tokens at 0.6 tokens per Korean character, under half of the default
@@ -286,17 +288,34 @@ def read_file(path: Path, name: str, file: str = "") -> FaqTable:
     return table
 
 
+def leads_outside(path: Path, root: Path) -> bool:
+    """Whether a path inside the folder `root` (resolved) really lies outside it, through a
+    link: a FAQ folder holding a link to ~/.ssh/config.json must not read that file."""
+    try:
+        return not path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop leads nowhere readable
+        return True
+
+
 def faq_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The FAQ files in a folder and below, in name order, and the other (skipped) files.
-    Hidden files and folders (.git, .DS_Store) and Office lock files (~$faq.xlsx) are skipped."""
+    Hidden files and folders (.git, .DS_Store) and Office lock files (~$faq.xlsx) are skipped;
+    links that lead outside the folder are skipped and listed with LINK_OUTSIDE after them
+    (links to folders are never followed; os.walk's default)."""
+    root = folder.resolve()
     found, skipped = [], []
     for top, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        links = [Path(top) / d for d in dirs if leads_outside(Path(top) / d, root)]
         for name in sorted(names):
             if name.startswith((".", "~$")):
                 continue
             path = Path(top) / name
-            (found if path.suffix.lower() in FAQ_SUFFIXES else skipped).append(path)
+            if leads_outside(path, root):
+                links.append(path)
+            else:
+                (found if path.suffix.lower() in FAQ_SUFFIXES else skipped).append(path)
+        skipped += [Path(f"{link}{LINK_OUTSIDE}") for link in sorted(links)]
     return found, [p.relative_to(folder).as_posix() for p in skipped]
 
 

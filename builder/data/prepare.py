@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from builder.data.formats import read_any
+from builder.data.formats import LINK_OUTSIDE, read_any
 from builder.data.lengths import count_tokens, measure_lengths, row_texts, start_length_worker
 from builder.data.tables import FaqTable, Row
 from builder.errors import UserError
@@ -312,8 +312,14 @@ def format_summary(report: dict) -> list[str]:
         lines.append(f"  {f['file']}: {f['rows']} rows ({f['format']}, {f['encoding']})")
     if len(report.get("files", [])) > 20:
         lines.append(f"  ... and {len(report['files']) - 20} more files")
-    if report.get("files_skipped"):
-        lines.append(f"  not read (not a FAQ file type): {', '.join(report['files_skipped'][:10])}")
+    skipped = report.get("files_skipped", [])
+    other = [name for name in skipped if not name.endswith(LINK_OUTSIDE)]
+    links = [name.removesuffix(LINK_OUTSIDE) for name in skipped if name.endswith(LINK_OUTSIDE)]
+    if other:
+        lines.append(f"  not read (not a FAQ file type): {', '.join(other[:10])}")
+    if links:
+        lines.append(f"  not read, links that lead outside the folder: {', '.join(links)} "
+                     "(copy the file into the folder to use it)")
     if report.get("categories"):
         counts = ", ".join(f"{label} {n}" for label, n in report["categories"].items())
         lines.append(f"  categories (reported, not trained): {counts}")
