@@ -82,14 +82,19 @@ class ScriptedChat(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def chat_server():
+def start_chat_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChat)
     server.requests, server.answered, server.lock = [], [], threading.Lock()
     server.script = default_script
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     server.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    return server
+
+
+@pytest.fixture
+def chat_server():
+    server = start_chat_server()
     yield server
     server.shutdown()
     server.server_close()
@@ -515,3 +520,37 @@ def test_links_that_lead_out_of_a_documents_folder_are_skipped_and_named(tmp_pat
                      "docs/private: a link that leads outside the folder, not read"]
     assert main(["generate", str(docs), "--out", str(tmp_path / "faq.csv"), "--dry-run"]) == 0
     assert "docs/memo.txt: a link that leads outside the folder" in capsys.readouterr().out
+
+
+def test_another_endpoint_is_asked_again_and_its_url_is_never_written(chat_server, tmp_path,
+                                                                       capsys, monkeypatch):
+    """Replies cached from one endpoint are never reused for another serving the same model
+    name, and the endpoint's URL (it may hold a password) is written nowhere in clear."""
+    out = tmp_path / "faq.csv"
+    assert generate(chat_server.url, out) == 0
+    other = start_chat_server()
+    try:
+        def other_model(server, source, text, n, body, count):
+            reply = json.loads(faithful(source, text, n))
+            for pair in reply["pairs"]:
+                pair["question"] = "다른 모델: " + pair["question"]
+            return 200, json.dumps(reply, ensure_ascii=False), {}, 0
+
+        other.script = other_model
+        password = "pw" + SECRET
+        with_password = other.url.replace("http://", f"http://shop:{password}@")
+        assert generate(with_password, out) == 0
+        assert len(other.requests) == N_CHUNKS
+        assert all(r["instruction"].startswith("다른 모델: ") for r in read_csv(out))
+        monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "empty-cache"))  # shows a request
+        assert generate(with_password, out, "--dry-run") == 0
+        printed = capsys.readouterr()
+        assert f"POST {other.url}/chat/completions" in printed.out
+        assert password not in printed.out + printed.err
+    finally:
+        other.shutdown()
+        other.server_close()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+            assert other.url.split("//")[1].encode() not in path.read_bytes(), path

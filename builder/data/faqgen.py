@@ -7,8 +7,9 @@ Each chunk of `builder.data.docs` goes to an OpenAI-compatible chat endpoint onc
 prompts/qa_from_docs_ko.txt and a JSON schema (response_format; a server that refuses it is
 asked the plain way and the reply read tolerantly). A reply that cannot be read is asked again,
 then reported by chunk. Every reply is cached as soon as it arrives, keyed by the rendered
-prompt (chunk + template + pairs asked) and the model, under $BUILDER_CACHE or a .builder-cache
-folder beside the output, so a killed run continues and never pays for a chunk twice. Pairs whose
+prompt (chunk + template + pairs asked), the model and the endpoint (hashed: the URL is never
+written), under $BUILDER_CACHE or a .builder-cache folder beside the output, so a killed run
+continues and never pays for a chunk twice. Pairs whose
 question repeats one before it (data.py's normalisation, end punctuation aside) or whose answer
 states a number the chunk does not (`facts.invented`) are left out and reported. The CSV
 (instruction,input,output,source) is written complete or not at all; `source` names the file and
@@ -24,6 +25,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from builder.data.prepare import duplicate_key
 from builder.data.lengths import TOKENS_PER_CHAR_ESTIMATE
@@ -146,8 +148,19 @@ def cache_dir(out: Path) -> Path:
     return (Path(root) if root else out.resolve().parent / ".builder-cache") / "generate"
 
 
-def cache_key(model: str, prompt: str) -> str:
-    return hashlib.sha256(f"{model}\0{prompt}".encode("utf-8")).hexdigest()
+def cache_key(endpoint: str, model: str, prompt: str) -> str:
+    """Two servers may serve different models under one name: the endpoint is part of the key.
+    It goes in hashed with the rest (a URL can hold a password) and is never written."""
+    text = f"{endpoint.rstrip('/')}\0{model}\0{prompt}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shown_url(url: str) -> str:
+    """The endpoint as messages show it: without a user:password@ or a ?query that may hold
+    a key."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def read_cached(folder: Path, key: str) -> str | None:
@@ -195,7 +208,8 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
             raise UserError("give --endpoint URL and --model NAME (e.g. --endpoint "
                             "https://api.openai.com/v1 --model gpt-4o-mini), or use --dry-run")
         if not endpoint.startswith(("http://", "https://")):
-            raise UserError(f"--endpoint {endpoint}: give a URL such as http://127.0.0.1:8000/v1")
+            raise UserError(f"--endpoint {shown_url(endpoint)}: give a URL such as "
+                            "http://127.0.0.1:8000/v1")
 
     # Read and plan
     chunks, empty_docs = read_chunks(docs, chunk_tokens)
@@ -205,7 +219,7 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
     wanted = pairs_wanted(chunks, rows)
     prompts = [render_prompt(template, c, n) for c, n in zip(chunks, wanted)]
     folder = cache_dir(out)
-    keys = [cache_key(model or "", p) for p in prompts]
+    keys = [cache_key(endpoint or "", model or "", p) for p in prompts]
     # a cached reply is one that was read; parsed again, in case the parser changed since
     replies: list[list[tuple[str, str]] | None] = [
         parse_pairs(r) if model and (r := read_cached(folder, k)) is not None else None
@@ -224,8 +238,9 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
             log(f"{chunk.source}  {len(chunk.text)} chars, {n} pairs asked, {state}  "
                 f"[{chunk.heading[:50]}]")
         if to_ask:
+            target = shown_url(endpoint) if endpoint else "ENDPOINT"
             log(f"--- the request for {chunks[to_ask[0]].source}, as it would be sent "
-                f"(POST {endpoint or 'ENDPOINT'}/chat/completions, JSON schema "
+                f"(POST {target}/chat/completions, JSON schema "
                 f"response_format) ---\n{prompts[to_ask[0]]}\n---")
         return result
 
@@ -288,7 +303,7 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
     # Write, whole or not at all
     if not csv_rows:
         why = "; ".join(result.failed + result.unfaithful) or "nothing returned"
-        raise UserError(f"no usable pairs from {url} for any of {len(chunks)} chunks ({why}); "
+        raise UserError(f"no usable pairs from {shown_url(url)} for any of {len(chunks)} chunks ({why}); "
                         f"check that --model {model} follows {PROMPT_FILE.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(csv_rows, out, header=COLUMNS, excel=True)  # reviewed in a spreadsheet
