@@ -103,7 +103,7 @@ def app(tmp_path_factory, hub_server):
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     proc, url = start_app(tmp, "--config", str(tmp / "tiny.yaml"),
                           "--max-upload-mb", str(MAX_UPLOAD_MB),
-                          env={"HF_TOKEN": hub_server.token})  # on loopback the page may use it
+                          env={"HF_TOKEN": hub_server.token})  # unused: no --hub-login
     client = Client(url, verbose=False)
     client.tmp = tmp
     yield client
@@ -183,12 +183,32 @@ def test_a_wrong_token_is_a_clear_error_that_does_not_show_the_token(app, prepar
     assert ("dataset", "tester/app-wrong") not in hub_server.repos
 
 
-def test_an_empty_token_on_loopback_pushes_with_the_owners_HF_TOKEN(app, prepared, hub_server):
+def test_an_empty_token_without_hub_login_is_refused_before_any_hub_request(app, prepared,
+                                                                            hub_server):
+    """On loopback too, the owner's HF_TOKEN is not lent to a visitor unless --hub-login."""
+    asked = len(hub_server.requests)
     result, error = app.predict("", value(prepared[2]), "tester/app-fallback", False,
                                 api_name="/push_dataset")
-    assert not value(error), value(error)
-    assert "tester/app-fallback" in result
-    assert ("dataset", "tester/app-fallback") in hub_server.repos
+    assert not result and error["visible"] is True
+    assert "토큰을 입력하세요 / type a Hugging Face token" in error["value"]
+    assert "--hub-login" in error["value"]
+    assert len(hub_server.requests) == asked  # the Hub was never asked
+    assert ("dataset", "tester/app-fallback") not in hub_server.repos
+
+
+def test_a_request_for_another_host_name_is_refused(app):
+    """DNS rebinding: a page on loopback answers only to its own host names."""
+    import httpx
+
+    port = app.src.rstrip("/").rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1:1", "192.168.0.7:" + port):
+        page = httpx.get(app.src, headers={"Host": host})
+        join = httpx.post(app.src + "gradio_api/queue/join", json={}, headers={"Host": host})
+        for refused in (page, join):
+            assert refused.status_code == 421, (host, refused.status_code)
+            assert "--allowed-host" in refused.text and "Traceback" not in refused.text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+        assert httpx.get(app.src, headers={"Host": host}).status_code == 200, host
 
 
 def test_folders_outside_the_runs_root_are_refused(app, hub_server):
@@ -235,6 +255,22 @@ def test_only_loopback_addresses_count_as_this_machine():
     assert not any(map(is_loopback, ["0.0.0.0", "::", "", "192.168.0.7", "10.0.0.1", "a.com"]))
 
 
+def test_the_host_names_a_page_answers_to():
+    """Its own names at its port; IP addresses only when it listens everywhere; --allowed-host."""
+    from builder.doors.page_guard import HostNames
+
+    local = HostNames("127.0.0.1", 7860)
+    assert all(map(local.allows, ["127.0.0.1:7860", "localhost:7860", "[::1]:7860"]))
+    assert not any(map(local.allows, ["evil.example:7860", "10.0.0.2:7860", "localhost:7861",
+                                      "localhost", "", "[::1", "localhost:x"]))
+    everywhere = HostNames("0.0.0.0", 7860, ("shop.example", "proxy.lan:8443"))
+    assert all(map(everywhere.allows, ["192.168.0.7:7860", "[fe80::1]:7860", "shop.example",
+                                       "Shop.Example:443", "proxy.lan:8443", "localhost:7860"]))
+    assert not any(map(everywhere.allows, ["evil.example:7860", "192.168.0.7:80", "proxy.lan",
+                                           "rebind.shop.example:7860"]))
+    assert HostNames("127.0.0.1", 80).allows("localhost")  # the browser leaves :80 out
+
+
 @pytest.mark.parametrize("door", ["builder app", "app.py"])
 def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypatch):
     import app as app_door
@@ -243,12 +279,17 @@ def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypat
 
     calls = []
     monkeypatch.setattr(webapp, "launch", lambda *args, **kwargs: calls.append((args, kwargs)))
-    flags = ["--host", "0.0.0.0", "--max-upload-mb", "3.5", "--max-queue", "4", "--open"]
+    flags = ["--host", "0.0.0.0", "--max-upload-mb", "3.5", "--max-queue", "4", "--open",
+             "--allowed-host", "shop.example", "--allowed-host", "10.0.0.2:7860"]
     code = cli.main(["app", *flags]) if door == "builder app" else app_door.main(flags)
     assert code == 0 and len(calls) == 1
     args, kwargs = calls[0]
     assert args[0] == "0.0.0.0"
     assert (kwargs["max_upload_mb"], kwargs["max_queue"], kwargs["open_access"]) == (3.5, 4, True)
+    assert kwargs["allowed_hosts"] == ["shop.example", "10.0.0.2:7860"]
+    assert kwargs["hub_login"] is False
+    cli.main(["app", "--hub-login"]) if door == "builder app" else app_door.main(["--hub-login"])
+    assert calls[1][1]["hub_login"] is True and calls[1][1]["allowed_hosts"] == []
 
 
 # The 채팅 tab: sources under each answer, FAQ update, the run's evaluation
@@ -490,18 +531,34 @@ def test_off_loopback_without_a_login_the_app_refuses_to_start(tmp_path):
     assert "BUILDER_APP_PASSWORD" in done.stderr and "--open" in done.stderr, done.stderr
 
 
+def test_an_open_page_refuses_to_lend_the_hub_login(tmp_path):
+    """--hub-login with --open would hand the owner's Hub login to anyone: refused at start."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--host", "0.0.0.0", "--port", str(free_port()),
+         "--runs-root", str(tmp_path / "runs"), "--open", "--hub-login"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--hub-login" in done.stderr and "--open" in done.stderr, done.stderr
+
+
 def test_off_loopback_the_page_needs_its_login_and_removes_its_charts_on_exit(tmp_path, hub_server):
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     password = "pw-" + os.urandom(6).hex()
     env = {"BUILDER_APP_PASSWORD": password, "HF_TOKEN": hub_server.token, "TMPDIR": str(tmp_path)}
-    proc, url = start_app(tmp_path, "--host", "0.0.0.0", env=env)
+    proc, url = start_app(tmp_path, "--host", "0.0.0.0", "--hub-login", env=env)
     try:
         with pytest.raises(Exception, match="credentials were not provided"):
             Client(url, verbose=False)
         client = Client(url, auth=("admin", password), verbose=False)
         assert client.predict("", "", api_name="/model_card") == ""
         assert len(list(tmp_path.glob("builder-app-charts-*"))) == 1
+        # --hub-login: the owner lends HF_TOKEN to the page's logged-in users on purpose
+        faq = write_faq(tmp_path / "faq.csv", 12)
+        data_dir = value(client.predict(handle_file(str(faq)), api_name="/prepare")[2])
+        result, error = client.predict("", data_dir, "tester/login-lent", False,
+                                       api_name="/push_dataset")
+        assert "pushed" in result and not value(error), value(error)
     finally:
         stop_app(proc)
     assert proc.returncode == 0

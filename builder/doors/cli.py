@@ -206,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true",
                    help="off loopback, serve without a login ($BUILDER_APP_PASSWORD): anyone who "
                    "reaches it can train and chat")
+    p.add_argument("--hub-login", action="store_true",
+                   help="an empty token field on the 배포 tab pushes with HF_TOKEN or your saved "
+                   "`hf auth login`: anyone who reaches the page (through a proxy or a tunnel on "
+                   "this machine too) can then push with your login; refused with --open. "
+                   "Without it the token field is required")
+    p.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts",
+                   metavar="NAME[:PORT]",
+                   help="another host name the page answers to: the name a reverse proxy "
+                   "forwards, or the machine's name on the network (repeatable). Without it only "
+                   "127.0.0.1, localhost, --host and, with --host 0.0.0.0, IP addresses are "
+                   "answered, so no web page can reach it through DNS rebinding")
     p.set_defaults(run=cmd_app)
 
     p = commands.add_parser("serve", help="an OpenAI-compatible API over a run's chatbot "

@@ -130,7 +130,7 @@ def cmd_app(args) -> None:
 
     launch(args.host, args.port, runs_root=args.runs_root, run_dir=args.run_dir,
            config_path=args.config, max_upload_mb=args.max_upload_mb, open_access=args.open,
-           max_queue=args.max_queue)
+           max_queue=args.max_queue, hub_login=args.hub_login, allowed_hosts=args.allowed_hosts)
 
 
 def cmd_serve(args) -> None:

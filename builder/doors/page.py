@@ -30,7 +30,10 @@ and read again on a timer, so an eval that ends while the page is open fills in.
 
 Visitors type paths and text, so the page only reads folders under its runs root (and the
 --run folder), caps what it queues and the length of a question. Off loopback it needs a login
-(BUILDER_APP_PASSWORD) or an explicit --open, and never lends the owner's saved Hub login.
+(BUILDER_APP_PASSWORD) or an explicit --open. It lends the owner's saved Hub login (HF_TOKEN,
+`hf auth login`) to an empty token field only when started with --hub-login (never with --open):
+"loopback" also means a proxy or a tunnel on this machine and its other users. It answers only
+to its own host names (builder.doors.page_guard), so a web page cannot reach it by DNS rebinding.
 """
 
 import atexit
@@ -47,6 +50,7 @@ from builder.doors.page_common import (
     Page,
     is_loopback,
 )
+from builder.doors.page_guard import HostCheck, HostNames
 from builder.doors.page_serve import chat_tab, deploy_tab
 from builder.errors import UserError
 
@@ -54,13 +58,14 @@ PASSWORD_ENV, USER_ENV = "BUILDER_APP_PASSWORD", "BUILDER_APP_USER"  # the page'
 
 
 def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-cpu.yaml",
-              max_upload_mb=20, token_fallback=False):
+              max_upload_mb=20, hub_login=False):
     """The whole page as gr.Blocks (not launched).
 
-    token_fallback: an empty token field pushes with HF_TOKEN or the saved login (loopback only)."""
+    hub_login: an empty token field pushes with HF_TOKEN or the saved login (the owner's
+    explicit --hub-login)."""
     import gradio as gr
 
-    page = Page(runs_root, run_dir, config_path, max_upload_mb, token_fallback)
+    page = Page(runs_root, run_dir, config_path, max_upload_mb, hub_login=hub_login)
     with gr.Blocks(title="한국어 FAQ 챗봇 빌더", analytics_enabled=False) as app:
         gr.Markdown("# 한국어 FAQ 챗봇 빌더\nFAQ 파일 → 데이터 점검 → LoRA 학습 → 채팅 → Hugging Face 배포")
         # the prepared folder goes to the 학습 and 배포 tabs: made here, drawn in their tabs
@@ -77,24 +82,32 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
 def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
            config_path="configs/embedded-cpu.yaml", max_upload_mb=20, open_access=False,
-           max_queue=20) -> None:
+           max_queue=20, hub_login=False, allowed_hosts=()) -> None:
     """Build the page, serve it on host:port, print the URL and block until Ctrl-C.
 
     Off loopback the page needs a login ($BUILDER_APP_PASSWORD, user $BUILDER_APP_USER or
-    "admin") unless open_access; max_queue events may wait, more get the busy message."""
+    "admin") unless open_access; max_queue events may wait, more get the busy message.
+    hub_login lends HF_TOKEN / the saved login to an empty token field; allowed_hosts are host
+    names the page answers to besides its own (builder.doors.page_guard)."""
     loopback = is_loopback(host)
     password = os.environ.get(PASSWORD_ENV)
     if not loopback and not password and not open_access:
         raise UserError(f"{host}: 다른 컴퓨터에서도 열리는 주소입니다 / this address is reachable "
                         f"beyond this machine: set {PASSWORD_ENV} for a login, or pass --open to "
                         "serve it to anyone without one")
+    if hub_login and not loopback and not password:
+        raise UserError("--hub-login with --open would let anyone who reaches the page push with "
+                        f"your Hugging Face login: set {PASSWORD_ENV} for a login, or leave "
+                        "--hub-login out (visitors then type their own token)")
     auth = (os.environ.get(USER_ENV) or "admin", password) if password else None
 
     import gradio as gr
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
 
     app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
-                    max_upload_mb=max_upload_mb, token_fallback=loopback)
+                    max_upload_mb=max_upload_mb, hub_login=hub_login)
+    names = HostNames(host, port, tuple(allowed_hosts))
     allowed = [str(Path(runs_root).resolve())] + ([str(Path(run_dir).resolve())] if run_dir else [])
     app.queue(default_concurrency_limit=1, max_size=max_queue)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
@@ -102,7 +115,8 @@ def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
                allowed_paths=allowed, footer_links=["api", "gradio"], auth=auth,
                run_history=False,  # the browser must not keep a record of inputs (the token)
                max_file_size=int(4 * max_upload_mb * 2**20),  # over the cap: our message
-               app_kwargs={"exception_handlers": {HTTPException: _busy}})
+               app_kwargs={"exception_handlers": {HTTPException: _busy},
+                           "middleware": [Middleware(HostCheck, names=names)]})
     open_note = "" if loopback or auth else " (open: no login, anyone who reaches it can use it)"
     print(f"builder app: http://{host}:{port}/{open_note}", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server and ends a training run

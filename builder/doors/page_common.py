@@ -35,8 +35,8 @@ BUSY = "서버가 바쁩니다. 잠시 후 다시 시도하세요 / the page is 
 CHAT_CONCURRENCY = 1  # answers generated at once: on CPU one generation takes every core
 DOC_TYPES = (".md", ".txt", ".html", ".htm", ".pdf", ".docx")  # what builder.data.docs reads
 GENERATED_COLUMNS = ("instruction", "input", "output", "source")  # builder generate's CSV
-NEED_TOKEN = ("Hugging Face 토큰을 입력하세요 / type a Hugging Face token: this page is served "
-              "beyond this machine, so it does not use the saved login or HF_TOKEN")
+NEED_TOKEN = ("Hugging Face 토큰을 입력하세요 / type a Hugging Face token: this page lends the "
+              "owner's saved login or HF_TOKEN only when started with --hub-login")
 
 
 def message_text(content) -> str:
@@ -138,7 +138,7 @@ class Page:
     """What the tabs share: the folders a visitor may use, the training job, the loaded
     chatbot, one stop flag per browser session."""
 
-    def __init__(self, runs_root, run_dir, config_path, max_upload_mb, token_fallback):
+    def __init__(self, runs_root, run_dir, config_path, max_upload_mb, *, hub_login=False):
         from builder.config import load_config
 
         self.runs_root = Path(runs_root)
@@ -149,7 +149,7 @@ class Page:
         if run_dir is not None and not Path(run_dir).is_dir():
             raise UserError(f"{run_dir}: no such run folder (--run)")
         self.run_dir, self.max_upload_mb = run_dir, max_upload_mb
-        self.token_fallback = token_fallback
+        self.hub_login = hub_login  # an empty token field pushes with the owner's login
         self.job = jobs.TrainingJob(self.runs_root, config_path)
         self.bots = uploads.ChatbotCache()
         self.stop_events: dict[str, threading.Event] = {}

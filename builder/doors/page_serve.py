@@ -155,7 +155,7 @@ def deploy_tab(page: Page, app, deploy_data) -> None:
     import gradio as gr
 
     with gr.Tab("4. 배포", id="deploy") as tab:
-        empty = "비우면 HF_TOKEN 사용" if page.token_fallback else "필수 required"
+        empty = "비우면 HF_TOKEN 사용" if page.hub_login else "필수 required"
         token = gr.Textbox(label=f"Hugging Face 토큰 (저장되지 않음; {empty})",
                            type="password", placeholder="hf_...", elem_id="deploy-token")
         private = gr.Checkbox(label="비공개 저장소 private", elem_id="deploy-private")
@@ -196,7 +196,7 @@ def deploy_tab(page: Page, app, deploy_data) -> None:
     def push(what, secret, folder, repo, is_private, progress):
         from builder.deploy import hub
 
-        if not secret and not page.token_fallback:
+        if not secret and not page.hub_login:
             return "", shown(NEED_TOKEN)
         try:
             folder = page.inside(folder)
