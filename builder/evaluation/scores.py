@@ -76,8 +76,8 @@ def _invented_shown(reply, question: str, context: str, decline_message: str) ->
     """The shown answer states a fact found in none of its sources (nor the customer's words)."""
     from builder.facts import invented
 
-    sources = [h.entry.text for h in reply.sources] + [question, context, decline_message]
-    return bool(invented(reply.text, sources))
+    sources = [h.entry.text for h in reply.sources] + [decline_message]
+    return bool(invented(reply.text, sources, customer=[question, context]))
 
 
 def score_split(rows: list[dict], replies: list, decline_message: str) -> dict:
