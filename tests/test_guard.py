@@ -223,3 +223,35 @@ def test_an_opening_closer_to_a_context_line_than_to_every_answer_is_never_shown
                         asked=[question])
     said = "실버 등급이 되려면 6개월 구매 금액이 100,000원 이상이어야 해요. "
     assert guard.feed(said) == said.strip() and not guard.tripped
+
+
+def test_a_copy_that_ends_before_its_first_sentence_is_judged_whole():
+    """A copied prefix does not wave the rest through: "기본 배송비는 " then the question said
+    back is not shown; the entry's rest completes what was shown."""
+    question = "배송비는 얼마인가요?"
+    guard = GuardedText(SOURCES, answers=[ANSWER], asked=[question, ""])
+    shown = feed_all(guard, ["기본 ", "배송비는 ", "얼마인가요? ", "알려주세요. "])
+    assert shown == ["기본 ", "배송비는 ", "", ""]
+    assert guard.tripped and guard.echoed and guard.finish() == ""
+    assert "".join(shown) + guard.copied_rest() == ANSWER
+    # a whole copied sentence opens an answer: what follows is checked sentence by sentence
+    guard = GuardedText(SOURCES, answers=["배송비는 3,000원입니다. 주말에도 보내요."],
+                        asked=[question, ""])
+    shown = feed_all(guard, ["배송비는 3,000원입니다. ", "감사합니다. "])
+    assert shown == ["배송비는 3,000원입니다. ", "감사합니다."] and not guard.tripped
+
+
+def test_an_answer_the_token_limit_cut_never_shows_an_unfinished_number():
+    """max_new_tokens ending an answer mid-sentence: the unfinished sentence is held back
+    ("제주는 3" is no fact), and a cut copy is completed from its entry."""
+    guard = GuardedText(SOURCES, answers=[ANSWER])
+    assert guard.feed("배송비는 3,000원입니다. 제주는 3") == "배송비는 3,000원입니다."
+    assert guard.finish(cut=True) == "" and guard.tripped and guard.cut
+    assert guard.why() == "cut by the token limit"
+    guard = GuardedText(SOURCES, answers=[ANSWER])  # the same text, ended by the model
+    guard.feed("배송비는 3,000원입니다. 제주는 3")
+    assert guard.finish() == "" and guard.invented == {("3", "")}  # (a bare 3 no entry states)
+    guard = GuardedText(SOURCES, answers=[ANSWER])
+    assert feed_all(guard, ["기본 배송비는 ", "3"]) == ["기본 배송비는 ", "3"]
+    assert guard.finish(cut=True) == "" and guard.cut
+    assert "기본 배송비는 3" + guard.copied_rest() == ANSWER

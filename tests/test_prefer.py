@@ -71,7 +71,7 @@ class ScriptedEngine:
     def batch(self, prompts, **options):
         self.options.append(options)
         self.prompts += prompts
-        return [(self._answer(prompt), False) for prompt in prompts]
+        return [(self._answer(prompt), False, False) for prompt in prompts]
 
 
 def scripted_bot(knowledge, script) -> Chatbot:

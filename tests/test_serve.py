@@ -589,3 +589,19 @@ def test_serving_settings_that_would_expose_the_bot_or_serve_nothing_are_refused
     monkeypatch.delenv("BUILDER_API_KEY", raising=False)
     assert main(["serve", "no-such-run", "--host", "0.0.0.0"]) != 0
     assert "without an API key lets anyone" in capsys.readouterr().err
+
+
+def test_an_answer_the_token_limit_cut_says_length_and_shows_no_unfinished_number(shop, shop_bot):
+    """finish_reason is "length" when max_tokens cut the answer, and its unfinished sentence
+    ("제주는 3") is never shown."""
+    answer = "배송비는 3,000원입니다. 제주는 3,000원이 더 붙어요."
+    cut_at = len(shop_bot.engine.tokenizer("배송비는 3,000원입니다. 제주는 3",
+                                           add_special_tokens=False)["input_ids"])
+    make = scripted(shop_bot.engine.tokenizer, answer)
+    with generating(shop_bot, make):
+        whole = ask(shop.client(), ON_TOPIC, max_tokens=cut_at)
+        streamed, chunks = ask_streamed(shop.client(), ON_TOPIC, max_tokens=cut_at)
+        done = ask(shop.client(), ON_TOPIC, max_tokens=64)
+    assert whole.choices[0].message.content == streamed == "배송비는 3,000원입니다."
+    assert whole.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == "length"
+    assert done.choices[0].message.content == answer and done.choices[0].finish_reason == "stop"

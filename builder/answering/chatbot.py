@@ -159,7 +159,7 @@ class Chatbot:
                 if shown.tripped:
                     break
         # a loop's unfinished sentence is never shown: only the sentences checked before it
-        if not reply.runaway and (text := shown.finish()):
+        if not reply.runaway and (text := shown.finish(cut=reply.cut)):
             reply.text += text
             yield text
         if text := settle(reply, shown, grounding.hits, self.rag.decline_message):
@@ -200,15 +200,15 @@ class Chatbot:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             outputs = generate(self.engine, [reply.prompt for reply, _ in chunk], options)
-            for (reply, grounding), (text, looped) in zip(chunk, outputs):
-                reply.runaway = looped
+            for (reply, grounding), (text, looped, cut) in zip(chunk, outputs):
+                reply.runaway, reply.cut = looped, cut
                 if self.grounder is None:
                     reply.text = reply.generated = text
                     continue
                 shown = grounding.guard(self.rag)
                 # fed word by word, as a stream is: the guard releases and trips as it would live
                 reply.text = "".join(shown.feed(word) for word in re.split(r"(?<=\s)", text))
-                reply.text += "" if looped or shown.tripped else shown.finish()
+                reply.text += "" if looped or shown.tripped else shown.finish(cut=cut)
                 settle(reply, shown, grounding.hits, self.rag.decline_message)
         for reply, subs in joined:
             combine(reply, subs)
@@ -245,15 +245,15 @@ class Chatbot:
         return warmed
 
 
-def generate(engine, prompts: list[str], options: dict) -> list[tuple[str, bool]]:
-    """[(answer, looped)] for prompts: the engine's batch, or its stream one at a time."""
+def generate(engine, prompts: list[str], options: dict) -> list[tuple[str, bool, bool]]:
+    """[(answer, looped, cut)] for prompts: the engine's batch, or its stream one at a time."""
     if hasattr(engine, "batch"):
         return engine.batch(prompts, **options)
     outputs = []
     for prompt in prompts:
         flags = Reply()
         text = "".join(engine.stream(prompt, flags=flags, **options))
-        outputs.append((text, flags.runaway))
+        outputs.append((text, flags.runaway, flags.cut))
     return outputs
 
 

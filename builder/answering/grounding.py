@@ -54,10 +54,11 @@ class Grounding:
     def guard(self, rag) -> GuardedText:
         """The fact guard for an answer generated from these hits."""
         hits = self.hits
-        # the decline message may name the shop's phone number: the model says it when it declines
-        sources = [h.entry.text for h in hits] + [self.question, self.context,
-                                                 rag.decline_message]
+        # the decline message may name the shop's phone number: the model says it when it
+        # declines; the customer's numbers are said back only as theirs (builder.facts)
+        sources = [h.entry.text for h in hits] + [rag.decline_message]
         return GuardedText(sources, enabled=rag.fact_guard,
+                           customer=[self.question, self.context],
                            answers=[h.entry.answer for h in hits],
                            questions=[line for h in hits
                                       for line in (h.entry.question, h.entry.context) if line],

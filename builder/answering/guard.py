@@ -45,6 +45,7 @@ class Reply:
     guarded: bool = False  # the fact guard cut the model's answer or replaced it
     fallback: bool = False  # ... replaced by the best entry's own answer
     runaway: bool = False  # the runaway check ended a repeating generation
+    cut: bool = False  # max_new_tokens ended it unfinished (the doors say finish_reason "length")
     invented: list = field(default_factory=list)  # facts the model stated that no source has
     generated: str = ""  # the model's own text, before the guard
     why: str = ""  # why the guard stepped in (for the log)
@@ -57,7 +58,7 @@ def combine(reply: Reply, parts: list[Reply]) -> Reply:
     reply.sources = [h for p in parts for h in p.sources]
     for flag in ("declined", "gated", "exact"):
         setattr(reply, flag, all(getattr(p, flag) for p in parts))
-    for flag in ("guarded", "fallback", "runaway"):
+    for flag in ("guarded", "fallback", "runaway", "cut"):
         setattr(reply, flag, any(getattr(p, flag) for p in parts))
     reply.invented = [f for p in parts for f in p.invented]
     reply.generated = "\n".join(p.generated for p in parts)
@@ -126,8 +127,10 @@ class GuardedText:
 
     def __init__(self, sources: list[str], enabled: bool = True, answers: list[str] = (),
                  questions: list[str] = (), decline_message: str = "",
-                 may_copy: list[str] | None = None, asked: list[str] = ()):
+                 may_copy: list[str] | None = None, asked: list[str] = (),
+                 customer: list[str] = ()):
         self.sources = sources
+        self.customer = list(customer)  # numbers the answer may say back only as the customer's
         self.enabled = enabled  # the fact check; the opening is checked whenever entries are given
         self.questions = list(questions)  # entries' question and context lines: not an answer
         # nor is the customer's own question or context said back ("반품 배송비" may open an
@@ -145,15 +148,18 @@ class GuardedText:
                                 if self._may_copy(unicodedata.normalize("NFC", a))]
         self.text = ""  # everything generated so far
         self.released = 0  # characters of `text` already shown
+        self.opened = False  # the opening was judged (or a whole copied sentence opened it)
         self.tripped = False
         self.invented: set = set()
         self.echoed = False  # it said back a question or context line (an entry's, the customer's)
         self.unsupported = False  # its opening comes from no entry's answer
         self.reselected = False  # it copied an entry that fits the question less than the best
         self.changed = False  # it copied an entry's answer but changed one of its numbers
+        self.cut = False  # the token limit ended it inside a sentence or a copy
 
     def _check(self, upto: int) -> bool:
-        found = invented(self.text[:upto], self.sources) if self.enabled else set()
+        found = (invented(self.text[:upto], self.sources, self.customer) if self.enabled
+                 else set())
         if found:
             self.tripped, self.invented = True, found
         return not found
@@ -209,14 +215,19 @@ class GuardedText:
                 # (a number half written, "3,0", is safe: should the copy change it, the rest
                 # of the entry's answer completes what was shown)
                 out, self.released = self.text[self.released:], len(self.text)
+                # a whole copied sentence is an opening; a copy that ends sooner ("배송비는 "
+                # then "얼마인가요?") is judged whole when its sentence ends
+                self.opened = self.opened or any(
+                    0 < m.start() < self.released for m in SENTENCE_END.finditer(self.text))
         ends = [m.start() for m in SENTENCE_END.finditer(self.text) if m.start() > self.released]
         for end in ends:  # one sentence at a time: stop at the first one with an invented fact
-            if not self.released:
+            if not self.opened:
                 opening = self._opening(end)
                 if opening is None:
                     continue  # judged with the next sentence
                 if not opening:
                     break
+                self.opened = True
             if not self._check(end):
                 break
             out += self.text[self.released:end]
@@ -228,7 +239,8 @@ class GuardedText:
         reasons = [(self.invented, "a fact in no entry"), (self.echoed, "a question said back"),
                    (self.unsupported, "words from no entry's answer"),
                    (self.reselected, "an entry fitting the question less than the best"),
-                   (self.changed, "an entry's answer with a number changed")]
+                   (self.changed, "an entry's answer with a number changed"),
+                   (self.cut, "cut by the token limit")]
         return next((why for flag, why in reasons if flag), "")
 
     def _may_copy(self, answer: str) -> bool:
@@ -257,9 +269,14 @@ class GuardedText:
                 return answer[len(shown):]
         return ""
 
-    def finish(self) -> str:
-        """The generation ended: check and release the rest."""
-        if not self.tripped and not self.released:
+    def finish(self, cut: bool = False) -> str:
+        """The generation ended: check and release the rest. `cut`: the token limit ended it,
+        so its last sentence (or the copy) is unfinished and never shown: "기본 배송비는 3"
+        would state a price the entry does not (a cut copy is completed from its entry)."""
+        if cut and not self.tripped and (self.copying or self.released < len(self.text)):
+            self.tripped = self.cut = True
+            return ""
+        if not self.tripped and not self.opened:
             self._opening(len(self.text), final=True)
         if self.tripped or not self._check(len(self.text)):
             return ""
@@ -276,11 +293,12 @@ def settle(reply: Reply, shown: GuardedText, hits: list, decline_message: str) -
     added = ""
     if not reply.text.strip():  # nothing shown (tripped, looped, empty): the best entry's
         reply.guarded = reply.fallback = True  # own answer instead
-        reply.sources = hits[:1]
+        reply.sources, reply.cut = hits[:1], False
         added = reply.text = hits[0].entry.answer
     elif (shown.tripped or reply.runaway) and (rest := shown.copied_rest()):
         # cut while copying an entry's answer: the rest of that answer completes it
         reply.guarded = reply.fallback = True
+        reply.cut = False  # (whole again)
         reply.sources = [h for h in hits if h.entry.answer.endswith(rest)][:1] or hits[:1]
         added, reply.text = rest, reply.text + rest
     elif shown.tripped:

@@ -200,6 +200,11 @@ def _failure(err: BaseException) -> ApiError:
     return ApiError(500, "the answer failed; see the server log", type="server_error")
 
 
+def _finish(reply) -> str:
+    """OpenAI's finish_reason: "length" when max_tokens cut the answer short."""
+    return "length" if reply.cut else "stop"
+
+
 def _sources(reply: Reply) -> list[dict]:
     return [{"line": h.entry.line, "question": h.entry.question} for h in reply.sources]
 
@@ -266,7 +271,8 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
         message = {"role": "assistant", "content": text, "sources": _sources(job.reply),
                    "declined": job.reply.declined}
         return {**head, "object": "chat.completion", "choices": [
-            {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}]}
+            {"index": 0, "message": message, "finish_reason": _finish(job.reply),
+             "logprobs": None}]}
 
     return app
 
@@ -328,7 +334,8 @@ async def _events(job: Job, head: dict):
         if job.error is not None:
             yield _sse(_failure(job.error).body())
         else:
-            yield chunk({}, "stop", sources=_sources(job.reply), declined=job.reply.declined)
+            yield chunk({}, _finish(job.reply), sources=_sources(job.reply),
+                        declined=job.reply.declined)
         yield "data: [DONE]\n\n"
     finally:
         job.cancel()  # a no-op once done; when the client left, its generation stops

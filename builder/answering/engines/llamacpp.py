@@ -205,7 +205,11 @@ class GgufEngine:
                 if generated_ids is not None:
                     generated_ids.append(int(token_id))
                 yield int(token_id)
-                if token_id in self.end_ids or len(generated) >= max_new_tokens:
+                if token_id in self.end_ids:
+                    return
+                if len(generated) >= max_new_tokens:
+                    if flags is not None:
+                        flags.cut = True  # the token limit, not the model, ended it
                     return
                 if runaway(generated):
                     if flags is not None:

@@ -57,19 +57,20 @@ class RemoteEngine:
         self.api_key, self.timeout_s = api_key, timeout_s
 
     def stream(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 0.9, stop_event: threading.Event | None = None,
+               top_p: float = 0.9, stop_event: threading.Event | None = None, flags=None,
                **ignored) -> Iterator[str]:
-        """Yield the answer as text deltas (logits_processor / generated_ids do not apply)."""
+        """Yield the answer as text deltas (logits_processor / generated_ids do not apply);
+        `flags.cut` is set when the engine says max_tokens ended it (finish_reason "length")."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "stop": list(self.stop_markers),
                 "stream": True}
         if self.repetition_penalty > 1:
             body["repetition_penalty"] = self.repetition_penalty  # vLLM, TGI; others ignore it
         # text pieces instead of token ids: "decoding" a list of pieces is joining them
-        with closing(self._pieces(body, stop_event)) as pieces:
+        with closing(self._pieces(body, stop_event, flags)) as pieces:
             yield from answer_deltas(pieces, "".join, self.stop_markers, set())
 
-    def _pieces(self, body: dict, stop_event):
+    def _pieces(self, body: dict, stop_event, flags=None):
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -92,6 +93,8 @@ class RemoteEngine:
                     if chunk.get("error"):
                         raise EngineError(f"the engine at {self.url} failed: {chunk['error']}")
                     for choice in chunk.get("choices") or []:
+                        if choice.get("finish_reason") == "length" and flags is not None:
+                            flags.cut = True
                         if choice.get("text"):
                             yield choice["text"]
         except (httpx.HTTPError, ValueError) as err:

@@ -3,7 +3,7 @@
     engine = TransformersEngine.load(model_dir, adapter_dir=None, stop_markers=[...],
                                      end_ids={1, 106}, repetition_penalty=1.1)
     for delta in engine.stream(prompt, max_new_tokens=256): ...
-    engine.batch([prompt, ...], max_new_tokens=96)        # [(answer, looped)], left-padded
+    engine.batch([prompt, ...], max_new_tokens=96)        # [(answer, looped, cut)], left-padded
 
 The prompt is encoded exactly as training encoded it (the tokenizer adds `<bos>`). Generation
 stops at any end token (the generation config's list, the tokenizer's EOS, `<end_of_turn>` /
@@ -201,7 +201,8 @@ class TransformersEngine:
     def batch(self, prompts: list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
               top_p: float = 0.9) -> list[tuple[str, bool]]:
         """Answers to many prompts in one left-padded generate call, greedy or sampled:
-        [(visible answer, ended by the runaway check)], cut as a stream is."""
+        [(visible answer, ended by the runaway check, ended by max_new_tokens)], cut as a
+        stream is."""
         import torch
         from transformers import RepetitionPenaltyLogitsProcessor, StoppingCriteriaList
 
@@ -234,8 +235,13 @@ class TransformersEngine:
                 eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id,
                 stopping_criteria=StoppingCriteriaList([stop]), logits_processor=processors,
                 repetition_penalty=1.0, **_sampling(temperature, top_p))
-        return [(visible_answer(self.decode(self._until_end(row_ids)), self.stop_markers),
-                 looped[row]) for row, row_ids in enumerate(output[:, width:].tolist())]
+        answers = []
+        for row, row_ids in enumerate(output[:, width:].tolist()):
+            text = self.decode(self._until_end(row_ids))
+            cut = (len(row_ids) >= max_new_tokens and not looped[row] and len(row_ids) ==
+                   len(self._until_end(row_ids)) and not any(m in text for m in self.stop_markers))
+            answers.append((visible_answer(text, self.stop_markers), looped[row], cut))
+        return answers
 
     def _until_end(self, ids: list[int]) -> list[int]:
         ends = [i for i, token_id in enumerate(ids) if token_id in self.end_ids]
@@ -259,6 +265,9 @@ class TransformersEngine:
             looping = runaway(generated)
             if looping and flags is not None:
                 flags.runaway = True
+            if (flags is not None and len(generated) >= max_new_tokens
+                    and generated[-1] not in self.end_ids):
+                flags.cut = True  # the token limit, not the model, ended it
             done = (
                 generated[-1] in self.end_ids
                 or looping
