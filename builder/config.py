@@ -76,6 +76,9 @@ class TrainConfig:
     seed: int = help_field(123, "seed for the validation split, LoRA init and data order")
 
 
+# what a customer may send in one message, on every door (the page, the API, the channels)
+MAX_QUESTION_CHARS = 1000  # a FAQ question is a sentence or two; training rows are 512 tokens
+MAX_CONTEXT_CHARS = 4000  # order data, a membership grade: a few lines
 DECLINE_MESSAGE = ("죄송합니다. 문의하신 내용은 FAQ에 없어 정확히 답변드리기 어렵습니다. "
                    "자세한 내용은 고객센터로 문의해 주세요.")
 

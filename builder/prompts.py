@@ -8,6 +8,7 @@ the template file (`template.yaml`) so chat and eval render exactly what trainin
 """
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,29 @@ class Template:
 
     def render(self, instruction: str, input: str = "", faq: str = "") -> str:
         """The prompt for one question; the answer is generated (or trained) right after it.
-        `faq` is the retrieved entries as written by `render_faq`."""
+        `faq` is the retrieved entries as written by `render_faq`. The question and context
+        are the customer's: template markers in them are defused (`defuse`)."""
+        instruction, input = self.defuse(instruction), self.defuse(input)
         if input.strip():
             return self.prompt_with_input.format(instruction=instruction, input=input, faq=faq)
         return self.prompt.format(instruction=instruction, faq=faq)
+
+    def defuse(self, text: str) -> str:
+        """Customer text that cannot pose as a block of the prompt: "### FAQ:" planted in the
+        context would be read as the shop's FAQ. Headers ("###") lose their hashes, and a line
+        that opens like an FAQ entry's line ("답변: ...") is joined to the line before."""
+        text = re.sub(r"#{2,}\s*", "", text)
+        labels = {line.split("{")[0].strip() for entry in (self.faq_entry,
+                                                          self.faq_entry_with_context)
+                  for line in entry.splitlines() if line.split("{")[0].strip()}
+        lines = text.split("\n")
+        out = lines[:1]
+        for line in lines[1:]:
+            if any(line.lstrip().startswith(label) for label in labels):
+                out[-1] += " " + line.strip()
+            else:
+                out.append(line)
+        return "\n".join(out)
 
     def render_faq(self, entries) -> str:
         """FAQ entries (with .question, .context, .answer) as the `{faq}` block."""

@@ -301,6 +301,11 @@ BAD = [  # (body, status, param, code)
     ({"model": "shop", "messages": USER, "n": 2}, 400, "n", "invalid_value"),
     ({"messages": USER}, 400, "model", None),
     ({"model": "gpt-4o", "messages": USER}, 404, "model", "model_not_found"),
+    # as on the page: a question of 1,000 characters and a context of 4,000 at most
+    ({"model": "shop", "messages": [{"role": "user", "content": "배송비" * 334}]}, 400,
+     "messages[0].content", "string_above_max_length"),
+    ({"model": "shop", "messages": USER, "context": "주문번호 1234 " * 400}, 400, "context",
+     "string_above_max_length"),
 ]
 
 

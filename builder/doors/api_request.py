@@ -2,7 +2,7 @@
 conversation before it, the context and the generation options, or an ApiError in OpenAI's
 shape that names the field."""
 
-
+from builder.config import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -79,6 +79,11 @@ def read_request(body, model: str, max_tokens_cap: int) -> dict:
     context = body.get("context") or ""
     if not isinstance(context, str):
         raise ApiError(400, "context must be a string", param="context", code="invalid_type")
+    for text, param, cap in ((question, f"messages[{len(turns) - 1}].content", MAX_QUESTION_CHARS),
+                             (context, "context", MAX_CONTEXT_CHARS)):
+        if len(text) > cap:  # (as on the page: longer text only pushes the FAQ out of the prompt)
+            raise ApiError(400, f"{param} is {len(text):,} characters; at most {cap:,}",
+                           param=param, code="string_above_max_length")
     if not isinstance(body.get("stream", False), bool):
         raise ApiError(400, "stream must be true or false", param="stream", code="invalid_type")
     if _number(body, "n", 1, 1, 1, integer=True) != 1:
