@@ -23,6 +23,7 @@ Every "make it with `builder X`" message comes from here, worded once.
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,63 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging folders: a stage writes PARENT/.PREFIX<PID>.<start>-xxxx, then renames it into place
+
+
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A new empty folder in `parent` for a stage to write into before renaming it into place.
+    Its name holds this process's PID and start time, so that the ones a killed stage left
+    (a merged model is GBs) are told from ones still being written: those are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent, prefix)
+    pid = os.getpid()
+    start = process_start(pid)
+    owner = f"{pid}.{start}" if start else str(pid)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{owner}-", dir=parent))
+
+
+def remove_stale_staging(parent: Path, prefix: str) -> list[Path]:
+    """Remove parent/PREFIX* left by a stage that no longer runs: the process its name holds
+    has exited (or is another one under a PID used again), or it names none (an older
+    builder's). Ones a live process is writing stay. Returns what was removed."""
+    removed = []
+    for path in sorted(parent.glob(f"{prefix}*")) if parent.is_dir() else []:
+        rest = path.name[len(prefix):]
+        owner = rest.split("-", 1)[0] if "-" in rest else ""  # "PID.START" before the random part
+        pid, _, start = owner.partition(".")
+        if pid.isdigit() and (not start or start.isdigit()) and _running(int(pid), start):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int, start: str) -> bool:
+    """Whether process `pid`, started at `start` (clock ticks since boot; "" unknown), runs."""
+    if os.name != "posix":
+        return True  # no harmless probe there: keep the folder
+    try:
+        os.kill(pid, 0)  # signal 0: does the process exist?
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return not start or process_start(pid) in (None, start)
+
+
+def process_start(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot (Linux /proc); None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name
 
 
 class Run:

@@ -133,6 +133,39 @@ def test_identical_close_and_broken_answers_get_their_verdicts():
     assert "q4_k_m breaks the answers: 0/2 answers identical" in verdict_line("q4_k_m", unlike)
 
 
+def test_a_converted_gguf_is_checked_before_it_gets_its_name(tmp_path):
+    """A converted GGUF is verified under its temporary name and renamed only when accepted: a
+    refused or failed check leaves the file kept before under that name as it was."""
+    from builder.deploy.export import keep_if_verified
+
+    out = tmp_path / "gguf" / "shop-f16.gguf"
+    candidate = tmp_path / "gguf" / ".staging-1-x" / out.name
+    candidate.parent.mkdir(parents=True)
+    out.write_bytes(b"GGUF kept")
+    checked = []
+
+    def verify(verdict):
+        def check(path):
+            checked.append((path, path.read_bytes(), out.read_bytes()))
+            if verdict == "fails":
+                raise UserError("llama.cpp could not load it")
+            return {"refused": verdict == "refused"}
+        return check
+
+    candidate.write_bytes(b"GGUF new")
+    assert keep_if_verified(candidate, out, verify("refused"))["refused"]
+    assert out.read_bytes() == b"GGUF kept" and not candidate.exists()
+    candidate.write_bytes(b"GGUF new")
+    with pytest.raises(UserError, match="could not load"):
+        keep_if_verified(candidate, out, verify("fails"))
+    assert out.read_bytes() == b"GGUF kept" and not candidate.exists()
+    candidate.write_bytes(b"GGUF new")
+    assert not keep_if_verified(candidate, out, verify("accepted"))["refused"]
+    assert out.read_bytes() == b"GGUF new" and not candidate.exists()
+    # every check read the new file while the kept name still held the old one
+    assert checked == [(candidate, b"GGUF new", b"GGUF kept")] * 3
+
+
 def test_the_questions_checked_are_the_faqs_else_the_training_splits(tmp_path):
     from builder.deploy.export import verification_questions
     from fixtures import make_prepared
@@ -231,11 +264,34 @@ def test_a_quant_that_breaks_the_answers_is_refused_and_deleted(tiny_run, monkey
     assert "--force" in str(refused.value)
     assert not (tiny_run / "gguf" / "shop-q8_0.gguf").exists()
     report = json.loads((tiny_run / "gguf" / "report.json").read_text(encoding="utf-8"))
-    assert report["quants"]["q8_0"]["refused"] is True and report["default"] == "shop-f16.gguf"
+    assert report["refused"]["q8_0"]["verdict"] == "broken" and "q8_0" not in report["quants"]
+    assert report["default"] == "shop-f16.gguf"
 
     warnings = []
     out = export(tiny_run, "q8_0", force=True, log=warnings.append)
     assert out.is_file() and "kept because of --force" in warnings[-1]
+
+
+def test_a_refused_re_export_leaves_the_kept_default_gguf(tiny_run, monkeypatch):
+    """Exporting the default's quant again and having it refused keeps the file `default`
+    names, its report entry and its Modelfile."""
+    from builder.deploy.export import export
+    from builder.run import Run
+
+    gguf = tiny_run / "gguf"
+    before = json.loads((gguf / "report.json").read_text(encoding="utf-8"))
+    kept = gguf / before["default"]
+    quant = kept.stem.rsplit("-", 1)[1]
+    kept_bytes, modelfile_text = kept.read_bytes(), (gguf / "Modelfile").read_text()
+    scripted(monkeypatch, [answer("네 네 네 네 네", 96, ran_to_limit=True)] * 5)
+    with pytest.raises(UserError, match=f"{kept.name} exported before stays"):
+        export(tiny_run, quant, log=lambda *_: None)
+    assert kept.read_bytes() == kept_bytes and Run(tiny_run).gguf() == kept
+    after = json.loads((gguf / "report.json").read_text(encoding="utf-8"))
+    assert after["default"] == kept.name and after["quants"] == before["quants"]
+    assert after["refused"][quant]["verdict"] == "broken"
+    assert (gguf / "Modelfile").read_text() == modelfile_text
+    assert not list(gguf.glob(".staging-*"))
 
 
 def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, tmp_path, capsys):

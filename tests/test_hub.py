@@ -411,6 +411,47 @@ def test_missing_merged_folder_names_builder_merge(hub_server, tmp_path):
         hub.push_model(run_dir, "tester/faq-nomerge", what="adapter", token=hub_server.token)
 
 
+def make_gguf_dir(run_dir: Path, kept: dict, default: str) -> Path:
+    """RUN/gguf/ as `builder export` leaves it: the files report.json names, its Modelfile."""
+    gguf = run_dir / "gguf"
+    gguf.mkdir()
+    quants = {}
+    for quant, name in kept.items():
+        (gguf / name).write_bytes(b"GGUF" + quant.encode() * 16)
+        quants[quant] = {"file": name, "bytes": 4 + 16 * len(quant), "identical": 5,
+                         "questions": 5, "mean_similarity": 1.0, "verdict": "identical"}
+    (gguf / "Modelfile").write_text(f"FROM ./{default}\n", encoding="utf-8")
+    (gguf / "report.json").write_text(json.dumps(
+        {"default": default, "questions": ["q"] * 5, "quants": quants,
+         "refused": {"q4_k_m": {"file": None, "verdict": "broken"}}}))
+    return gguf
+
+
+def test_push_gguf_uploads_only_the_files_the_export_kept(hub_server, tmp_path):
+    """push_gguf uploads the GGUF files report.json names, never another .gguf in the folder
+    (a refused quant, a copy), and refuses a report naming a file outside it."""
+    from huggingface_hub import HfApi
+
+    run_dir = make_run_dir(tmp_path / "run-gguf", with_eval=False)
+    gguf = make_gguf_dir(run_dir, {"q8_0": "run-gguf-q8_0.gguf"}, "run-gguf-q8_0.gguf")
+    (gguf / "run-gguf-q4_k_m.gguf").write_bytes(b"GGUF refused")  # not in the report
+    (gguf / "old copy.gguf").write_bytes(b"GGUF stray")
+    result = hub.push_gguf(run_dir, "tester/faq-gguf-kept", token=hub_server.token)
+    files = set(HfApi().list_repo_files("tester/faq-gguf-kept"))
+    assert result.changed
+    assert files == {".gitattributes", "README.md", "Modelfile", "report.json",
+                     "run-gguf-q8_0.gguf"}
+
+    report = json.loads((gguf / "report.json").read_text())
+    report["quants"]["q8_0"]["file"] = "../meta.json"
+    (gguf / "report.json").write_text(json.dumps(report))
+    with pytest.raises(UserError, match=r"report.json.*'\.\./meta\.json'.*builder export"):
+        hub.push_gguf(run_dir, "tester/faq-gguf-kept", token=hub_server.token)
+    (gguf / "report.json").write_text(json.dumps({"refused": report["refused"]}))
+    with pytest.raises(UserError, match=r"no GGUF; make one with `builder export"):
+        hub.push_gguf(run_dir, "tester/faq-gguf-kept", token=hub_server.token)
+
+
 # The loopback Hub itself (other tests rely on it)
 
 

@@ -9,8 +9,11 @@ its stop markers and end tokens as `stop`, temperature 0, the run's repetition p
 num_ctx) and report.json: for every quant exported, its greedy answers to questions of the
 run's FAQ next to the merged model's (transformers), how many are identical, how similar, and
 how many ran to the length limit. A quant that breaks the answers (they loop to the limit where
-the merged model stops, or hardly resemble its answers) is refused and deleted, unless
-`--force` keeps it with a warning: gemma-3-270m does not survive 4-bit (q4_k_m).
+the merged model stops, or hardly resemble its answers) is refused, unless `--force` keeps it
+with a warning: gemma-3-270m does not survive 4-bit (q4_k_m). Each GGUF is converted and
+verified in a staging folder and only then renamed into place, so a refused (or killed) export
+leaves what was kept before, and the `default` report.json names, as it was; report.json's
+"quants" lists the kept files, "refused" the last refused try of each quant.
 
 How it converts: llama.cpp's own converter (`convert_hf_to_gguf.py`, with its `conversion/`
 package and its vendored `gguf-py`; PyPI's `gguf` does not match it) from the llama-cpp-python
@@ -31,19 +34,20 @@ prints `<0xEB>...` for rare Hangul.
 import difflib
 import hashlib
 import json
+import shutil
 import string
-import tempfile
 import time
 from pathlib import Path
 
 from builder.deploy.gguf import LLAMA_CPP_VERSION, convert, quantize, stage
 from builder.errors import UserError
-from builder.run import Run
+from builder.run import Run, staging_dir, write_atomic
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
 QUESTIONS = 5  # FAQ questions asked of both models
 MAX_NEW_TOKENS = 96  # per verification answer: FAQ answers are 20-60 tokens
 CLOSE = 0.8  # mean similarity (difflib ratio) under which a quant's answers count as broken
+STAGING = ".staging-"  # RUN/gguf/.staging-PID...: a conversion under way (or a killed one's)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,11 +216,52 @@ def _read_report(path: Path) -> dict:
         return {}
 
 
+def keep_if_verified(candidate: Path, out: Path, verify) -> dict:
+    """Check the converted file where it was written and only then give it its name `out`:
+    an interrupted or refused export never leaves an unchecked GGUF under a kept name, and a
+    refused re-export leaves the file kept there before as it was. verify(candidate) returns
+    its record, with "refused"; a refused (or failed) candidate is deleted."""
+    try:
+        checked = verify(candidate)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    if checked["refused"]:
+        candidate.unlink(missing_ok=True)
+    else:
+        candidate.replace(out)
+    return checked
+
+
+def _verify(run_dir: Path, gguf: Path, asked: list[str], max_new_tokens: int, report: dict,
+            force: bool) -> dict:
+    """The GGUF's greedy answers next to the merged model's (cached in report.json while
+    merged/ is unchanged), the verdict, and its end tokens (for the Modelfile)."""
+    from builder.answering.chatbot import load_chatbot
+
+    bot = load_chatbot(run_dir, "gguf", gguf_file=gguf)
+    prompts = verification_prompts(bot, asked, max_new_tokens)
+    key = _fingerprint(run_dir / "merged", prompts, max_new_tokens)
+    if report.get("merged", {}).get("fingerprint") == key:
+        merged = report["merged"]
+    else:
+        merged = {"fingerprint": key,
+                  "answers": greedy(load_chatbot(run_dir, "merged"), prompts, max_new_tokens)}
+    answers = greedy(bot, prompts, max_new_tokens)
+    llama = bot.engine.llama
+    end_tokens = [llama.detokenize([i], special=True).decode("utf-8", errors="replace")
+                  for i in sorted(bot.engine.end_ids)]
+    del bot, llama  # llama.cpp lets go of the file before it is renamed or deleted
+    result = compare(merged["answers"], answers)
+    return {"result": result, "answers": answers, "merged": merged, "end_tokens": end_tokens,
+            "bytes": gguf.stat().st_size, "refused": result["verdict"] == "broken" and not force}
+
+
 def export(run_dir, quant: str = "f16", *, fmt: str = "gguf", questions: int = QUESTIONS,
            max_new_tokens: int = MAX_NEW_TOKENS, force: bool = False, log=print) -> Path:
     """Write RUN/gguf/NAME-QUANT.gguf, its Modelfile and report.json; returns the GGUF's path.
-    A quant that breaks the answers raises UserError (the file is deleted) unless force."""
-    from builder.answering.chatbot import load_chatbot
+    A quant that breaks the answers raises UserError (it is not kept; one exported before
+    under its name stays) unless force."""
     from builder.answering.engines.llamacpp import import_llama
 
     if fmt != "gguf":
@@ -233,58 +278,48 @@ def export(run_dir, quant: str = "f16", *, fmt: str = "gguf", questions: int = Q
         run.require_knowledge()
     asked = verification_questions(run_dir, questions)
     gguf_dir = run_dir / "gguf"
-    gguf_dir.mkdir(exist_ok=True)
-    name = run_dir.resolve().name
-    out = gguf_dir / f"{name}-{quant}.gguf"
+    out = gguf_dir / f"{run_dir.resolve().name}-{quant}.gguf"
     report_path = gguf_dir / "report.json"
     report = _read_report(report_path)
 
-    # Convert (q4_k_m through a temporary f16)
+    # Convert (q4_k_m through a temporary f16) into a staging folder, verify it there, and only
+    # then rename it into place
     begun = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=gguf_dir) as tmp:
-        staging = stage(merged_dir, Path(tmp) / "model", template)
-        partial = Path(tmp) / out.name
+    tmp = staging_dir(gguf_dir, STAGING)
+    try:
+        staging = stage(merged_dir, tmp / "model", template)
+        candidate = tmp / out.name
         log(f"converting {merged_dir} to GGUF {quant} with llama.cpp's converter ...")
         if quant == "q4_k_m":
-            convert(staging, Path(tmp) / "f16.gguf", "f16", log)
-            quantize(Path(tmp) / "f16.gguf", partial, quant)
+            convert(staging, tmp / "f16.gguf", "f16", log)
+            quantize(tmp / "f16.gguf", candidate, quant)
         else:
-            convert(staging, partial, quant, log)
-        partial.replace(out)
-    converted_s = time.perf_counter() - begun
+            convert(staging, candidate, quant, log)
+        converted_s = time.perf_counter() - begun
+        log(f"verifying {out.name}: greedy answers to {questions} FAQ questions, merged model "
+            "vs GGUF")
+        checked = keep_if_verified(candidate, out, lambda path: _verify(
+            run_dir, path, asked, max_new_tokens, report, force))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    # Verify: the merged model's greedy answers (cached while merged/ is unchanged), then the GGUF's
-    log(f"verifying {out.name}: greedy answers to {questions} FAQ questions, merged model vs GGUF")
-    bot = load_chatbot(run_dir, "gguf", gguf_file=out)
-    prompts = verification_prompts(bot, asked, max_new_tokens)
-    key = _fingerprint(merged_dir, prompts, max_new_tokens)
-    if report.get("merged", {}).get("fingerprint") == key:
-        reference = report["merged"]["answers"]
-    else:
-        reference = greedy(load_chatbot(run_dir, "merged"), prompts, max_new_tokens)
-        report = {"merged": {"fingerprint": key, "answers": reference}, "quants": {}}
-    answers = greedy(bot, prompts, max_new_tokens)
-    llama = bot.engine.llama
-    end_tokens = [llama.detokenize([i], special=True).decode("utf-8", errors="replace")
-                  for i in sorted(bot.engine.end_ids)]
-    del bot, llama
-    result = compare(reference, answers)
-    refused = result["verdict"] == "broken" and not force
-    report["questions"] = asked
-    report["max_new_tokens"] = max_new_tokens
-    report["converter"] = ("llama.cpp convert_hf_to_gguf.py from llama-cpp-python "
-                           f"{LLAMA_CPP_VERSION}")
-    report.setdefault("quants", {})[quant] = {
-        **result, "file": out.name, "bytes": out.stat().st_size,
-        "convert_s": round(converted_s, 1), "refused": refused, "kept_by_force": force and
-        result["verdict"] == "broken", "answers": answers}
+    result = checked["result"]
+    entry = {**result, "file": out.name, "bytes": checked["bytes"],
+             "convert_s": round(converted_s, 1), "refused": checked["refused"],
+             "kept_by_force": force and result["verdict"] == "broken",
+             "answers": checked["answers"]}
     line = verdict_line(quant, result)
-    if refused:
-        out.unlink()
-        report["quants"][quant]["file"] = None
-        _write_json(report_path, report)
-        raise UserError(f"{line}; {out.name} was not kept (report: {report_path}). Export f16 or "
-                        f"q8_0 instead, or pass --force to keep it anyway")
+    if checked["refused"]:
+        _record_refusal(report_path, quant, {**entry, "file": None})
+        before = f"; the {out.name} exported before stays" if out.is_file() else ""
+        raise UserError(f"{line}; this {out.name} was not kept{before} (report: {report_path})."
+                        " Export f16 or q8_0 instead, or pass --force to keep it anyway")
+    if report.get("merged", {}).get("fingerprint") != checked["merged"]["fingerprint"]:
+        report = {"merged": checked["merged"], "quants": {}}  # merged/ changed: start afresh
+    report.update(questions=asked, max_new_tokens=max_new_tokens, converter=(
+        f"llama.cpp convert_hf_to_gguf.py from llama-cpp-python {LLAMA_CPP_VERSION}"))
+    report.setdefault("quants", {})[quant] = entry
+    report.get("refused", {}).pop(quant, None)
     report["default"] = out.name
 
     # The Modelfile for the file just made
@@ -292,16 +327,20 @@ def export(run_dir, quant: str = "f16", *, fmt: str = "gguf", questions: int = Q
     penalty = (meta.get("config") or {}).get("rag", {}).get("repetition_penalty", 1.0)
     from builder.answering.engines.llamacpp import N_CTX
 
-    (gguf_dir / "Modelfile").write_text(
-        modelfile(template, out.name, repetition_penalty=penalty, num_ctx=N_CTX,
-                  end_tokens=end_tokens),
-        encoding="utf-8")
+    write_atomic(gguf_dir / "Modelfile", modelfile(
+        template, out.name, repetition_penalty=penalty, num_ctx=N_CTX,
+        end_tokens=checked["end_tokens"]))
     _write_json(report_path, report)
     log(line if result["verdict"] != "broken" else f"warning: {line}; kept because of --force")
     return out
 
 
+def _record_refusal(report_path: Path, quant: str, entry: dict) -> None:
+    """report.json as it was (what is kept, the default) with this refused quant noted."""
+    report = _read_report(report_path)
+    report.setdefault("refused", {})[quant] = entry
+    _write_json(report_path, report)
+
+
 def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")

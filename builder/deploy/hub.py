@@ -2,7 +2,7 @@
 
     push_dataset("runs/data", "OWNER/NAME")                  # Parquet splits + CSVs + dataset card
     push_model("runs/NAME", "OWNER/NAME", what="merged")     # merged/ (or adapter/) + model card
-    push_gguf("runs/NAME", "OWNER/NAME-GGUF")                 # gguf/ (builder export) + its card
+    push_gguf("runs/NAME", "OWNER/NAME-GGUF")                 # the GGUFs export kept + its card
 
 This module owns the token lookup (the token is never printed, logged, written or put in an
 error), the repo id check, the upload folder (Parquet shards written deterministically, so the
@@ -224,16 +224,41 @@ def push_model(run_dir, repo_id: str, *, what: str = "merged", private: bool = F
 # GGUF (builder export)
 
 
+def kept_ggufs(folder: Path, run_dir: Path) -> list[Path]:
+    """The GGUF files `builder export` kept: those report.json lists (its quants' files and its
+    default), never any other .gguf lying in the folder (a refused quant, a copy)."""
+    report_path = folder / "report.json"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = {}
+    report = report if isinstance(report, dict) else {}
+    quants = report.get("quants") if isinstance(report.get("quants"), dict) else {}
+    names = [q.get("file") for q in quants.values() if isinstance(q, dict)]
+    names = list(dict.fromkeys(n for n in [*names, report.get("default")] if n))
+    export = f"builder export {run_dir} --format gguf"
+    if not names:
+        raise UserError(f"{folder}: no GGUF; make one with `{export}`")
+    files = []
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".gguf"):
+            raise UserError(f"{report_path} names {name!r}, not a .gguf file in {folder}; "
+                            f"export again with `{export}`")
+        if not (folder / name).is_file():
+            raise UserError(f"{folder / name}: listed in {report_path} but missing; export it "
+                            f"again with `{export}`")
+        files.append(folder / name)
+    return files
+
+
 def push_gguf(run_dir, repo_id: str, *, private: bool = False,
               token: str | None = None) -> PushResult:
-    """Upload RUN/gguf/ (the kept GGUF files, Modelfile, report.json) with its own card."""
+    """Upload the GGUF files RUN/gguf/report.json lists, its Modelfile and report.json, with
+    its own card."""
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
     folder = run_dir / "gguf"
-    ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
-    if not ggufs:
-        raise UserError(f"{folder}: no GGUF; make one with `builder export {run_dir} "
-                        "--format gguf`")
+    ggufs = kept_ggufs(folder, run_dir)
     token = resolve_token(token)
     if not token:
         raise UserError(NO_TOKEN)
