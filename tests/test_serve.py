@@ -304,7 +304,7 @@ BAD = [  # (body, status, param, code)
     # as on the page: a question of 1,000 characters and a context of 4,000 at most
     ({"model": "shop", "messages": [{"role": "user", "content": "배송비" * 334}]}, 400,
      "messages[0].content", "string_above_max_length"),
-    ({"model": "shop", "messages": USER, "context": "주문번호 1234 " * 400}, 400, "context",
+    ({"model": "shop", "messages": USER, "context": "주문번호 1234 " * 401}, 400, "context",
      "string_above_max_length"),
 ]
 
