@@ -101,9 +101,12 @@ def app(tmp_path_factory, hub_server):
     config = yaml.safe_load((ROOT / "configs" / "embedded-cpu.yaml").read_text(encoding="utf-8"))
     config["train"].update(max_steps=2, eval_steps=1, batch_size=2, grad_accum=1)
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    # its temp folder apart from the runs root: a chart it shows must be copied out of the run
+    (tmp / "app-tmp").mkdir()
     proc, url = start_app(tmp, "--config", str(tmp / "tiny.yaml"),
-                          "--max-upload-mb", str(MAX_UPLOAD_MB),
-                          env={"HF_TOKEN": hub_server.token})  # unused: no --hub-login
+                          "--max-upload-mb", str(MAX_UPLOAD_MB), "--allow-private-endpoints",
+                          env={"HF_TOKEN": hub_server.token,  # unused: no --hub-login
+                               "TMPDIR": str(tmp / "app-tmp")})
     client = Client(url, verbose=False)
     client.tmp = tmp
     yield client
@@ -280,16 +283,19 @@ def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypat
     calls = []
     monkeypatch.setattr(webapp, "launch", lambda *args, **kwargs: calls.append((args, kwargs)))
     flags = ["--host", "0.0.0.0", "--max-upload-mb", "3.5", "--max-queue", "4", "--open",
-             "--allowed-host", "shop.example", "--allowed-host", "10.0.0.2:7860"]
+             "--allowed-host", "shop.example", "--allowed-host", "10.0.0.2:7860",
+             "--allow-private-endpoints", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"]
     code = cli.main(["app", *flags]) if door == "builder app" else app_door.main(flags)
     assert code == 0 and len(calls) == 1
     args, kwargs = calls[0]
     assert args[0] == "0.0.0.0"
     assert (kwargs["max_upload_mb"], kwargs["max_queue"], kwargs["open_access"]) == (3.5, 4, True)
     assert kwargs["allowed_hosts"] == ["shop.example", "10.0.0.2:7860"]
-    assert kwargs["hub_login"] is False
+    assert kwargs["hub_login"] is False and kwargs["allow_private_endpoints"] is True
+    assert (kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == ("c.pem", "k.pem")
     cli.main(["app", "--hub-login"]) if door == "builder app" else app_door.main(["--hub-login"])
     assert calls[1][1]["hub_login"] is True and calls[1][1]["allowed_hosts"] == []
+    assert calls[1][1]["allow_private_endpoints"] is False
 
 
 # The 채팅 tab: sources under each answer, FAQ update, the run's evaluation
@@ -501,6 +507,43 @@ def test_the_chat_tab_shows_the_runs_eval_and_fills_in_when_it_ends(app):
     assert {(target, event) for target, event in refresh["targets"]} & {(t, "tick") for t in timers}
 
 
+def test_the_file_route_serves_the_shown_charts_but_not_the_runs_folder(app):
+    """A visitor sees a run's eval chart, never its files (chat.log, data, models) by path."""
+    import httpx
+    from test_jobs import write_eval
+
+    run = app.tmp / "runs" / "served"
+    run.mkdir(parents=True)
+    write_eval(run)
+    (run / "chat.log").write_text("손님 질문: 제 주소는 서울시 ...\n", encoding="utf-8")
+    _, chart = app.predict(str(run), api_name="/eval_report")
+    assert chart["visible"] is True and Path(value(chart)).read_bytes()[:4] == b"\x89PNG"
+    for path in (run / "chat.log", run / "eval" / "chart.png", run / "eval" / "report.json",
+                 app.tmp / "tiny.yaml"):
+        got = httpx.get(f"{app.src}gradio_api/file={path}")
+        assert got.status_code == 403 and "손님" not in got.text, (path, got.status_code)
+
+
+def test_the_faq_update_writes_only_runs_inside_the_runs_root_and_never_on_an_open_page(
+        tmp_path):
+    """The --run folder outside the runs root is only chatted with; an --open page writes none."""
+    from builder.doors.page_common import Page
+    from builder.errors import UserError
+
+    production, inside = tmp_path / "production", tmp_path / "runs" / "shop"
+    production.mkdir()
+    inside.mkdir(parents=True)
+    page = Page(tmp_path / "runs", production, "configs/embedded-cpu.yaml", 1)
+    assert page.inside(production) == str(production.resolve())  # chat and eval read it
+    with pytest.raises(UserError, match=r"builder index .*production"):
+        page.writable_run(production)
+    assert page.writable_run(inside) == str(inside.resolve())
+    assert page.writable_run("") == ""  # the caller asks to pick a run
+    open_page = Page(tmp_path / "runs", None, "configs/embedded-cpu.yaml", 1, open_page=True)
+    with pytest.raises(UserError, match="BUILDER_APP_PASSWORD"):
+        open_page.writable_run(inside)
+
+
 def status_of(client) -> dict:
     return client.predict(api_name="/training_status")[5]
 
@@ -594,6 +637,56 @@ def test_off_loopback_an_empty_token_is_refused_even_with_HF_TOKEN_set(open_app,
     result, error = open_app.predict(hub_server.token, data_dir, "tester/open-typed", False,
                                      api_name="/push_dataset")
     assert "pushed" in result and not value(error), value(error)
+
+
+def test_an_open_page_does_not_let_visitors_replace_a_runs_faq(open_app):
+    """On an --open page no visitor can replace the knowledge a run answers customers from."""
+    import shutil
+
+    run = open_app.tmp / "runs" / "shop"
+    run.mkdir(parents=True)
+    shutil.copy(ROOT / "configs" / "embedded-cpu.yaml", run / "config.yaml")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    result, error = index_faq(open_app, write_faq(open_app.tmp / "faq-12.csv", 12), run)
+    assert not result and error["visible"] is True
+    assert "BUILDER_APP_PASSWORD" in error["value"] and "builder index" in error["value"]
+    assert not (run / "knowledge").exists()
+
+
+def test_the_document_generator_sends_nothing_to_private_addresses_unless_allowed(
+        open_app, pairs_server):
+    """SSRF: loopback, private and link-local endpoints are refused without
+    --allow-private-endpoints, before any request."""
+    from gradio_client import handle_file
+
+    docs = [handle_file(str(ROOT / "data" / "docs" / "shipping_refund_policy.md"))]
+    port = pairs_server.url.split(":")[2].split("/")[0]
+    for url in (pairs_server.url, f"http://localhost:{port}/v1", f"http://[::1]:{port}/v1",
+                f"http://0.0.0.0:{port}/v1", f"http://user:pw@127.0.0.1:{port}/v1",
+                "http://169.254.169.254/latest", "http://10.0.0.1/v1", "https://192.168.0.1/v1",
+                "http://[::ffff:127.0.0.1]:8000/v1", "http://[fe80::1]/v1"):
+        summary, _, error = open_app.predict(docs, url, "scripted", "", None,
+                                             api_name="/generate_faq")
+        assert error["visible"] is True and not summary, url
+        assert "--allow-private-endpoints" in error["value"], (url, error["value"])
+        assert "pw@" not in error["value"]
+    assert pairs_server.requests == []
+
+
+def test_endpoint_addresses_the_page_may_send_to():
+    """Public addresses pass; this machine, the private network and link-local do not."""
+    from builder.doors.page_guard import check_endpoint
+    from builder.errors import UserError
+
+    for url in ("http://8.8.8.8/v1", "https://[2606:4700:4700::1111]/v1", "", "not a url"):
+        check_endpoint(url, allow_private=False)  # faqgen says what is wrong with the last two
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://100.64.0.1/v1",
+                "http://172.16.0.1/v1", "http://224.0.0.1/v1"):
+        with pytest.raises(UserError, match="--allow-private-endpoints"):
+            check_endpoint(url, allow_private=False)
+        check_endpoint(url, allow_private=True)
+    with pytest.raises(UserError, match="no-such-host.invalid"):
+        check_endpoint("http://no-such-host.invalid/v1", allow_private=False)
 
 
 def test_a_full_queue_answers_busy_in_korean_and_english(open_app):
@@ -703,6 +796,47 @@ def test_documents_become_rows_to_review_and_the_reviewed_rows_are_prepared(app,
     _, _, error = app.predict(docs[:1], "", "", "", None, api_name="/generate_faq")
     assert "give --endpoint URL and --model NAME" in error["value"]
     assert "Traceback" not in error["value"]
+
+
+@pytest.fixture
+def leaky_server():
+    """An endpoint whose replies hold an internal page: a 404 body on /error/, a 200 whose
+    message is not JSON on /garbled/."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from fixtures import QuietHandler
+
+    class Leaky(QuietHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path.startswith("/error/"):
+                self.send_body(404, b"<html>INTERNAL-SECRET admin console</html>", "text/html")
+                return
+            self.send_json(200, {"choices": [{"index": 0, "message": {
+                "role": "assistant", "content": "INTERNAL-SECRET (not json); it's \"LEAK-2\")"}}]})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Leaky)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_what_an_endpoint_answers_is_never_echoed_on_the_page(app, leaky_server):
+    """An endpoint's error page or unreadable reply is not shown in the page's messages."""
+    from gradio_client import handle_file
+
+    docs = [handle_file(str(ROOT / "data" / "docs" / "shipping_refund_policy.md"))]
+    summary, _, error = app.predict(docs, leaky_server.url + "/error/v1", "scripted", "", None,
+                                    api_name="/generate_faq")
+    assert "answered HTTP 404" in error["value"] and "chunks are saved" in error["value"]
+    assert "INTERNAL-SECRET" not in error["value"] + summary
+    summary, _, error = app.predict(docs, leaky_server.url + "/garbled/v1", "scripted", "",
+                                    None, api_name="/generate_faq")
+    assert "no readable JSON" in error["value"], error["value"]
+    assert "INTERNAL-SECRET" not in error["value"] + summary and "LEAK-2" not in error["value"]
 
 
 def test_the_gguf_export_button_reports_its_verdict(app, shop_run):

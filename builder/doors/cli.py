@@ -205,7 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait; more are told to retry")
     p.add_argument("--open", action="store_true",
                    help="off loopback, serve without a login ($BUILDER_APP_PASSWORD): anyone who "
-                   "reaches it can train and chat")
+                   "reaches it can upload FAQ files, train, chat with every run in --runs-root "
+                   "and push them with a token they type (not update a run's FAQ, not use your "
+                   "Hub login); the traffic is plain http, so serve it behind a TLS proxy or "
+                   "with --ssl-certfile/--ssl-keyfile")
+    p.add_argument("--allow-private-endpoints", action="store_true",
+                   help="let the document generator post to this machine and the private "
+                   "network (a local vLLM, Ollama or llama.cpp server); without it a visitor "
+                   "cannot make the page send requests to loopback, private or link-local "
+                   "addresses")
+    p.add_argument("--ssl-certfile", metavar="PEM", help="serve https with this certificate")
+    p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
     p.add_argument("--hub-login", action="store_true",
                    help="an empty token field on the 배포 tab pushes with HF_TOKEN or your saved "
                    "`hf auth login`: anyone who reaches the page (through a proxy or a tunnel on "

@@ -29,8 +29,12 @@ the run's evaluation (`builder eval`: RUN/eval/, or RUN/eval.running while it ru
 and read again on a timer, so an eval that ends while the page is open fills in.
 
 Visitors type paths and text, so the page only reads folders under its runs root (and the
---run folder), caps what it queues and the length of a question. Off loopback it needs a login
-(BUILDER_APP_PASSWORD) or an explicit --open. It lends the owner's saved Hub login (HF_TOKEN,
+--run folder), caps what it queues and the length of a question, and serves no file by path but
+the charts it shows (copied out of the runs: chat.log, the data and the models stay there). It
+replaces the FAQ only of runs inside its runs root, never on an --open page (page_common.Page.
+writable_run). Its document generator posts only to public addresses unless the owner passed
+--allow-private-endpoints, and never shows what the endpoint answered (page_guard). Off loopback
+it needs a login (BUILDER_APP_PASSWORD) or an explicit --open. It lends the owner's saved Hub login (HF_TOKEN,
 `hf auth login`) to an empty token field only when started with --hub-login (never with --open):
 "loopback" also means a proxy or a tunnel on this machine and its other users. It answers only
 to its own host names (builder.doors.page_guard), so a web page cannot reach it by DNS rebinding.
@@ -39,7 +43,6 @@ to its own host names (builder.doors.page_guard), so a web page cannot reach it 
 import atexit
 import os
 import signal
-from pathlib import Path
 
 from builder.doors.page_build import data_tab, train_tab
 from builder.doors.page_common import (
@@ -58,14 +61,16 @@ PASSWORD_ENV, USER_ENV = "BUILDER_APP_PASSWORD", "BUILDER_APP_USER"  # the page'
 
 
 def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-cpu.yaml",
-              max_upload_mb=20, hub_login=False):
+              max_upload_mb=20, hub_login=False, open_page=False, private_endpoints=False):
     """The whole page as gr.Blocks (not launched).
 
     hub_login: an empty token field pushes with HF_TOKEN or the saved login (the owner's
-    explicit --hub-login)."""
+    explicit --hub-login); open_page: served to anyone without a login (--open);
+    private_endpoints: the document generator may post to this machine and the private network."""
     import gradio as gr
 
-    page = Page(runs_root, run_dir, config_path, max_upload_mb, hub_login=hub_login)
+    page = Page(runs_root, run_dir, config_path, max_upload_mb, hub_login=hub_login,
+                open_page=open_page, private_endpoints=private_endpoints)
     with gr.Blocks(title="한국어 FAQ 챗봇 빌더", analytics_enabled=False) as app:
         gr.Markdown("# 한국어 FAQ 챗봇 빌더\nFAQ 파일 → 데이터 점검 → LoRA 학습 → 채팅 → Hugging Face 배포")
         # the prepared folder goes to the 학습 and 배포 tabs: made here, drawn in their tabs
@@ -82,13 +87,15 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 
 def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
            config_path="configs/embedded-cpu.yaml", max_upload_mb=20, open_access=False,
-           max_queue=20, hub_login=False, allowed_hosts=()) -> None:
+           max_queue=20, hub_login=False, allowed_hosts=(), allow_private_endpoints=False,
+           ssl_certfile=None, ssl_keyfile=None) -> None:
     """Build the page, serve it on host:port, print the URL and block until Ctrl-C.
 
     Off loopback the page needs a login ($BUILDER_APP_PASSWORD, user $BUILDER_APP_USER or
     "admin") unless open_access; max_queue events may wait, more get the busy message.
     hub_login lends HF_TOKEN / the saved login to an empty token field; allowed_hosts are host
-    names the page answers to besides its own (builder.doors.page_guard)."""
+    names the page answers to besides its own (builder.doors.page_guard); with ssl_certfile
+    and ssl_keyfile it serves https itself."""
     loopback = is_loopback(host)
     password = os.environ.get(PASSWORD_ENV)
     if not loopback and not password and not open_access:
@@ -105,20 +112,28 @@ def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
 
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise UserError("give both --ssl-certfile and --ssl-keyfile, or neither")
     app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
-                    max_upload_mb=max_upload_mb, hub_login=hub_login)
+                    max_upload_mb=max_upload_mb, hub_login=hub_login,
+                    open_page=not loopback and not auth,
+                    private_endpoints=allow_private_endpoints)
     names = HostNames(host, port, tuple(allowed_hosts))
-    allowed = [str(Path(runs_root).resolve())] + ([str(Path(run_dir).resolve())] if run_dir else [])
     app.queue(default_concurrency_limit=1, max_size=max_queue)
+    # no allowed_paths: the file route serves uploads and the charts the page copied into
+    # Gradio's cache, never a run folder by its path
     app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                css=CSS, theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS),
-               allowed_paths=allowed, footer_links=["api", "gradio"], auth=auth,
+               footer_links=["api", "gradio"], auth=auth,
+               ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+               ssl_verify=False,  # only its own start-up check on loopback, under any cert name
                run_history=False,  # the browser must not keep a record of inputs (the token)
                max_file_size=int(4 * max_upload_mb * 2**20),  # over the cap: our message
                app_kwargs={"exception_handlers": {HTTPException: _busy},
                            "middleware": [Middleware(HostCheck, names=names)]})
     open_note = "" if loopback or auth else " (open: no login, anyone who reaches it can use it)"
-    print(f"builder app: http://{host}:{port}/{open_note}", flush=True)
+    scheme = "https" if ssl_certfile else "http"
+    print(f"builder app: {scheme}://{host}:{port}/{open_note}", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server and ends a training run
     # Ctrl-C too, even when started in the background (a shell then starts it with SIGINT
     # ignored, and Python installs no KeyboardInterrupt handler of its own)

@@ -15,6 +15,7 @@ from builder.doors.page_common import (
     progress_html,
     shown,
 )
+from builder.doors.page_guard import check_endpoint, without_bodies
 from builder.errors import UserError
 
 
@@ -80,15 +81,16 @@ def data_tab(page: Page, folder_outputs: list) -> None:
             if not files:
                 raise UserError("문서를 먼저 올려 주세요 / upload documents (.md .txt .html .pdf "
                                 ".docx) first")
+            url = (url or "").strip()
+            check_endpoint(url, page.private_endpoints)  # before anything is sent
             out = uploads.new_dir(page.runs_root, "generated") / "faq.csv"
             result = faqgen.generate_from_docs(
-                files, out, endpoint=(url or "").strip() or None,
-                model=(name or "").strip() or None,
+                files, out, endpoint=url or None, model=(name or "").strip() or None,
                 rows=int(n_rows) if n_rows else None, api_key=secret or "", log=lambda *_: None)
         except UserError as err:
-            message = str(err).replace(secret, "***") if secret else str(err)
-            return "", [], shown(message)
-        return faqgen.summary(result), read_generated(result.path), hidden()
+            message = without_bodies(str(err))
+            return "", [], shown(message.replace(secret, "***") if secret else message)
+        return without_bodies(faqgen.summary(result)), read_generated(result.path), hidden()
 
     def on_use_generated(table):
         rows = [[str(c or "") for c in row] for row in (table or []) if any(str(c or "").strip()
@@ -159,7 +161,7 @@ def train_tab(page: Page, train_data) -> None:
     def on_status(seen):
         status = job.status()
         evaluated = status.run_dir if status.state == "done" else None
-        eval_text, eval_image, eval_key = eval_view(evaluated, seen[2])
+        eval_text, eval_image, eval_key = eval_view(evaluated, seen[2], page.chart_dir)
         loss = job.loss_chart(page.chart_dir)
         # a start/busy message is stale once the job's state changes
         message = "" if seen[1] not in (None, status.state) else gr.skip()

@@ -3,8 +3,10 @@ on what a visitor may send, and the small renderings (progress, the FAQ sources 
 answer, the evaluation)."""
 
 import atexit
+import hashlib
 import html
 import ipaddress
+import os
 import shutil
 import tempfile
 import threading
@@ -34,7 +36,7 @@ MAX_CONTEXT_CHARS = 4000
 BUSY = "서버가 바쁩니다. 잠시 후 다시 시도하세요 / the page is busy: try again in a moment"
 CHAT_CONCURRENCY = 1  # answers generated at once: on CPU one generation takes every core
 DOC_TYPES = (".md", ".txt", ".html", ".htm", ".pdf", ".docx")  # what builder.data.docs reads
-GENERATED_COLUMNS = ("instruction", "input", "output", "source")  # builder generate's CSV
+GENERATED_COLUMNS = ("instruction", "input", "output", "source", "reviewed")  # faqgen.COLUMNS
 NEED_TOKEN = ("Hugging Face 토큰을 입력하세요 / type a Hugging Face token: this page lends the "
               "owner's saved login or HF_TOKEN only when started with --hub-login")
 
@@ -99,21 +101,39 @@ def eval_markdown(summary: eval_report.EvalSummary, run_dir: str | None = None) 
     return "\n".join(lines)
 
 
-def eval_view(run_dir: str | None, seen_chart):
+def eval_view(run_dir: str | None, seen_chart, chart_dir: Path):
     """(markdown, chart update, chart key) of a run's evaluation; the chart is sent again only
-    when it changed (seen_chart is the key this session last got)."""
+    when it changed (seen_chart is the key this session last got). The chart shown is a copy
+    in chart_dir: the page serves no file from a run folder."""
     import gradio as gr
 
     summary = eval_report.read_summary(run_dir)
     chart = summary.chart
     try:
         key = (str(chart), chart.stat().st_mtime_ns) if chart is not None else None
+        if key is not None and key != seen_chart:
+            chart = shown_copy(chart, chart_dir, key)
     except OSError:  # eval/ was replaced in between
         chart = key = None
     if key == seen_chart:
         return eval_markdown(summary, run_dir), gr.skip(), key
     return eval_markdown(summary, run_dir), gr.update(value=chart and str(chart),
                                                       visible=chart is not None), key
+
+
+def shown_copy(chart: Path, chart_dir: Path, key) -> Path:
+    """chart copied whole into chart_dir, under a name of its path and time (one copy each)."""
+    name = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    copy = Path(chart_dir) / f"eval-{name}.png"
+    if not copy.is_file():
+        handle, temp = tempfile.mkstemp(prefix=".eval-", suffix=".png", dir=chart_dir)
+        os.close(handle)
+        try:
+            shutil.copyfile(chart, temp)
+            os.replace(temp, copy)
+        finally:
+            Path(temp).unlink(missing_ok=True)
+    return copy
 
 
 def too_long(what: str, text: str | None, limit: int) -> str | None:
@@ -138,7 +158,8 @@ class Page:
     """What the tabs share: the folders a visitor may use, the training job, the loaded
     chatbot, one stop flag per browser session."""
 
-    def __init__(self, runs_root, run_dir, config_path, max_upload_mb, *, hub_login=False):
+    def __init__(self, runs_root, run_dir, config_path, max_upload_mb, *, hub_login=False,
+                 open_page=False, private_endpoints=False):
         from builder.config import load_config
 
         self.runs_root = Path(runs_root)
@@ -150,6 +171,8 @@ class Page:
             raise UserError(f"{run_dir}: no such run folder (--run)")
         self.run_dir, self.max_upload_mb = run_dir, max_upload_mb
         self.hub_login = hub_login  # an empty token field pushes with the owner's login
+        self.open_page = open_page  # anyone who reaches it uses it, without a login
+        self.private_endpoints = private_endpoints  # the generator may post to private addresses
         self.job = jobs.TrainingJob(self.runs_root, config_path)
         self.bots = uploads.ChatbotCache()
         self.stop_events: dict[str, threading.Event] = {}
@@ -160,6 +183,24 @@ class Page:
 
     def inside(self, folder):
         return uploads.check_folder(folder, self.runs_root, also=self.run_dir)
+
+    def writable_run(self, folder):
+        """The run whose FAQ a visitor may replace (the "FAQ 업데이트"), resolved.
+
+        The knowledge is what the run answers customers from, wherever it is served, so the
+        page replaces it only for a visitor the owner let in (on loopback, or with the page's
+        login: never on an --open page) and only for a run inside the runs root, where the
+        page makes its runs (the --run folder elsewhere is the owner's: `builder index`)."""
+        if self.open_page:
+            raise UserError("FAQ를 바꾸려면 로그인이 필요합니다 / this page is open to anyone "
+                            "(--open), so it does not replace a run's FAQ: set "
+                            "BUILDER_APP_PASSWORD for a login, or run `builder index RUN FAQ_FILE`")
+        path = self.inside(folder)
+        if path and not Path(path).is_relative_to(self.runs_root.resolve()):
+            raise UserError(f"{folder}: {self.runs_root} 밖의 실행은 FAQ를 바꿀 수 없습니다 / the "
+                            f"page updates the FAQ of runs inside {self.runs_root} only; update "
+                            f"this one with `builder index {folder} FAQ_FILE`")
+        return path
 
     def run_choices(self):
         runs = uploads.list_runs(self.runs_root)

@@ -108,7 +108,7 @@ def chat_tab(page: Page, app) -> None:
 
     def on_index(path, run):
         try:
-            result = uploads.index_upload(path, page.inside(run), mb, page.bots)
+            result = uploads.index_upload(path, page.writable_run(run), mb, page.bots)
         except UserError as err:
             return "", shown(str(err))
         n, left_out = result["entries"], len(result["report"]["dropped"])
@@ -125,7 +125,7 @@ def chat_tab(page: Page, app) -> None:
             run = page.inside(run)
         except UserError as err:
             return f"⚠️ {err}", gr.update(value=None, visible=False), None
-        return eval_view(run, seen_chart)
+        return eval_view(run, seen_chart, page.chart_dir)
 
     # One answer is generated at a time (on CPU one generation takes every core): the send
     # button and Enter share that one slot, and a session that waits for it sees its place
