@@ -316,3 +316,26 @@ def test_token_lengths_work_from_a_script_without_a_main_guard(faq, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "embedded gemma-3 tokenizer" in done.stdout
+
+
+def test_rows_from_documents_not_yet_reviewed_are_counted_and_named(tmp_path, capsys):
+    """prepare tells the owner how many generated rows (a source column) nobody has checked
+    yet and how to mark them; rows marked in the reviewed column, and a plain FAQ, say nothing."""
+    marks = ["y", "", "n", "네", "", "o"] + [""] * 6
+    rows = [(q, i, a, f"docs/notice.md#{n}", mark)
+            for n, ((q, i, a), mark) in enumerate(zip(QA, marks), start=1)]
+    faq = write_table(tmp_path / "faq.csv",
+                      ["instruction", "input", "output", "source", "reviewed"], rows)
+    report = prepare(faq, tmp_path / "out")
+    assert report["not_reviewed"] == {"faq.csv": 9}
+    assert main(["prepare", str(faq), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "9 rows came from documents and have not been reviewed: check them before training" \
+        in printed
+    assert 'write y in the "reviewed" column' in printed
+    # a file from before the reviewed column: every row with a source counts
+    old = write_table(tmp_path / "old.csv", ["instruction", "input", "output", "source"],
+                      [r[:4] for r in rows])
+    assert prepare(old, tmp_path / "out2")["not_reviewed"] == {"old.csv": 12}
+    plain = write_table(tmp_path / "plain.csv", ["instruction", "input", "output"], QA)
+    assert "not_reviewed" not in prepare(plain, tmp_path / "out3")

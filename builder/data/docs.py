@@ -4,9 +4,10 @@
     chunks = read_chunks(["data/docs"], chunk_tokens=400)   # .txt .md .html .pdf .docx
 
 Each document becomes blocks (headings and paragraphs): Markdown `#` headings, HTML `h1`-`h6`
-(script, style and navigation left out, a table row is one paragraph), PDF pages through pypdf
-(a short line starting with ■, [, 1. and the like counts as a heading), .docx paragraphs with
-their Heading styles. Blocks are packed into chunks of at most `chunk_tokens` estimated tokens
+(script, style, navigation and hidden elements left out, a table row is one paragraph), PDF
+pages through pypdf (a short line starting with ■, [, 1. and the like counts as a heading;
+text drawn so that no reader sees it is left out, `builder.data.pdftext`), .docx paragraphs
+with their Heading styles. Blocks are packed into chunks of at most `chunk_tokens` estimated tokens
 (data.py's 0.6 tokens per character), a chunk starting at a heading where it can, and each
 chunk carries its headings so that the text reads alone. `builder.data.faqgen` asks for question and
 answer pairs chunk by chunk.
@@ -109,8 +110,30 @@ def markdown_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
+# elements without an end tag: hiding one hides no text
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+ZERO = re.compile(r"(?:0+(?:\.0*)?|\.0+)(?:px|pt|em|rem|%)?")
+
+
+def hides(attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether an element's own attributes hide it from a reader: a page can carry words for
+    the model (instructions, a phone number) that no customer ever sees. Classes that a style
+    sheet hides cannot be told without the style sheet."""
+    found = {name: (value or "").strip().lower() for name, value in attrs}
+    if "hidden" in found or found.get("aria-hidden") == "true":
+        return True
+    style = {}
+    for declaration in found.get("style", "").split(";"):
+        name, _, value = declaration.partition(":")
+        style[name.strip()] = value.replace("!important", "").strip()
+    return (style.get("display") == "none" or style.get("visibility") in ("hidden", "collapse")
+            or any(ZERO.fullmatch(style.get(name, "-")) for name in ("font-size", "opacity")))
+
+
 class HtmlBlocks(HTMLParser):
-    """Headings and paragraphs of a page; scripts, styles and navigation are not content."""
+    """Headings and paragraphs of a page; scripts, styles, navigation and hidden elements are
+    not content."""
 
     SKIP = {"script", "style", "noscript", "template", "svg", "nav", "head"}
     BLOCK = {"p", "div", "li", "dd", "dt", "tr", "br", "section", "article", "main", "footer",
@@ -122,6 +145,7 @@ class HtmlBlocks(HTMLParser):
         self.parts: list[str] = []
         self.skipping = 0
         self.level = 0
+        self.hidden: list | None = None  # [tag, depth] of the hidden element being passed over
 
     def flush(self):
         text = " ".join("".join(self.parts).split()).strip(" |")
@@ -130,7 +154,11 @@ class HtmlBlocks(HTMLParser):
         self.parts, self.level = [], 0
 
     def handle_starttag(self, tag, attrs):
-        if tag in self.SKIP:
+        if self.hidden:  # inside a hidden element only its own tag's nesting counts
+            self.hidden[1] += tag == self.hidden[0]
+        elif tag not in VOID and hides(attrs):
+            self.hidden = [tag, 1]
+        elif tag in self.SKIP:
             self.skipping += 1
         elif re.fullmatch(r"h[1-6]", tag):
             self.flush()
@@ -141,13 +169,16 @@ class HtmlBlocks(HTMLParser):
             self.parts.append(" | ")
 
     def handle_endtag(self, tag):
-        if tag in self.SKIP:
+        if self.hidden:
+            self.hidden[1] -= tag == self.hidden[0]
+            self.hidden = self.hidden if self.hidden[1] else None
+        elif tag in self.SKIP:
             self.skipping = max(0, self.skipping - 1)
         elif re.fullmatch(r"h[1-6]", tag) or tag in self.BLOCK:
             self.flush()
 
     def handle_data(self, data):
-        if not self.skipping:
+        if not self.skipping and not self.hidden:
             self.parts.append(data)
 
 
@@ -163,11 +194,13 @@ def pdf_blocks(path: Path, name: str) -> list[tuple[int, str]]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    from builder.data.pdftext import visible_text
+
     try:
         reader = PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):
             raise UserError(f"{name}: the PDF is password-protected; save an unprotected copy")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages = [visible_text(page, reader) for page in reader.pages]
     except (PdfReadError, ValueError, KeyError) as error:
         raise UserError(f"{name}: not a readable PDF ({type(error).__name__}); open it and save "
                         "it again as PDF, or save the text as .txt") from None

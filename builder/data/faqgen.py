@@ -12,8 +12,9 @@ written), under $BUILDER_CACHE or a .builder-cache folder beside the output, so 
 continues and never pays for a chunk twice. Pairs whose
 question repeats one before it (data.py's normalisation, end punctuation aside) or whose answer
 states a number the chunk does not (`facts.invented`) are left out and reported. The CSV
-(instruction,input,output,source) is written complete or not at all; `source` names the file and
-chunk, and `prepare` reports it as an extra column without training on it.
+(instruction,input,output,source,reviewed) is written complete or not at all; `source` names the
+file and chunk, `reviewed` is left empty for the owner's y once a row is checked, and `prepare`
+trains on neither and counts the rows not yet checked (`builder.data.review`).
 """
 
 import hashlib
@@ -28,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from builder.data.prepare import duplicate_key
+from builder.data.review import REVIEW_COLUMN, SOURCE_COLUMN
 from builder.data.lengths import TOKENS_PER_CHAR_ESTIMATE
 from builder.data.docs import Chunk, read_chunks
 from builder.errors import UserError
@@ -35,7 +37,7 @@ from builder.facts import invented
 from builder.data.paraphrases import CONNECT_TIMEOUT_S, FENCE, READ_TIMEOUT_S, ask, write_rows
 
 PROMPT_FILE = Path(__file__).resolve().parents[2] / "prompts" / "qa_from_docs_ko.txt"
-COLUMNS = ("instruction", "input", "output", "source")
+COLUMNS = ("instruction", "input", "output", SOURCE_COLUMN, REVIEW_COLUMN)  # reviewed: empty
 TEMPERATURE = 0.3  # faithful answers over varied ones
 RETRIES = 3  # 429 / 5xx / timeout tries after the first, waiting Retry-After or 1, 2, 4 s
 BACKOFF_S = 1.0
@@ -297,7 +299,7 @@ def generate_from_docs(docs: list[str | Path], out: str | Path, *, endpoint: str
                                          f"(as {seen[question_key(question)]})")
                 continue
             seen[question_key(question)] = chunk.source
-            csv_rows.append((question, "", answer, chunk.source))
+            csv_rows.append((question, "", answer, chunk.source, ""))
     csv_rows = csv_rows[:rows] if rows else csv_rows
 
     # Write, whole or not at all
@@ -327,5 +329,7 @@ def summary(result: DocsResult) -> str:
             lines.append(f"{title}: {len(entries)}")
             lines += [f"  {entry}" for entry in entries]
     lines += [plan, f"wrote {result.rows} question/answer rows -> {result.path}",
-              f"next: review them, then builder prepare {result.path} --out runs/data"]
+              (f"next: check each row against its document (fix or delete a wrong one, write y "
+               f'in its "{REVIEW_COLUMN}" column), then builder prepare {result.path} --out '
+               "runs/data")]
     return "\n".join(lines)

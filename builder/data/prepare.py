@@ -8,7 +8,8 @@ Reading (CSV/TSV/XLSX, JSON/JSONL in Alpaca, Dolly or ShareGPT shape, folders) i
 (and file, in a folder), splits the rest with scikit-learn (the original notebook's
 `train_test_split`, or GroupShuffleSplit where a question repeats), and writes `train.csv`,
 `test.csv`, `faq.csv`, `dataset/` (a DatasetDict) and `report.json` into the output folder,
-which is either complete or absent.
+which is either complete or absent. Rows `builder generate` wrote from documents that are not
+marked reviewed yet are counted and named (`builder.data.review`).
 """
 
 import csv
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from builder.data.formats import LINK_OUTSIDE, read_any
 from builder.data.lengths import count_tokens, measure_lengths, row_texts, start_length_worker
+from builder.data.review import unreviewed, warning
 from builder.data.tables import FaqTable, Row
 from builder.errors import UserError
 
@@ -226,7 +228,7 @@ def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_
         "split": {"train": len(train), "test": len(test), "method": split_method},
         "test_size": test_size,
         "seed": seed,
-    }
+    } | ({"not_reviewed": counts} if (counts := unreviewed(faq_file, table)) else {})
 
 
 def read_checked(faq_file: str | Path) -> tuple[list[Row], dict]:
@@ -377,4 +379,4 @@ def summary(report: dict, out_dir: str | Path) -> str:
         f"split (seed {report['seed']}, {split.get('method', 'seeded shuffle')}): "
         f"train {split['train']} / test {split['test']} -> {out_dir}"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + warning(report.get("not_reviewed", {})))
