@@ -224,8 +224,61 @@ def test_a_redrawn_loss_chart_replaces_the_previous_png(tmp_path):
         (job._run_dir / "progress.json").write_text(json.dumps({"log_history": history}))
         drawn.append(job.loss_chart(charts))
     assert len(set(drawn)) == 4  # a new name per drawing, so the page fetches it again
-    assert list(charts.iterdir()) == [drawn[-1]] and drawn[-1].name == "app-1-loss-4.png"
+    assert sorted(charts.iterdir()) == drawn and drawn[-1].name == "app-1-loss-4.png"
     assert job.loss_chart(charts) == drawn[-1] and drawn[-1].is_file()  # unchanged: kept
+    # a superseded chart goes once it is old enough that no session is still sending it
+    for old in drawn:
+        os.utime(old, (time.time() - jobs.CHART_KEEP_S - 1,) * 2)
+    history.append({"step": 5, "loss": 0.3})
+    (job._run_dir / "progress.json").write_text(json.dumps({"log_history": history}))
+    latest = job.loss_chart(charts)
+    assert list(charts.iterdir()) == [latest] and latest.name == "app-1-loss-5.png"
+
+
+def test_loss_charts_drawn_from_several_threads_are_whole_pngs(tmp_path):
+    """Sessions polling the page at once each get a whole chart, never one another session is
+    still drawing or has just deleted."""
+    import threading
+
+    job = jobs.TrainingJob(tmp_path, CONFIG)
+    job._run_dir = tmp_path / "app-1"
+    job._run_dir.mkdir()
+    charts, history, done, got, errors = tmp_path / "charts", [], threading.Event(), [], []
+
+    def write(step):
+        history.append({"step": step, "loss": 2.0 / step})
+        temp = job._run_dir / "progress.json.tmp"
+        temp.write_text(json.dumps({"log_history": history}))
+        os.replace(temp, job._run_dir / "progress.json")  # as training writes it
+
+    def train():
+        for step in range(2, 12):
+            time.sleep(0.1)
+            write(step)
+        time.sleep(0.1)
+        done.set()
+
+    def poll():
+        try:
+            while not done.is_set():
+                path = job.loss_chart(charts)
+                time.sleep(0.05)  # the page copies the file once the event returned
+                got.append((path, path.read_bytes()))
+        except Exception as error:  # noqa: BLE001  (reported below, with its thread's result)
+            errors.append(error)
+
+    write(1)
+    job.loss_chart(charts)  # matplotlib imported once, before the race
+    threads = [threading.Thread(target=train)] + [threading.Thread(target=poll) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(got) > 6 and len({path for path, _ in got}) > 1
+    for path, data in got:  # a PNG ends with its IEND chunk
+        assert data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82"), path
+    assert not [p for p in charts.iterdir() if not p.name.endswith(".png")]  # no temp left
 
 
 # A run's evaluation, as `builder eval` writes it
@@ -373,6 +426,54 @@ def test_an_updated_faq_replaces_the_knowledge_and_the_loaded_bot_answers_from_i
     with pytest.raises(UserError, match="is not a run folder"):
         uploads.index_upload(updated, tmp_path / "runs" / "bare", 1, bots)
     assert len(bot.knowledge.entries) == 13
+
+
+def test_a_faq_update_beside_answers_never_gives_them_a_half_replaced_knowledge(tmp_path,
+                                                                               monkeypatch):
+    """/index_faq and /chat at once: every bot the chat loads has a whole knowledge, old or new."""
+    import shutil
+    import threading
+    from types import SimpleNamespace
+
+    import builder.answering.chatbot
+    from builder.answering.knowledge import Knowledge
+
+    run = tmp_path / "runs" / "shop"
+    run.mkdir(parents=True)
+    shutil.copy(CONFIG, run / "config.yaml")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
+                        SimpleNamespace(knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
+    bots = uploads.ChatbotCache()
+    files = [make_faq(tmp_path / "faq-12.csv", 12), make_faq(tmp_path / "faq-30.csv", 30)]
+    uploads.index_upload(files[0], run, 1, bots)
+    done, errors, sizes = threading.Event(), [], set()
+
+    def update():
+        try:
+            for n in range(4):
+                uploads.index_upload(files[(n + 1) % 2], run, 1, bots)
+        finally:
+            done.set()
+
+    def chat():
+        n = 0
+        while not done.is_set():
+            n += 1
+            try:  # another engine each time: the chat loads the run again, as a new run does
+                knowledge = bots.get(run, use=("auto", "gguf")[n % 2]).knowledge
+                sizes.add((len(knowledge.entries), knowledge.dense.shape[0]))
+                knowledge.search("배송비는 얼마인가요?", 3)
+            except Exception as error:  # noqa: BLE001  (reported below)
+                errors.append(error)
+
+    threads = [threading.Thread(target=update), threading.Thread(target=chat)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sizes and sizes <= {(12, 12), (30, 30)}, sizes
 
 
 def test_reloading_knowledge_leaves_other_runs_and_bots_without_knowledge_alone(tmp_path,

@@ -29,6 +29,7 @@ from builder.errors import UserError
 
 BUSY = "이미 학습이 진행 중입니다 / a training run is already in progress"
 LOG_LINES = 200  # lines of subprocess output kept for the page
+CHART_KEEP_S = 60.0  # a superseded loss chart stays this long: a session may still be sending it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +73,7 @@ class TrainingJob:
         self.runs_root, self.config_path = Path(runs_root), Path(config_path)
         self.stop_timeout = stop_timeout  # s between the STOP file and a kill
         self._lock = threading.Lock()
+        self._chart_lock = threading.Lock()  # one drawing at a time; the others wait for it
         self._state, self._message = "idle", ""
         self._run_dir: Path | None = None
         self._proc: subprocess.Popen | None = None
@@ -144,19 +146,22 @@ class TrainingJob:
     def loss_chart(self, out_dir: str | Path) -> Path | None:
         """The loss chart drawn from progress.json into out_dir (redrawn only when it changed).
 
-        The page shows one chart: the one a new drawing supersedes is deleted."""
+        Every open page polls at once: one session draws (whole: plot_loss writes a temp file
+        and renames it), the others wait and get the same file. A superseded chart is deleted
+        once it is CHART_KEEP_S old, not at once: another session may just have been handed it
+        and Gradio copies it only after the event returned."""
         from builder.training.sft import plot_loss
 
-        history = read_progress(self._run_dir).get("log_history", [])
+        run_dir = self._run_dir
+        history = read_progress(run_dir).get("log_history", [])
         if not history:
             return None
-        path = Path(out_dir) / f"{self._run_dir.name}-loss-{len(history)}.png"  # new name, new URL
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            plot_loss(history, path)
-            for old in path.parent.glob("*-loss-*.png"):
-                if old != path:
-                    old.unlink(missing_ok=True)
+        path = Path(out_dir) / f"{run_dir.name}-loss-{len(history)}.png"  # new name, new URL
+        with self._chart_lock:
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                plot_loss(history, path)
+                _delete_older_charts(path)
         return path
 
     # The watcher thread
@@ -252,6 +257,17 @@ class TrainingJob:
             if self._current_line:
                 self._log.append(self._current_line)
             self._current_line = ""
+
+
+def _delete_older_charts(kept: Path) -> None:
+    """The loss charts beside `kept` that are more than CHART_KEEP_S old."""
+    now = time.time()
+    for old in kept.parent.glob("*-loss-*.png"):
+        try:
+            if old != kept and now - old.stat().st_mtime > CHART_KEEP_S:
+                old.unlink()
+        except FileNotFoundError:  # deleted in between
+            pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

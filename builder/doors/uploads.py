@@ -116,10 +116,14 @@ def list_runs(runs_root: str | Path) -> list[Path]:
 
 class ChatbotCache:
     """One loaded Chatbot at a time (a model is ~1 GB in fp32), reloaded when the run or the
-    engine (use="auto": transformers, "gguf": llama.cpp) changes."""
+    engine (use="auto": transformers, "gguf": llama.cpp) changes.
+
+    Its lock is the page's knowledge lock: a run is loaded (its knowledge read) and a run's
+    knowledge is replaced (index_upload) under it, so a chat never reads a knowledge folder
+    that is being swapped, half old and half new."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._run_dir: Path | None = None
         self._use = "auto"
         self._bot = None
@@ -130,7 +134,7 @@ class ChatbotCache:
         if not run_dir:
             raise UserError("대화할 실행(run)을 먼저 고르세요 / pick a trained run first")
         run_dir = Path(run_dir).resolve()
-        with self._lock:
+        with self.lock:
             if (self._run_dir, self._use) != (run_dir, use):
                 self._bot, self._run_dir = None, None  # free the old model before loading
                 self._bot = load_chatbot(run_dir, use)
@@ -139,30 +143,34 @@ class ChatbotCache:
 
     def reload_knowledge(self, run_dir: str | Path) -> bool:
         """After RUN/knowledge was rebuilt: the loaded bot of that run answers from it at once
-        (the model stays loaded). False when that run's bot is not loaded or has no knowledge."""
+        (the model stays loaded). False when that run's bot is not loaded or has no knowledge.
+        The caller holds `lock`. The new knowledge is read whole, then put in place in one
+        step: an answer being grounded keeps the knowledge it started with."""
         from builder.answering.knowledge import Knowledge
 
         run_dir = Path(run_dir).resolve()
-        with self._lock:
-            if self._run_dir != run_dir or getattr(self._bot, "knowledge", None) is None:
-                return False
-            self._bot.knowledge = Knowledge.load(run_dir / "knowledge")
-            return True
+        if self._run_dir != run_dir or getattr(self._bot, "knowledge", None) is None:
+            return False
+        self._bot.knowledge = Knowledge.load(run_dir / "knowledge")
+        return True
 
 
 def index_upload(faq_file, run_dir: str | Path | None, max_mb: float, bots: ChatbotCache) -> dict:
     """An updated FAQ file becomes the run's knowledge (builder.answering.knowledge.index_run, as
     `builder index`), and the loaded bot of that run uses it for the next question.
 
-    index_run's result, plus "grounded": whether the run's template uses the FAQ at all."""
+    index_run's result, plus "grounded": whether the run's template uses the FAQ at all.
+    The knowledge is written and reloaded under the bots' knowledge lock: a chat that loads
+    the run meanwhile waits, and one updates at a time."""
     from builder.answering.knowledge import index_run
     from builder.prompts import parse_template
 
     if not run_dir:
         raise UserError("FAQ를 바꿀 실행(run)을 먼저 고르세요 / pick the run whose FAQ to update first")
     path = check_upload(faq_file, max_mb)
-    result = index_run(run_dir, path, log=lambda *_: None)
-    bots.reload_knowledge(run_dir)
+    with bots.lock:
+        result = index_run(run_dir, path, log=lambda *_: None)
+        bots.reload_knowledge(run_dir)
     template = Path(run_dir) / "template.yaml"
     grounded = template.is_file() and parse_template(template.read_text(encoding="utf-8"),
                                                      str(template)).grounded

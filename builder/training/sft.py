@@ -103,14 +103,20 @@ def make_progress_callback(run_dir: Path):
 
 
 def plot_loss(log_history: list[dict], path: Path, best_step: int | None = None) -> None:
-    import matplotlib
+    """The training and validation loss as a PNG, written whole (a temp file beside it, then
+    renamed). Drawn with matplotlib's object API, not pyplot, whose global state is not safe
+    from the several threads the page draws in."""
+    import os
+    import tempfile
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
     if val:
@@ -123,8 +129,16 @@ def plot_loss(log_history: list[dict], path: Path, best_step: int | None = None)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            fig.savefig(f, format="png")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def library_versions() -> dict:
