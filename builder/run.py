@@ -102,6 +102,49 @@ def process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name
 
 
+# ---------------------------------------------------------------------------------------------
+# A LoRA adapter folder, whole or not
+
+
+def adapter_problem(adapter_dir: Path) -> str | None:
+    """What makes adapter_dir unusable (its config or weights missing, empty or cut short), or
+    None when it is whole."""
+    config = adapter_dir / "adapter_config.json"
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            return f"{config} is not an adapter config"
+    except FileNotFoundError:
+        return f"{config} is missing"
+    except (OSError, ValueError):
+        return f"{config} is empty or cut short"
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():
+        return safetensors_problem(weights)
+    legacy = adapter_dir / "adapter_model.bin"  # peft's pickled format
+    if legacy.is_file() and legacy.stat().st_size > 0:
+        return None
+    return f"{weights} is missing"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """A .safetensors file read as safetensors does: an 8-byte header length, the JSON header,
+    then the tensors' bytes, which must end where the file ends (else it was cut short)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= size - 8:
+            return f"{path} is empty or cut short ({size} bytes)"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(t["data_offsets"][1]) for name, t in header.items()
+                       if name != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path}: its header is unreadable (cut short?)"
+    if 8 + length + end != size:
+        return f"{path} is cut short ({size} bytes, its header lists more)"
+    return None
+
+
 class Run:
     """One run folder: its paths, what it holds, and the checks with one wording."""
 

@@ -213,3 +213,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+DEAD_PID = 2**31 - 1  # above any pid_max: no process has it
+
+
+def left_staging(parent: Path, prefix: str) -> tuple[list[Path], Path]:
+    """Staging folders as stages leave them: ([one a killed process left, one an older builder
+    left (no PID in its name)], one this live process is writing)."""
+    import os
+
+    from builder.run import process_start
+
+    stale = [parent / f"{prefix}{DEAD_PID}.1-abcd1234", parent / f"{prefix}x7k2m9qz"]
+    live = parent / f"{prefix}{os.getpid()}.{process_start(os.getpid())}-live0001"
+    for folder in (*stale, live):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"\0" * 1024)
+    return stale, live

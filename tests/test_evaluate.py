@@ -267,6 +267,16 @@ def test_evaluate_again_replaces_eval_and_honours_limit(tiny_run):
     assert "trained questions" not in format_summary(report)
 
 
+def test_eval_removes_the_staging_folders_a_killed_eval_left(tiny_run):
+    """evaluate removes the .eval-* folders a killed eval left, not one a running eval writes."""
+    from fixtures import left_staging
+
+    stale, live = left_staging(tiny_run, ".eval-")
+    evaluate(tiny_run, train_sample=0, max_new_tokens=2, limit=1, log=lambda *_: None)
+    assert not any(p.exists() for p in stale) and live.is_dir()
+    shutil.rmtree(live)
+
+
 def test_evaluate_errors_name_the_missing_piece_and_the_command(tiny_run, tmp_path):
     with pytest.raises(UserError, match="no meta.json.*builder train"):
         evaluate(tmp_path)

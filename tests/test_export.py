@@ -224,11 +224,16 @@ def scripted(monkeypatch, gguf_answers=None):
 
 
 def test_export_writes_the_gguf_its_modelfile_and_report(tiny_run, monkeypatch):
+    from fixtures import left_staging
+
     from builder.answering.chatbot import load_chatbot
     from builder.deploy.export import export
 
     scripted(monkeypatch)
+    stale, live = left_staging(tiny_run / "gguf", ".staging-")  # a killed export's, a running one's
     out = export(tiny_run, "f16", log=lambda *_: None)
+    assert not any(p.exists() for p in stale) and live.is_dir()
+    shutil.rmtree(live)
     assert out == tiny_run / "gguf" / "shop-f16.gguf" and out.stat().st_size > 1_000_000
     report = json.loads((tiny_run / "gguf" / "report.json").read_text(encoding="utf-8"))
     assert report["default"] == "shop-f16.gguf"

@@ -3,6 +3,7 @@ the index on disk."""
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -261,6 +262,20 @@ def test_save_and_load_give_the_same_search_results(kb, tmp_path):
         assert loaded.relevant(question, theirs) == kb.relevant(question, ours)
     with pytest.raises(UserError, match="builder index"):
         Knowledge.load(tmp_path / "nowhere")
+
+
+def test_save_cleans_up_after_a_killed_save(kb, tmp_path):
+    """Saving removes the .knowledge-* folders a killed save left (not one a running save
+    writes) and is not stopped by the knowledge.old a save killed mid-swap left."""
+    from fixtures import left_staging
+
+    folder = kb.save(tmp_path / "knowledge")
+    shutil.copytree(folder, tmp_path / "knowledge.old")
+    stale, live = left_staging(tmp_path, ".knowledge-")
+    kb.save(folder)
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["knowledge", live.name])
+    assert Knowledge.load(folder).entries == kb.entries
 
 
 def test_entries_from_file_applies_the_checks_of_prepare(faq_file, tmp_path):

@@ -10,8 +10,9 @@ from builder.answering.chatbot import Chatbot
 from builder.answering.engines.transformers import TransformersEngine
 from builder.answering.grounding import Grounding
 from builder.training.merge import chat_template, merge
+from builder.errors import UserError
 from builder.prompts import load_template, parse_template
-from fixtures import PLAIN_TEMPLATE, sample_rows
+from fixtures import PLAIN_TEMPLATE, left_staging, sample_rows
 
 PROMPTS = Path(__file__).parents[1] / "prompts"
 QUESTION = "배송은 보통 며칠 걸리나요?"
@@ -151,3 +152,40 @@ def test_push_model_uploads_the_chat_template(tiny_run, hub_server):
     assert uploaded["chat_template.jinja"].content == (
         tiny_run / "merged" / "chat_template.jinja").read_bytes()
     assert json.loads(uploaded["tokenizer_config.json"].content)["chat_template"]
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("weights cut short", "adapter_model.safetensors is cut short"),
+    ("weights empty", "adapter_model.safetensors is empty or cut short"),
+    ("weights missing", "adapter_model.safetensors is missing"),
+    ("config empty", "adapter_config.json is empty or cut short"),
+])
+def test_merge_refuses_an_incomplete_adapter_and_says_train_again(tiny_run, tmp_path, damage,
+                                                                   problem):
+    """merge refuses an adapter/ whose config or weights are missing, empty or cut short (a
+    kill while it was saved), naming the file and how to train it again."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("merged"))
+    weights = run / "adapter" / "adapter_model.safetensors"
+    if damage == "weights cut short":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "weights empty":
+        weights.write_bytes(b"")
+    elif damage == "weights missing":
+        weights.unlink()
+    else:
+        (run / "adapter" / "adapter_config.json").write_text("")
+    with pytest.raises(UserError) as refused:
+        merge(run, log=lambda *_: None)
+    assert problem in str(refused.value)
+    assert f"train it again with `builder train PREPARED_DIR --out {run}`" in str(refused.value)
+    assert not (run / "merged").exists()
+
+
+def test_merge_removes_the_staging_folders_a_killed_merge_left(tiny_run):
+    """merge removes the .merged-* folders a killed merge left (a merged model each), not one
+    a running merge is writing."""
+    stale, live = left_staging(tiny_run, ".merged-")
+    merge(tiny_run, log=lambda *_: None)  # already merged: nothing else to do
+    assert not any(p.exists() for p in stale) and live.is_dir()
+    shutil.rmtree(live)

@@ -13,7 +13,7 @@ from builder.answering.chatbot import load_chatbot  # noqa: E402
 from builder.doors.cli import main  # noqa: E402
 from builder.errors import UserError  # noqa: E402
 from builder.training.merge_models import merge_models  # noqa: E402
-from fixtures import PLAIN_TEMPLATE, make_tiny_gemma, write_run  # noqa: E402
+from fixtures import PLAIN_TEMPLATE, left_staging, make_tiny_gemma, write_run  # noqa: E402
 
 
 def make_run(run: Path, base: Path, seed: int) -> Path:
@@ -87,6 +87,16 @@ def test_dus_stacks_two_layer_ranges(runs, tmp_path, capsys):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "deep" / "merged")
     assert len(model.model.layers) == 3
+
+
+def test_merging_again_removes_the_staging_folders_a_killed_merge_left(runs, tmp_path):
+    """merge-models removes the .merging-* folders a killed merge left in OUT, not one a
+    running merge writes."""
+    out = write_run(tmp_path / "again", PLAIN_TEMPLATE)
+    stale, live = left_staging(out, ".merging-")
+    merge_models(runs, out, method="slerp", t=0.0, log=lambda *_: None)
+    assert not any(p.exists() for p in stale) and live.is_dir()
+    assert (out / "merged" / "config.json").is_file()
 
 
 def test_merge_models_says_what_is_wrong(runs, tmp_path):

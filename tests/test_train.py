@@ -198,6 +198,36 @@ def test_train_writes_the_run_folder(tiny_model, tmp_path, monkeypatch):
     assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
 
 
+def test_the_adapter_is_saved_whole_or_not_at_all(tiny_model, tmp_path):
+    """save_adapter writes adapter/ in a staging folder and renames it into place: a save that
+    fails leaves the adapter saved before as it was; staging folders a killed save left go."""
+    from fixtures import left_staging
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from builder.run import adapter_problem
+    from builder.training.sft import save_adapter
+
+    run = tmp_path / "run"
+    stale, live = left_staging(run, ".adapter-")
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora)
+    adapter = save_adapter(model, AutoTokenizer.from_pretrained(tiny_model), run)
+    assert adapter == run / "adapter" and adapter_problem(adapter) is None
+    assert (adapter / "tokenizer.json").is_file()
+    assert not any(p.exists() for p in stale) and live.is_dir()
+    saved = {p.name: p.read_bytes() for p in adapter.iterdir()}
+
+    class FullDisk:  # its save fails after the weights are written
+        def save_pretrained(self, folder):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        save_adapter(model, FullDisk(), run)
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == saved
+    assert sorted(p.name for p in run.iterdir()) == sorted(["adapter", live.name])
+
+
 def test_train_refuses_a_bad_prepared_dir_and_a_foreign_out(tiny_model, tmp_path, capsys):
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     assert "builder prepare" in capsys.readouterr().err

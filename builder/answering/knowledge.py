@@ -20,7 +20,6 @@ as a `Query`.
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from builder.answering.embedder import DEFAULT_EMBEDDER, embedder
 from builder.answering.synonyms import Lexicon
 from builder.answering.text import Query, analyse, content_morphemes, content_nouns, squeeze
 from builder.errors import UserError
-from builder.run import Run
+from builder.run import Run, staging_dir
 
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): 1 / (60 + rank)
 RERANK = 5  # how many of the best fused entries the asked-for fact may reorder
@@ -108,9 +107,10 @@ class Knowledge:
         """Write folder/ (entries.jsonl, bm25/, dense.npy, index.json), complete or not at all."""
         import numpy as np
 
+        from builder.data.prepare import replace_dir
+
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".knowledge-", dir=folder.parent))
+        staging = staging_dir(folder.parent, ".knowledge-")  # and a killed save's go
         try:
             with (staging / "entries.jsonl").open("w", encoding="utf-8") as f:
                 for e in self.entries:
@@ -122,11 +122,7 @@ class Knowledge:
             (staging / "index.json").write_text(json.dumps(self.settings, ensure_ascii=False,
                                                            indent=2), encoding="utf-8")
             staging.chmod(0o755)
-            old = folder.with_name(folder.name + ".old")
-            if folder.exists():
-                folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(staging, folder)  # (and a knowledge.old a save killed mid-swap left goes)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from builder.evaluation.scores import (
     score_split,
     verdict,
 )
-from builder.run import Run
+from builder.run import Run, staging_dir
 
 SYSTEMS = ("base", "tuned", "retrieval")
 SYSTEM_LABELS = {"base": "base + retrieval", "tuned": "fine-tuned + retrieval",
@@ -374,7 +373,7 @@ def _evaluate(plan: Plan, log) -> dict:
     report["verdict"] = verdict(report)
 
     # Write eval/ into a staging folder, then swap it in
-    staging = Path(tempfile.mkdtemp(prefix=".eval-", dir=run_dir))
+    staging = staging_dir(run_dir, ".eval-")  # and a killed eval's go
     try:
         answers = answer_table(rows, by_split, asked, asked_replies, systems, model_alone)
         for system, grades in (report.get("judge") or {}).pop("grades", {}).items():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.evaluation.metrics import LABELS
-from builder.run import Run
+from builder.run import Run, process_start
 
 EVAL_RUNNING = "eval.running"  # `builder eval` keeps RUN/eval.running while it works
 
@@ -255,15 +255,6 @@ def eval_running(marker: Path) -> bool:
         return True
     # a PID used again later is another process: its start time differs
     return written.get("process_start") in (None, process_start(pid))
-
-
-def process_start(pid: int) -> str | None:
-    """When the process started, in clock ticks since boot (Linux /proc); None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, after the command name
 
 
 def read_summary(run_dir: str | Path | None) -> EvalSummary:

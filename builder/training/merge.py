@@ -24,10 +24,12 @@ final assistant message after it is rendered as the answer followed by EOS, as i
 import json
 import shutil
 import string
-import tempfile
 from pathlib import Path
 
 from builder.errors import UserError
+from builder.run import adapter_problem, remove_stale_staging, staging_dir
+
+MERGE_STAGING = ".merged-"  # RUN/.merged-PID...: a merge under way (or a killed one's)
 
 # Message text: a string, or OpenAI-style parts of which the text ones count
 _MESSAGE_TEXT = """\
@@ -128,11 +130,17 @@ def read_run(run_dir: Path) -> dict:
             f"{run_dir} is not a run folder (no meta.json). Train one with: "
             f"builder train PREPARED_DIR --out {run_dir}"
         )
-    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+    if not (run_dir / "adapter").is_dir():
         raise UserError(
             f"{run_dir} has no finished adapter (adapter/). Finish the run with: "
             f"builder train PREPARED_DIR --out {run_dir} --resume"
         )
+    # a copy or a save cut short would merge as noise, or fail inside peft
+    problem = adapter_problem(run_dir / "adapter")
+    if problem:
+        raise UserError(f"{problem}: the adapter is incomplete (was training stopped while it "
+                        f"was saved?); train it again with `builder train PREPARED_DIR --out "
+                        f"{run_dir}` (or add --resume while its checkpoints/ are there)")
     return json.loads((run_dir / "meta.json").read_text())
 
 
@@ -183,6 +191,7 @@ def merge_unsloth(meta: dict, adapter_dir: Path, out: Path) -> None:
 def merge(run_dir: str | Path, *, dtype: str = "bf16", log=print) -> Path:
     """Write RUN_DIR/merged/ (complete or absent); returns it."""
     run_dir = Path(run_dir)
+    remove_stale_staging(run_dir, MERGE_STAGING)  # a killed merge's: a whole model each
     meta = read_run(run_dir)
     adapter_dir, merged_dir = run_dir / "adapter", run_dir / "merged"
     fingerprint = adapter_fingerprint(adapter_dir)
@@ -196,7 +205,7 @@ def merge(run_dir: str | Path, *, dtype: str = "bf16", log=print) -> Path:
     from builder.training.models import cuda_available, load_tokenizer
 
     use_unsloth = meta["backend"] == "unsloth" and cuda_available()
-    staging = Path(tempfile.mkdtemp(prefix=".merged-", dir=run_dir))
+    staging = staging_dir(run_dir, MERGE_STAGING)
     try:
         log(f"merging {adapter_dir} into {meta['base_model']} ({'unsloth' if use_unsloth else 'hf'}) ...")
         if use_unsloth:

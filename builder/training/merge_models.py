@@ -20,12 +20,12 @@ take it as it is.
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from builder.errors import UserError
+from builder.run import staging_dir
 
 METHODS = ("linear", "slerp", "ties", "dare_ties", "dus")
 # files of the first run's merged/ that mergekit does not write (or writes from the base)
@@ -174,7 +174,7 @@ def merge_models(run_dirs, out, *, method: str = "slerp", weights=None, t: float
 
     # Merge into a staging folder, then put the run folder together
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=out))
+    staging = staging_dir(out, ".merging-")  # and a killed merge's go
     try:
         log(f"mergekit {config['merge_method']} of {len(runs)} run(s) -> {out / 'merged'} ...")
         run_mergekit(config, staging)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from builder.config import Config, config_from_dict, merge_into, parse_set
 from builder.errors import UserError
+from builder.run import write_atomic
 from builder.training.pairs import (
     PAIR_COLUMNS,
     build_pairs,
@@ -226,7 +227,7 @@ def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_p
     """Preference-tune RUN_DIR's SFT adapter into OUT; returns OUT."""
     from builder.training.merge import read_run, run_template
     from builder.training.models import cuda_available, pick_backend, precision, torch_dtype
-    from builder.training.sft import library_versions
+    from builder.training.sft import library_versions, save_adapter
     from builder.training.rows import load_prepared, split_validation
 
     run_dir, out = Path(run_dir), Path(out)
@@ -301,7 +302,7 @@ def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_p
     shutil.copy(run_dir / "template.yaml", out / "template.yaml")
     if (run_dir / "knowledge").is_dir():
         shutil.copytree(run_dir / "knowledge", out / "knowledge")
-    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    write_atomic(out / "config.yaml", cfg.to_yaml())
     pairs_sha = hashlib.sha256((out / "pairs.jsonl").read_bytes()).hexdigest()
     meta = {**parent,
             "parent_run": str(run_dir.resolve()),
@@ -315,7 +316,7 @@ def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_p
             "seed": parent.get("seed", cfg.train.seed),
             "versions": library_versions(),
             "config": cfg.to_dict()}
-    (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+    write_atomic(out / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
 
     # Train
     args = trainer_args(config_class, cfg, out, prec, on_cuda, len(train_pairs), bool(held_pairs))
@@ -332,8 +333,7 @@ def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_p
     after = preference_figures(trainer.model, tokenizer, held_pairs, p.max_length)
 
     # Save the trained adapter only (not TRL's frozen "ref" copy) and the record of the run
-    trainer.model.save_pretrained(out / "adapter", selected_adapters=["default"])
-    tokenizer.save_pretrained(out / "adapter")
+    save_adapter(trainer.model, tokenizer, out, selected_adapters=["default"])
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     history = trainer.state.log_history
     metrics = {
@@ -349,7 +349,7 @@ def prefer(run_dir, out, *, pairs_file=None, method: str | None = None, config_p
         "wall_time_s": round(wall, 1),
         "log_history": history,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     plot_preference(history, out / "loss.png", p.method)
     held = metrics["held_out"]
     log(f"done in {wall:.0f} s: {trainer.state.global_step} {p.method.upper()} steps on "

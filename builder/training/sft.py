@@ -20,6 +20,7 @@ from pathlib import Path
 from builder.config import Config, config_from_dict
 from builder.errors import UserError
 from builder.prompts import load_template
+from builder.run import Run, adapter_problem, staging_dir, write_atomic
 from builder.training.rows import (
     IGNORE,
     count_kinds,
@@ -87,7 +88,7 @@ def make_progress_callback(run_dir: Path):
         def on_log(self, args, state, control, logs=None, **kwargs):
             progress = {"step": state.global_step, "max_steps": state.max_steps,
                         "epoch": state.epoch, "log_history": state.log_history}
-            (run_dir / "progress.json").write_text(json.dumps(progress))
+            write_atomic(run_dir / "progress.json", json.dumps(progress))  # the page reads it
             if logs and "eval_loss" in logs:
                 plot_loss(state.log_history, run_dir / "loss.png")
 
@@ -150,6 +151,27 @@ def library_versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def save_adapter(model, tokenizer, run_dir: Path, **options) -> Path:
+    """Write RUN/adapter/ (the LoRA weights, their config, the tokenizer) whole or not at all:
+    saved into a staging folder beside it, checked, then renamed into place, so a kill while
+    saving leaves the adapter saved before (or none), never half of one that merge would take.
+    `options` go to the model's save_pretrained."""
+    from builder.data.prepare import replace_dir
+
+    staging = staging_dir(run_dir, ".adapter-")  # and a killed save's go
+    try:
+        model.save_pretrained(staging, **options)
+        tokenizer.save_pretrained(staging)
+        problem = adapter_problem(staging)
+        if problem:
+            raise UserError(f"saving the adapter failed ({problem}); check the free space in "
+                            f"{run_dir} and train again")
+        replace_dir(staging, run_dir / "adapter")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return run_dir / "adapter"
 
 
 def file_sha256(*paths: Path) -> str:
@@ -277,8 +299,9 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     # Record what this run uses before training, so a killed run can be resumed and audited
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "STOP").unlink(missing_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    (run_dir / "template.yaml").write_text(template.text, encoding="utf-8")
+    run = Run(run_dir)
+    run.write_config(cfg)
+    run.write_template(template)
     meta = {
         "base_model": cfg.model.name,
         "base_model_path": model_path,
@@ -300,7 +323,7 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
         "versions": library_versions(),
         "config": cfg.to_dict(),
     }
-    (run_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2))
+    run.write_meta(meta)
 
     # Train
     trainer_class = make_trainer_class(SFTTrainer, answer_only)
@@ -322,8 +345,7 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
 
     # Save the adapter (the best checkpoint was restored) and the record of the run
     state = trainer.state
-    trainer.model.save_pretrained(run_dir / "adapter")
-    tokenizer.save_pretrained(run_dir / "adapter")
+    save_adapter(trainer.model, tokenizer, run_dir)
     best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
     evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     stopped_by_user = (run_dir / "STOP").exists()
@@ -346,7 +368,7 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
         "train_loss": result.training_loss,
         "log_history": state.log_history,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     plot_loss(state.log_history, run_dir / "loss.png", best_step)
     if evals:
         outcome = f"best validation loss {state.best_metric:.4f} at step {best_step}"
