@@ -238,7 +238,7 @@ def test_folders_outside_the_runs_root_are_refused(app, hub_server):
 
 
 def test_a_question_or_context_over_the_length_cap_is_refused(app):
-    from builder.doors.page_common import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
+    from builder.config import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
 
     long = "가" * (MAX_QUESTION_CHARS + 1)
     history, _, error = app.predict(long, [], "", "", 32, 0, api_name="/chat")

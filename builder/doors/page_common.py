@@ -31,8 +31,6 @@ STATE_KO = {"idle": "대기", "running": "학습 중", "merging": "병합 중", 
 # Local fonts only (no Google Fonts request), Korean first
 FONTS = ["Noto Sans KR", "NanumGothic", "Apple SD Gothic Neo", "Malgun Gothic", "sans-serif"]
 MONO_FONTS = ["D2Coding", "NanumGothicCoding", "monospace"]
-MAX_QUESTION_CHARS = 1000  # a FAQ question is a sentence or two; training rows are 512 tokens
-MAX_CONTEXT_CHARS = 4000
 BUSY = "서버가 바쁩니다. 잠시 후 다시 시도하세요 / the page is busy: try again in a moment"
 CHAT_CONCURRENCY = 1  # answers generated at once: on CPU one generation takes every core
 DOC_TYPES = (".md", ".txt", ".html", ".htm", ".pdf", ".docx")  # what builder.data.docs reads

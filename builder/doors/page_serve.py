@@ -7,11 +7,10 @@ import threading
 from pathlib import Path
 
 from builder.answering.guard import Reply
+from builder.config import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
 from builder.doors import uploads
 from builder.doors.page_common import (
     CHAT_CONCURRENCY,
-    MAX_CONTEXT_CHARS,
-    MAX_QUESTION_CHARS,
     NEED_TOKEN,
     Page,
     eval_view,
