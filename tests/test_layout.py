@@ -10,12 +10,13 @@ PACKAGE = Path(__file__).parents[1] / "builder"
 # lower layers never import higher ones; a layer may import its own modules and any below it
 LAYERS = [
     ("base", ("builder", "builder.errors", "builder.config", "builder.prompts", "builder.run",
-              "builder.embedded", "builder.facts")),
+              "builder.embedded", "builder.facts", "builder.numerals")),
     ("data", ("builder.data",)),
     ("answering", ("builder.answering",)),
     ("training", ("builder.training",)),
     ("evaluation", ("builder.evaluation",)),
     ("deploy", ("builder.deploy",)),
+    ("owner", ("builder.owner",)),  # the conversation log, the inbox, the charts
     ("doors", ("builder.doors", "builder.cli", "builder.__main__")),
 ]
 MAX_MODULE_LINES, MAX_CLASS_LINES = 400, 200

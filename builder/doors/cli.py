@@ -30,6 +30,7 @@ from builder.doors.commands import (
     cmd_serve,
     cmd_train,
 )
+from builder.doors.cli_owner import add_owner_commands, db_flag
 from builder.errors import UserError
 
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("chat", help="chat with a trained run in the terminal (exit / quit / 종료)")
     p.add_argument("run_dir")
     generation_flags(p)
+    db_flag(p)
     p.set_defaults(run=cmd_chat)
 
     p = commands.add_parser("ask", help="one answer from a trained run, for scripts")
@@ -227,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "forwards, or the machine's name on the network (repeatable). Without it only "
                    "127.0.0.1, localhost, --host and, with --host 0.0.0.0, IP addresses are "
                    "answered, so no web page can reach it through DNS rebinding")
+    db_flag(p)
     p.set_defaults(run=cmd_app)
 
     p = commands.add_parser("serve", help="an OpenAI-compatible API over a run's chatbot "
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --use gguf: read every FAQ entry once before serving, so the "
                    "first answer from each starts sooner (about 0.15 s an entry on 2 cores)")
     use_flag(p)
+    db_flag(p)
     p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser("generate", help="with an OpenAI-compatible chat endpoint: FAQ "
@@ -281,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("embedded", help="convert the embedded gemma-3-270m once, print its folder")
     p.set_defaults(run=cmd_embedded)
+    add_owner_commands(commands)
     return parser
 
 

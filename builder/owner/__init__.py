@@ -1,0 +1,1 @@
+"""The owner's loop: the conversation log, the inbox of unanswered questions, the charts."""
