@@ -16,7 +16,7 @@ What a run folder holds, and which stage writes it:
     RUN/merged/         the 16-bit model (with a knowledge/ copy)  builder merge
     RUN/gguf/           GGUF files, report.json, Modelfile         builder export
     RUN/eval/           report.json, answers.csv, report.md        builder eval
-    RUN/chat.log        answers the fact guard stepped in on       every door
+    RUN/conversations.db  every answer, feedback, the inbox       every door (builder.owner.log)
 
 Every "make it with `builder X`" message comes from here, worded once.
 """
@@ -158,7 +158,6 @@ class Run:
         self.knowledge_dir = self.path / "knowledge"
         self.gguf_dir = self.path / "gguf"
         self.eval_dir = self.path / "eval"
-        self.chat_log = self.path / "chat.log"
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"

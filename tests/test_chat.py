@@ -463,9 +463,15 @@ def test_cli_chat_loop_ends_on_종료(tiny_runs, monkeypatch, capsys):
 
     answers = iter(["", "배송비는?", "종료"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
-    assert main(["chat", str(tiny_runs[0])]) == 0
+    assert main(["chat", str(tiny_runs[0]), "--db", str(tiny_runs[0].parent / "chat-log.db")]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") >= 3 and next(answers, None) is None  # all three lines were read
+    # the answer went into the conversation log --db named
+    from builder.owner.log import ConversationLog
+
+    rows = ConversationLog.for_run(tiny_runs[0], str(tiny_runs[0].parent / "chat-log.db")).rows()
+    assert [(r["channel"], r["question"]) for r in rows] == [("terminal", "배송비는?")]
+    assert rows[0]["answer"] and rows[0]["answer"] in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,15 +635,10 @@ def test_an_answer_from_no_entry_is_replaced_by_the_best_entry(grounded_bot, tmp
         said.append(1)
         return forced
 
-    grounded_bot.log_path = tmp_path / "chat.log"
-    try:
-        reply = grounded_bot.reply(question, max_new_tokens=40, logits_processor=[say])
-    finally:
-        grounded_bot.log_path = None
+    reply = grounded_bot.reply(question, max_new_tokens=40, logits_processor=[say])
     assert reply.generated == nowhere and reply.fallback and not reply.invented, reply
     assert reply.text == reply.sources[0].entry.answer
-    logged = [json.loads(line) for line in (tmp_path / "chat.log").read_text().splitlines()]
-    assert logged[-1]["event"] == "fact guard" and logged[-1]["question"] == question
+    assert reply.guarded and reply.why  # (what the conversation log stores for the owner)
 
 
 def test_an_answer_that_copies_an_entrys_question_is_replaced_by_the_best_entry(grounded_bot):

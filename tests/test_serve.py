@@ -267,9 +267,9 @@ def test_a_short_follow_up_is_retrieved_with_the_previous_question(shop, shop_bo
 # Bad requests
 
 
-def post(server, body, **headers):
+def post(server, body, path="/v1/chat/completions", **headers):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{server.url}/v1/chat/completions", content=content,
+    return httpx.post(f"{server.url}{path}", content=content,
                       headers={"Content-Type": "application/json", **headers}, timeout=30)
 
 
@@ -610,3 +610,36 @@ def test_an_answer_the_token_limit_cut_says_length_and_shows_no_unfinished_numbe
     assert whole.choices[0].message.content == streamed == "배송비는 3,000원입니다."
     assert whole.choices[0].finish_reason == chunks[-1].choices[0].finish_reason == "length"
     assert done.choices[0].message.content == answer and done.choices[0].finish_reason == "stop"
+
+
+def test_every_answer_goes_into_the_log_and_its_feedback_follows(shop_bot, tmp_path):
+    """The API's answers land in the conversation log (the customer as a pseudonym of `user`,
+    never the key or the client's address), and POST /v1/feedback records a 👎."""
+    from builder.owner.log import ConversationLog
+
+    run = tmp_path / "run"
+    run.mkdir()
+    conversations = ConversationLog.for_run(run)
+    make = scripted(shop_bot.engine.tokenizer, "기본 배송비는 3,000원입니다.")
+    with generating(shop_bot, make), serving(shop_bot, api_key=KEY,
+                                             conversations=conversations) as server:
+        client = server.client(api_key=KEY)
+        whole = ask(client, ON_TOPIC, user="kakao-user-5531")
+        streamed, chunks = ask_streamed(client, OFF_TOPIC, user="kakao-user-5531")
+        auth = {"Authorization": f"Bearer {KEY}"}
+        down = post(server, {"id": whole.id, "value": -1}, path="/v1/feedback", **auth)
+        unknown = post(server, {"id": "chatcmpl-0", "value": 1}, path="/v1/feedback", **auth)
+        bad = post(server, {"id": whole.id, "value": 5}, path="/v1/feedback", **auth)
+        keyless = post(server, {"id": whole.id, "value": 1}, path="/v1/feedback")
+    assert down.status_code == 200 and down.json() == {"id": whole.id, "value": -1}
+    assert unknown.status_code == 404 and bad.status_code == 400 and keyless.status_code == 401
+    rows = conversations.rows()
+    assert [(r["channel"], r["question"]) for r in rows] == [("api", ON_TOPIC), ("api", OFF_TOPIC)]
+    assert rows[0]["answer"] == whole.choices[0].message.content and rows[0]["feedback"] == -1
+    assert rows[0]["reply_id"] == whole.id and rows[1]["reply_id"] == chunks[0].id
+    assert rows[1]["declined"] and rows[1]["answer"] == streamed
+    assert rows[0]["customer"] == rows[1]["customer"] == conversations.pseudonym("kakao-user-5531")
+    assert rows[0]["latency_ms"] >= 0 and rows[0]["sources"][0]["line"] == 2
+    stored = b"".join(p.read_bytes() for p in run.glob("conversations.db*"))
+    assert b"kakao-user-5531" not in stored and KEY.encode() not in stored
+    assert b"127.0.0.1" not in stored

@@ -22,14 +22,13 @@ How a question is answered (a grounded run: its template has a `{faq}` slot, its
 4. The fact guard (builder.answering.guard) shows the answer sentence by sentence once checked
    and falls back to the best entry's own answer when it must.
 `stream(..., reply=Reply())` fills in the sources, the prompt, whether the bot declined and
-whether the guard or the runaway check stepped in (then a line goes to RUN/chat.log).
+whether the guard or the runaway check stepped in (and why, and the model's own text): the
+doors store it in the conversation log (builder.owner.log).
 """
 
-import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -46,13 +45,11 @@ log = logging.getLogger(__name__)
 class Chatbot:
     """An engine, the run's template and (for a grounded run) its knowledge, ready to answer."""
 
-    def __init__(self, engine, template, *, knowledge=None, rag=None,
-                 log_path: Path | None = None):
+    def __init__(self, engine, template, *, knowledge=None, rag=None):
         self.engine = engine
         self.template = template
         self._rag = rag  # the run's RagConfig (k, decline message, guard, prompt entries)
         self.knowledge = knowledge  # builder.answering.knowledge.Knowledge, or None
-        self.log_path = log_path  # RUN/chat.log: answers the guard or the loop check cut
         self.exact_answers = True  # an FAQ question asked word for word gets the FAQ's answer
 
     # The grounding step reads the bot's knowledge and settings: setting either (an updated
@@ -165,7 +162,7 @@ class Chatbot:
         if text := settle(reply, shown, grounding.hits, self.rag.decline_message):
             yield text
         if reply.guarded or reply.runaway:
-            log_event(self.log_path, question, reply)
+            log_event(question, reply)
 
     def reply(self, question: str, context: str = "", **options) -> Reply:
         """The whole answer with its sources and flags (the joined stream)."""
@@ -257,18 +254,11 @@ def generate(engine, prompts: list[str], options: dict) -> list[tuple[str, bool,
     return outputs
 
 
-def log_event(path: Path | None, question: str, reply: Reply) -> None:
-    """The fact guard or the runaway check stepped in: a line in RUN/chat.log (`path`), so the
-    owner can count how often (the eval counts it on its questions too)."""
-    event = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "question": question,
-             "event": "fact guard" if reply.guarded else "runaway check",
-             "outcome": "fallback to the best entry" if reply.fallback else "answer cut",
-             "why": reply.why,
-             "invented": [list(f) for f in reply.invented], "generated": reply.generated}
-    log.info("%s: %r -> %s", event["event"], question, event["outcome"])
-    if path is not None:
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(event, ensure_ascii=False) + "\n")
+def log_event(question: str, reply: Reply) -> None:
+    """The fact guard or the runaway check stepped in: a line in the server's log (the doors
+    store the whole answer, with why and the model's own text, in the conversation log)."""
+    log.info("%s: %r -> %s (%s)", "fact guard" if reply.guarded else "runaway check", question,
+             "fallback to the best entry" if reply.fallback else "answer cut", reply.why)
 
 
 def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local",
@@ -319,4 +309,4 @@ def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local
             # a config without max_position_embeddings: the length the run trained on
             context_length=meta.get("config", {}).get("model", {}).get("max_seq_length"),
             **options)
-    return Chatbot(generator, template, knowledge=knowledge, rag=rag, log_path=run.chat_log)
+    return Chatbot(generator, template, knowledge=knowledge, rag=rag)

@@ -21,6 +21,9 @@ ending with `data: [DONE]`), GET /health (no key needed, for load balancers). Ev
 - Replies carry extra fields that standard clients ignore: `sources` ([{"line", "question"}],
   the FAQ rows the answer came from) and `declined`, on the message (whole answers) or on the
   last chunk (streams).
+- Every answer goes into the conversation log (builder.owner.log: RUN/conversations.db, or
+  `--db postgresql://...` shared by replicas) with the customer as a pseudonym of the request's
+  `user` field; POST /v1/feedback {"id": "chatcmpl-...", "value": 1 | -1} records their 👍/👎.
 - Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with its status.
 - At most `concurrency` answers are generated at once (1 for the in-process model: on CPU one
   generation takes all cores) and `max_queue` more wait; beyond that 429 with Retry-After. A
@@ -36,111 +39,21 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
-import threading
 import time
 import uuid
-from contextlib import closing
 from pathlib import Path
 
 from builder.answering.chatbot import Chatbot, load_chatbot
 from builder.answering.engines.remote import EngineError
 from builder.answering.guard import Reply
-from builder.doors.api_request import ApiError, read_request
+from builder.doors.api_job import END, Gate, Job
+from builder.doors.api_request import ApiError, read_feedback, read_request
 from builder.errors import UserError
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "BUILDER_API_KEY"
 MAX_BODY_BYTES = 256 * 1024  # a chat request with its history is a few kB
-END = object()  # the end of a job's deltas
-
-
-# Reading a request
-
-
-# One answer being generated, and the queue in front of the engine
-
-
-class Gate:
-    """At most `concurrency` answers generated at once and `max_queue` waiting."""
-
-    def __init__(self, concurrency: int, max_queue: int):
-        self.concurrency, self.max_queue = concurrency, max_queue
-        self.running = self.waiting = 0
-        self.turns = asyncio.Semaphore(concurrency)
-        self.seconds = 2.0  # a running mean of how long an answer takes, for Retry-After
-
-    def admit(self) -> None:
-        if self.running + self.waiting >= self.concurrency + self.max_queue:
-            retry = math.ceil(self.seconds * (self.waiting + 1) / self.concurrency)
-            raise ApiError(429, f"the server is busy ({self.running} answering, {self.waiting} "
-                           f"waiting); retry in {retry} s", type="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": str(retry)})
-        self.waiting += 1
-
-
-class Job:
-    """One answer: waits for its turn, then streams deltas from a thread into `deltas`."""
-
-    def __init__(self, bot: Chatbot, gate: Gate, request: dict):
-        self.bot, self.gate, self.request = bot, gate, request
-        self.reply = Reply()
-        self.deltas: asyncio.Queue = asyncio.Queue()
-        self.stop = threading.Event()  # set when the client leaves: generation ends
-        self.error: BaseException | None = None
-        self.started = False
-        gate.admit()
-        self.task = asyncio.get_running_loop().create_task(self._run())
-        self.task.add_done_callback(self._ended)
-
-    def cancel(self) -> None:
-        """The client left: leave the queue, or stop generating after the current token."""
-        self.stop.set()
-        if not self.started:
-            self.task.cancel()
-
-    async def _run(self) -> None:
-        await self.gate.turns.acquire()  # cancelled here when the client leaves while waiting
-        self.gate.waiting -= 1
-        self.gate.running += 1
-        self.started = True
-        begun, loop, finished = time.monotonic(), asyncio.get_running_loop(), asyncio.Event()
-        try:
-            thread = threading.Thread(target=self._generate, args=(loop, finished),
-                                      name="serve-answer", daemon=True)
-            thread.start()
-            await finished.wait()  # not cancelled: the slot is free only once the thread is done
-        finally:
-            self.gate.running -= 1
-            self.gate.turns.release()
-            self.gate.seconds = 0.8 * self.gate.seconds + 0.2 * (time.monotonic() - begun)
-
-    def _ended(self, task) -> None:  # also when cancelled before it began
-        if not self.started:
-            self.gate.waiting -= 1
-        self.deltas.put_nowait(END)
-
-    def _generate(self, loop, finished: asyncio.Event) -> None:
-        def hand(callback, *args):
-            try:
-                loop.call_soon_threadsafe(callback, *args)
-            except RuntimeError:  # the server loop is gone (shutdown)
-                pass
-
-        request = self.request
-        try:
-            with closing(self.bot.stream(request["question"], request["context"],
-                                         history=request["history"], reply=self.reply,
-                                         stop_event=self.stop, **request["options"])) as deltas:
-                for delta in deltas:
-                    if self.stop.is_set():
-                        break
-                    hand(self.deltas.put_nowait, delta)
-        except BaseException as err:  # handed to the response
-            self.error = err
-        finally:
-            hand(finished.set)
 
 
 # The app
@@ -210,8 +123,10 @@ def _sources(reply: Reply) -> list[dict]:
 
 
 def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue: int = 8,
-              max_tokens_cap: int = 512, concurrency: int = 1, engine: str = "local"):
-    """The FastAPI app serving `bot` as `model`."""
+              max_tokens_cap: int = 512, concurrency: int = 1, engine: str = "local",
+              conversations=None):
+    """The FastAPI app serving `bot` as `model`; every answer goes into `conversations` (a
+    builder.owner.log.ConversationLog) when given."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.background import BackgroundTask
@@ -252,10 +167,12 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
     async def chat_completions(request: Request):
         try:
             body = await _read_json(request)
-            job = Job(bot, gate(), read_request(body, model, max_tokens_cap))
+            head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+                    "model": model}
+            job = Job(bot, gate(), read_request(body, model, max_tokens_cap), conversations,
+                      head["id"])
         except ApiError as err:
             return _error_response(err)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
         if job.request["stream"]:
             async def leave():  # runs after the stream, also when the client left before it began
                 job.cancel()
@@ -273,6 +190,20 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
         return {**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "finish_reason": _finish(job.reply),
              "logprobs": None}]}
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """The customer's 👍/👎 on an answer: {"id": "chatcmpl-...", "value": 1 or -1}."""
+        try:
+            reply_id, value = read_feedback(await _read_json(request))
+            if conversations is None:
+                raise ApiError(404, "this server keeps no conversation log", code="no_log")
+            if not await asyncio.to_thread(conversations.feedback, reply_id, value):
+                raise ApiError(404, f"no answer {reply_id!r} in the log", param="id",
+                               code="not_found")
+        except ApiError as err:
+            return _error_response(err)
+        return {"id": reply_id, "value": value}
 
     return app
 
@@ -370,10 +301,13 @@ def check_serving(host: str, flag_key: str | None, env_key: str | None,
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           engine: str = "local", api_key: str | None = None, max_queue: int = 8,
           max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
-          engine_model: str | None = None, warm: bool = False, open_: bool = False) -> None:
+          engine_model: str | None = None, warm: bool = False, open_: bool = False,
+          db: str | None = None) -> None:
     """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first; `open_`: off
-    loopback without a key, on purpose)."""
+    loopback without a key, on purpose; `db`: the conversation log, default RUN's SQLite)."""
     import uvicorn
+
+    from builder.owner.log import ConversationLog
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     api_key = check_serving(host, api_key, os.environ.get(API_KEY_ENV), concurrency, max_queue,
@@ -384,6 +318,7 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
         concurrency = 1 if engine == "local" else 8
     bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model)
+    conversations = ConversationLog.for_run(run_dir, db)
     started = time.perf_counter()
     bot.ready(model=engine == "local")
     log.info("ready to answer in %.1f s (retrieval%s loaded)", time.perf_counter() - started,
@@ -394,7 +329,8 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
         log.info("warmed %d FAQ entries in %.1f s", warmed, time.perf_counter() - started)
     model = Path(run_dir).resolve().name
     app = build_app(bot, model, api_key=api_key, max_queue=max_queue,
-                    max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine)
+                    max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine,
+                    conversations=conversations)
     log.info("serving %s (engine %s) on http://%s:%d/v1%s", model, engine, host, port,
              " (API key required)" if api_key else "")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -44,6 +44,20 @@ def _number(body: dict, key: str, default, low: float, high: float, *, integer=F
     return value
 
 
+def read_feedback(body) -> tuple[str, int]:
+    """A feedback request's answer id and value (1 or -1), or an ApiError naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    reply_id, value = body.get("id"), body.get("value")
+    if not isinstance(reply_id, str) or not reply_id.startswith("chatcmpl-"):
+        raise ApiError(400, "id must be the answer's id (chatcmpl-...)", param="id",
+                       code="invalid_value")
+    if isinstance(value, bool) or value not in (1, -1):
+        raise ApiError(400, f"value must be 1 (👍) or -1 (👎), not {value!r}", param="value",
+                       code="invalid_value")
+    return reply_id, value
+
+
 def read_request(body, model: str, max_tokens_cap: int) -> dict:
     """The chat request's question, earlier questions, context and generation options, or an
     ApiError that names the field."""
@@ -93,8 +107,13 @@ def read_request(body, model: str, max_tokens_cap: int) -> dict:
     if type(max_tokens) is int and max_tokens > max_tokens_cap:  # bool is not a count
         raise ApiError(400, f"{key} is {max_tokens}; this server allows at most {max_tokens_cap}",
                        param=key, code="invalid_value")
+    customer = body.get("user") or ""  # OpenAI's end-user id: kept only as a pseudonym
+    if not isinstance(customer, str) or len(customer) > 256:
+        raise ApiError(400, "user must be a string of at most 256 characters", param="user",
+                       code="invalid_value")
     return {
         "question": question, "context": context, "stream": bool(body.get("stream", False)),
+        "customer": customer,
         "history": earlier,  # the customer's earlier questions: a follow-up reads them
         "options": {"max_new_tokens": _number(body, key, min(256, max_tokens_cap), 1,
                                               max_tokens_cap, integer=True),

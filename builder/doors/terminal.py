@@ -6,19 +6,24 @@ The conversation's earlier questions go with each question, so a short follow-up
 is understood as on the page and through the API.
 """
 
+import logging
+import time
 from collections.abc import Callable
 from contextlib import closing
 
 from builder.answering.guard import Reply
 
+log = logging.getLogger(__name__)
 EXIT_WORDS = ("exit", "quit", "종료")
 GOODBYE = "대화를 마칩니다. 안녕히 가세요."
 
 
 def chat_loop(bot, read: Callable[[str], str] | None = None,
-              write: Callable | None = None, options: dict | None = None) -> None:
+              write: Callable | None = None, options: dict | None = None,
+              conversations=None) -> None:
     """Ask, stream the answer, repeat. `write` is called like print: write(text, end=, flush=);
-    `options` go to each answer (max_new_tokens, temperature, top_p).
+    `options` go to each answer (max_new_tokens, temperature, top_p); each answer goes into
+    `conversations` (a builder.owner.log.ConversationLog) when given.
 
     exit / quit / 종료, Ctrl-D or Ctrl-C at the prompt end the chat; Ctrl-C while an answer
     streams stops only that answer.
@@ -36,7 +41,7 @@ def chat_loop(bot, read: Callable[[str], str] | None = None,
             continue
         if question.lower() in EXIT_WORDS:
             break
-        reply = Reply()
+        reply, begun = Reply(), time.monotonic()
         try:
             with closing(bot.stream(question, history=asked, reply=reply,
                                     **(options or {}))) as deltas:
@@ -44,6 +49,12 @@ def chat_loop(bot, read: Callable[[str], str] | None = None,
                     write(delta, end="", flush=True)
         except KeyboardInterrupt:
             write(" (중단됨)", end="")
+        if conversations is not None:
+            try:
+                conversations.record("terminal", "", question, "", reply,
+                                     time.monotonic() - begun)
+            except Exception:  # noqa: BLE001 (the chat goes on without its log)
+                log.warning("the conversation log failed", exc_info=True)
         asked.append(question)
         write("")
         if reply.sources:

@@ -46,7 +46,7 @@ from builder.training.pairs import (
 
 # what a preference run writes (cleared when the same --out is tuned again)
 OUTPUTS = ("adapter", "checkpoints", "merged", "eval", "knowledge", "metrics.json", "loss.png",
-           "template.yaml", "config.yaml", "chat.log")
+           "template.yaml", "config.yaml")
 
 
 # ---------------------------------------------------------------------------------------------
