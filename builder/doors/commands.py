@@ -89,8 +89,11 @@ def cmd_chat(args) -> None:
     from builder.answering.chatbot import load_chatbot
     from builder.doors.terminal import chat_loop
 
-    chat_loop(load_chatbot(args.run_dir, args.use, engine=args.engine,
-                           engine_model=args.engine_model), options=generation_options(args))
+    from builder.owner.log import ConversationLog
+
+    bot = load_chatbot(args.run_dir, args.use, engine=args.engine, engine_model=args.engine_model)
+    chat_loop(bot, options=generation_options(args),
+              conversations=ConversationLog.for_run(args.run_dir, args.db))
 
 
 def cmd_ask(args) -> None:
@@ -141,7 +144,7 @@ def cmd_serve(args) -> None:
     serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
           max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
           concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
-          warm=args.warm, open_=args.open)
+          warm=args.warm, open_=args.open, db=args.db)
 
 
 def cmd_export(args) -> None:
