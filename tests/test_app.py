@@ -275,7 +275,7 @@ def test_the_host_names_a_page_answers_to():
 
 
 @pytest.mark.parametrize("door", ["builder app", "app.py"])
-def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypatch):
+def test_both_doors_pass_the_upload_cap_queue_size_open_flag_and_db(door, monkeypatch):
     import app as app_door
     from builder.doors import cli
     from builder.doors import page as webapp
@@ -284,7 +284,8 @@ def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypat
     monkeypatch.setattr(webapp, "launch", lambda *args, **kwargs: calls.append((args, kwargs)))
     flags = ["--host", "0.0.0.0", "--max-upload-mb", "3.5", "--max-queue", "4", "--open",
              "--allowed-host", "shop.example", "--allowed-host", "10.0.0.2:7860",
-             "--allow-private-endpoints", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"]
+             "--allow-private-endpoints", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem",
+             "--db", "postgresql://shop@db-host/shop"]
     code = cli.main(["app", *flags]) if door == "builder app" else app_door.main(flags)
     assert code == 0 and len(calls) == 1
     args, kwargs = calls[0]
@@ -293,6 +294,7 @@ def test_both_doors_pass_the_upload_cap_queue_size_and_open_flag(door, monkeypat
     assert kwargs["allowed_hosts"] == ["shop.example", "10.0.0.2:7860"]
     assert kwargs["hub_login"] is False and kwargs["allow_private_endpoints"] is True
     assert (kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == ("c.pem", "k.pem")
+    assert kwargs["db"] == "postgresql://shop@db-host/shop"
     cli.main(["app", "--hub-login"]) if door == "builder app" else app_door.main(["--hub-login"])
     assert calls[1][1]["hub_login"] is True and calls[1][1]["allowed_hosts"] == []
     assert calls[1][1]["allow_private_endpoints"] is False
@@ -542,6 +544,78 @@ def test_the_faq_update_writes_only_runs_inside_the_runs_root_and_never_on_an_op
     open_page = Page(tmp_path / "runs", None, "configs/embedded-cpu.yaml", 1, open_page=True)
     with pytest.raises(UserError, match="BUILDER_APP_PASSWORD"):
         open_page.writable_run(inside)
+
+
+# The conversation log, 👍/👎 and the 인박스 tab
+
+
+def rows_of(run: Path) -> list[dict]:
+    from builder.owner.log import ConversationLog
+
+    return ConversationLog.for_run(run).rows()
+
+
+def like(client, index: int, liked: bool) -> None:
+    """A click on 👍 (liked) or 👎 under the chat message at `index`, as the browser sends it
+    (gradio_client sends no event data): in the client's own session, whose reply ids the
+    page keeps."""
+    import httpx
+
+    config = httpx.get(client.src + "config").json()
+    fn = next(d["id"] for d in config["dependencies"] if d["api_name"] == "feedback")
+    body = {"data": [None], "fn_index": fn, "session_hash": client.session_hash,
+            "event_data": {"index": index, "value": [], "liked": liked}, "trigger_id": None}
+    httpx.post(client.src + "gradio_api/queue/join", json=body).raise_for_status()
+
+
+def wait_for(check, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.2)
+    return result
+
+
+@pytest.fixture(scope="module")
+def inbox_run(app):
+    """A run of its own for the log and the inbox (its FAQ gets rows the other tests do not
+    expect): the first 30 sample rows indexed through the page."""
+    run = make_shop_run(app.tmp / "runs" / "inbox-shop")
+    _, error = index_faq(app, write_faq(app.tmp / "inbox-30.csv", 30), run)
+    assert not value(error), value(error)
+    return run
+
+
+def test_page_answers_go_into_the_log_under_a_pseudonym_with_their_thumbs(app, inbox_run):
+    """Each chat answer is a log row (the session under a pseudonym, never in clear); 👍/👎 on
+    the answer reach that row, and the reply ids follow the history's messages."""
+    from builder.owner.log import ConversationLog
+
+    app.predict(api_name="/clear_chat")  # this session's reply ids start empty
+    history = ask(app, "배송비는 얼마인가요?", inbox_run)
+    history = ask(app, "내일 부산 날씨 알려줘", inbox_run, history)
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant", "user", "assistant"]
+    rows = rows_of(inbox_run)[-2:]
+    assert [r["question"] for r in rows] == ["배송비는 얼마인가요?", "내일 부산 날씨 알려줘"]
+    first, declined = rows
+    assert first["channel"] == "page" and first["answer"] == text_of(history[1]["content"])
+    assert first["sources"][0]["line"] == 2 and not first["declined"] and declined["declined"]
+    assert first["latency_ms"] is not None and first["reply_id"] and first["feedback"] is None
+    log = ConversationLog.for_run(inbox_run)
+    assert first["customer"] == log.pseudonym(app.session_hash) != app.session_hash
+    stored = b"".join(p.read_bytes() for p in inbox_run.glob("conversations.db*"))
+    assert first["reply_id"].encode() in stored  # the file is read: the row is there ...
+    assert app.session_hash.encode() not in stored  # ... but not the session in clear
+
+    like(app, 1, True)  # 👍 under the first answer (its sources message is in its group)
+    wait_for(lambda: rows_of(inbox_run)[-2]["feedback"] == 1)
+    like(app, 4, False)  # 👎 under the declined one
+    wait_for(lambda: rows_of(inbox_run)[-1]["feedback"] == -1)
+    like(app, 1, False)  # changed its mind
+    wait_for(lambda: rows_of(inbox_run)[-2]["feedback"] == -1)
+    like(app, 0, True)  # a question, not an answer: nothing
+    time.sleep(1)
+    assert [r["feedback"] for r in rows_of(inbox_run)[-2:]] == [-1, -1]
 
 
 def status_of(client) -> dict:

@@ -135,7 +135,7 @@ def cmd_app(args) -> None:
            config_path=args.config, max_upload_mb=args.max_upload_mb, open_access=args.open,
            max_queue=args.max_queue, hub_login=args.hub_login, allowed_hosts=args.allowed_hosts,
            allow_private_endpoints=args.allow_private_endpoints,
-           ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+           ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, db=args.db)
 
 
 def cmd_serve(args) -> None:

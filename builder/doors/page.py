@@ -10,7 +10,8 @@ builder.answering.chatbot.load_chatbot, builder.deploy.export, builder.deploy.hu
 builder.doors.jobs (the training job) and builder.doors.uploads hold the logic that is not
 drawing. Every event has an `api_name`, so
 gradio_client can drive the page: /prepare, /generate_faq, /prepare_generated,
-/start_training, /stop_training, /training_status, /chat, /stop_chat, /clear_chat, /index_faq,
+/start_training, /stop_training, /training_status, /chat, /stop_chat, /clear_chat, /feedback,
+/index_faq,
 /eval_report, /push_dataset, /push_model, /push_adapter, /export_gguf, /push_gguf,
 /model_card. A UserError shows in the tab's error box, never as a traceback.
 The Hugging Face token and an endpoint's API key go from their password fields straight to
@@ -26,7 +27,9 @@ In the 채팅 tab each answer of a run that answers from its FAQ is followed by 
 "참고한 FAQ" message (the entries and their rows in the FAQ file); "FAQ 업데이트" replaces the
 run's knowledge from an updated FAQ file (as `builder index`) and the next question uses it;
 the run's evaluation (`builder eval`: RUN/eval/, or RUN/eval.running while it runs) is shown
-and read again on a timer, so an eval that ends while the page is open fills in.
+and read again on a timer, so an eval that ends while the page is open fills in. Every answer
+goes into the run's conversation log (builder.owner.log, the session under a pseudonym), and
+👍/👎 under an answer is stored with it.
 
 Visitors type paths and text, so the page only reads folders under its runs root (and the
 --run folder), caps what it queues and the length of a question, and serves no file by path but
@@ -61,16 +64,18 @@ PASSWORD_ENV, USER_ENV = "BUILDER_APP_PASSWORD", "BUILDER_APP_USER"  # the page'
 
 
 def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-cpu.yaml",
-              max_upload_mb=20, hub_login=False, open_page=False, private_endpoints=False):
+              max_upload_mb=20, hub_login=False, open_page=False, private_endpoints=False,
+              db=None):
     """The whole page as gr.Blocks (not launched).
 
     hub_login: an empty token field pushes with HF_TOKEN or the saved login (the owner's
     explicit --hub-login); open_page: served to anyone without a login (--open);
-    private_endpoints: the document generator may post to this machine and the private network."""
+    private_endpoints: the document generator may post to this machine and the private network;
+    db: the conversation log's database (None: each run's RUN/conversations.db)."""
     import gradio as gr
 
     page = Page(runs_root, run_dir, config_path, max_upload_mb, hub_login=hub_login,
-                open_page=open_page, private_endpoints=private_endpoints)
+                open_page=open_page, private_endpoints=private_endpoints, db=db)
     with gr.Blocks(title="한국어 FAQ 챗봇 빌더", analytics_enabled=False) as app:
         gr.Markdown("# 한국어 FAQ 챗봇 빌더\nFAQ 파일 → 데이터 점검 → LoRA 학습 → 채팅 → Hugging Face 배포")
         # the prepared folder goes to the 학습 and 배포 tabs: made here, drawn in their tabs
@@ -88,14 +93,15 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
 def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
            config_path="configs/embedded-cpu.yaml", max_upload_mb=20, open_access=False,
            max_queue=20, hub_login=False, allowed_hosts=(), allow_private_endpoints=False,
-           ssl_certfile=None, ssl_keyfile=None) -> None:
+           ssl_certfile=None, ssl_keyfile=None, db=None) -> None:
     """Build the page, serve it on host:port, print the URL and block until Ctrl-C.
 
     Off loopback the page needs a login ($BUILDER_APP_PASSWORD, user $BUILDER_APP_USER or
     "admin") unless open_access; max_queue events may wait, more get the busy message.
     hub_login lends HF_TOKEN / the saved login to an empty token field; allowed_hosts are host
     names the page answers to besides its own (builder.doors.page_guard); with ssl_certfile
-    and ssl_keyfile it serves https itself."""
+    and ssl_keyfile it serves https itself; every chat answer goes into the run's conversation
+    log (db: a file or postgresql:// URL, else RUN/conversations.db)."""
     loopback = is_loopback(host)
     password = os.environ.get(PASSWORD_ENV)
     if not loopback and not password and not open_access:
@@ -117,7 +123,7 @@ def launch(host="127.0.0.1", port=7860, *, runs_root="runs", run_dir=None,
     app = build_app(runs_root=runs_root, run_dir=run_dir, config_path=config_path,
                     max_upload_mb=max_upload_mb, hub_login=hub_login,
                     open_page=not loopback and not auth,
-                    private_endpoints=allow_private_endpoints)
+                    private_endpoints=allow_private_endpoints, db=db)
     names = HostNames(host, port, tuple(allowed_hosts))
     app.queue(default_concurrency_limit=1, max_size=max_queue)
     # no allowed_paths: the file route serves uploads and the charts the page copied into

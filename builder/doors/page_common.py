@@ -157,7 +157,7 @@ class Page:
     chatbot, one stop flag per browser session."""
 
     def __init__(self, runs_root, run_dir, config_path, max_upload_mb, *, hub_login=False,
-                 open_page=False, private_endpoints=False):
+                 open_page=False, private_endpoints=False, db=None):
         from builder.config import load_config
 
         self.runs_root = Path(runs_root)
@@ -174,6 +174,9 @@ class Page:
         self.job = jobs.TrainingJob(self.runs_root, config_path)
         self.bots = uploads.ChatbotCache()
         self.stop_events: dict[str, threading.Event] = {}
+        self.db = db  # the conversation log's database (--db); None: RUN/conversations.db
+        self._logs: dict[Path, object] = {}  # run folder -> its ConversationLog, opened once
+        self._logs_lock = threading.Lock()
         self.chart_dir = Path(tempfile.mkdtemp(prefix="builder-app-charts-"))
         atexit.register(shutil.rmtree, self.chart_dir, ignore_errors=True)
         prepared = uploads.list_prepared(self.runs_root)
@@ -199,6 +202,16 @@ class Page:
                             f"page updates the FAQ of runs inside {self.runs_root} only; update "
                             f"this one with `builder index {folder} FAQ_FILE`")
         return path
+
+    def conversation_log(self, run_dir):
+        """The run's conversation log (builder.owner.log), opened once per run folder."""
+        from builder.owner.log import ConversationLog
+
+        run_dir = Path(run_dir).resolve()
+        with self._logs_lock:
+            if run_dir not in self._logs:
+                self._logs[run_dir] = ConversationLog.for_run(run_dir, self.db)
+            return self._logs[run_dir]
 
     def run_choices(self):
         runs = uploads.list_runs(self.runs_root)

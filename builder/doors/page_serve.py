@@ -1,9 +1,13 @@
-"""The page's last two tabs, using the bot: 3. 채팅 (pick a run, stream answers with their FAQ
-sources, update the FAQ without retraining, the run's evaluation) and 4. 배포 (export a GGUF,
+"""The page's tabs that use the bot: 3. 채팅 (pick a run, stream answers with their FAQ
+sources, each answer into the run's conversation log with its 👍/👎, update the FAQ without
+retraining, the run's evaluation) and 4. 배포 (export a GGUF,
 push the dataset, the model, the adapter or the GGUF to the Hugging Face Hub, the model card)."""
 
 import json
+import logging
 import threading
+import time
+import uuid
 from pathlib import Path
 
 from builder.answering.guard import Reply
@@ -21,6 +25,8 @@ from builder.doors.page_common import (
     too_long,
 )
 from builder.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def chat_tab(page: Page, app) -> None:
@@ -65,42 +71,75 @@ def chat_tab(page: Page, app) -> None:
                                        elem_id="chat-eval-chart")
         eval_timer = gr.Timer(5.0)  # an eval that ends while the page is open fills in
 
-    def on_chat(text, history, run, ctx, n_tokens, temp, use="auto", request: gr.Request = None):
+    def on_chat(text, history, run, ctx, n_tokens, temp, use="auto", replies=None,
+                request: gr.Request = None):
         text = (text or "").strip()
         history = [{"role": m["role"], "content": message_text(m["content"]),
                     **({"metadata": m["metadata"]} if (m.get("metadata") or {}).get("title")
                        else {})} for m in history or []]
+        # one item per history message: [run, reply id] for an answer, else None
+        replies = (list(replies or []) + [None] * len(history))[:len(history)]
         if not text:
-            yield history, "", hidden()
+            yield history, "", hidden(), replies
             return
         error = too_long("질문 question", text, MAX_QUESTION_CHARS) or \
             too_long("참고 context", ctx, MAX_CONTEXT_CHARS)
         if error:
-            yield history, gr.skip(), shown(error)
+            yield history, gr.skip(), shown(error), replies
             return
         history.append({"role": "user", "content": text})
-        yield history, "", hidden()
+        replies.append(None)
+        yield history, "", hidden(), replies
         session = request.session_hash if request is not None else ""
         stop_event = page.stop_events.setdefault(session, threading.Event())
         stop_event.clear()
         try:
-            bot = page.bots.get(page.inside(run), use=use or "auto")
+            run = page.inside(run)
+            bot = page.bots.get(run, use=use or "auto")
             asked = [m["content"] for m in history[:-1] if m["role"] == "user"]
-            answer, reply = "", Reply()
+            answer, reply, begun = "", Reply(), time.monotonic()
             history.append({"role": "assistant", "content": ""})
+            replies.append(None)
             for delta in bot.stream(text, ctx or "", history=asked, reply=reply,
                                     max_new_tokens=int(n_tokens), temperature=float(temp),
                                     stop_event=stop_event):
                 answer += delta
                 history[-1]["content"] = answer
-                yield history, "", hidden()
+                yield history, "", hidden(), gr.skip()
             if not answer:
                 history[-1]["content"] = "(빈 답변 / empty answer)"
+            replies[-1] = record(run, session, text, ctx, reply, time.monotonic() - begun)
             if sources := sources_message(reply):
                 history.append(sources)
-            yield history, "", hidden()
+                replies.append(None)
+            yield history, "", hidden(), replies
         except UserError as err:
-            yield history, text, shown(str(err))
+            yield history, text, shown(str(err)), replies[:len(history)]
+
+    def record(run, session, text, ctx, reply, latency_s):
+        """The answer into the run's conversation log; [run, its reply id] for 👍/👎, or None
+        when the log failed (the chat goes on without it)."""
+        reply_id = uuid.uuid4().hex
+        try:
+            page.conversation_log(run).record("page", session, text, ctx or "", reply,
+                                              latency_s, reply_id=reply_id)
+        except Exception:  # any database's failure: the customer gets the answer anyway
+            log.warning("the conversation log of %s failed", run, exc_info=True)
+            return None
+        return [run, reply_id]
+
+    def on_like(replies, like: gr.LikeData):
+        """👍/👎 on an answer into its run's log; taking a vote back leaves the last one."""
+        index = like.index[0] if isinstance(like.index, (list, tuple)) else like.index
+        item = replies[index] if isinstance(index, int) and 0 <= index < len(replies or []) \
+            else None
+        if item is None or like.liked not in (True, False):
+            return
+        run, reply_id = item
+        try:
+            page.conversation_log(run).feedback(reply_id, 1 if like.liked else -1)
+        except Exception:  # the page goes on without its log
+            log.warning("the conversation log of %s failed", run, exc_info=True)
 
     def on_stop_chat(request: gr.Request):
         page.stop_events.setdefault(request.session_hash, threading.Event()).set()
@@ -129,15 +168,18 @@ def chat_tab(page: Page, app) -> None:
     # One answer is generated at a time (on CPU one generation takes every core): the send
     # button and Enter share that one slot, and a session that waits for it sees its place
     # in the queue on the chat box. Everything else on the page never waits behind an answer.
-    chat_inputs = [question, chatbot, chat_run, context, max_tokens, temperature, engine]
-    chat_outputs = [chatbot, question, chat_error]
+    replies = gr.State([])  # this session's reply ids, one item per chat message
+    chat_inputs = [question, chatbot, chat_run, context, max_tokens, temperature, engine,
+                   replies]
+    chat_outputs = [chatbot, question, chat_error, replies]
     send.click(on_chat, chat_inputs, chat_outputs, api_name="chat", concurrency_id="chat",
                concurrency_limit=CHAT_CONCURRENCY, show_progress="full")
     question.submit(on_chat, chat_inputs, chat_outputs, api_visibility="private",
                     concurrency_id="chat", concurrency_limit=CHAT_CONCURRENCY)
     stop.click(on_stop_chat, None, None, api_name="stop_chat", concurrency_limit=None)
-    clear.click(lambda: ([], ""), None, [chatbot, question], api_name="clear_chat",
+    clear.click(lambda: ([], "", []), None, [chatbot, question, replies], api_name="clear_chat",
                 concurrency_limit=None)
+    chatbot.like(on_like, replies, None, api_name="feedback", concurrency_limit=None)
     refresh.click(page.runs_update, chat_run, chat_run, api_visibility="private",
                   concurrency_limit=None)
     faq_update.upload(on_index, [faq_update, chat_run], [faq_update_result, chat_error],
