@@ -75,7 +75,9 @@ class Knowledge:
     def build(cls, entries: list[Entry], *, embedder_name: str = DEFAULT_EMBEDDER,
               source: str = "", calibrate: bool = True,
               coverage_floor: float = gate.COVERAGE_FLOOR, lexicon: Lexicon | None = None,
-              learned_gate: bool = False) -> "Knowledge":
+              learned_gate: bool = False, reuse: "Knowledge | None" = None) -> "Knowledge":
+        """`reuse`: a knowledge these entries extend (an owner's answer added a row): its
+        embeddings of unchanged entries are kept and, without `calibrate`, its gate."""
         import bm25s
 
         if not entries:
@@ -87,7 +89,7 @@ class Knowledge:
         # than like its answer (on the sample question set: hit@1 33 -> 36 of 40, hit@3 39 -> 40)
         bm25.index([lexicon.expand(content_morphemes(f"{e.question} {e.text}")) or [""]
                     for e in entries], show_progress=False)
-        dense = embedder(embedder_name).passage([e.text for e in entries])
+        dense = _embeddings(entries, embedder_name, reuse)
         settings = {"embedder": embedder_name, "entries": len(entries), "source": source,
                     "entries_sha256": entries_sha256(entries),
                     "synonyms": {"groups": len(lexicon.groups), "sha256": lexicon.sha256},
@@ -100,6 +102,12 @@ class Knowledge:
 
                 settings["gate"]["learned"] = train_gate(knowledge)
             settings["gate"]["measured"] = gate.gate_figures(knowledge)
+        elif reuse is not None and reuse.settings.get("gate"):
+            # a row or two move the calibrated threshold little; calibrating costs ~7 s (185
+            # entries, 2 cores): the next `builder index` or training calibrates again
+            kept = reuse.settings["gate"]
+            settings["gate"] = {**kept, "coverage_floor": coverage_floor, "calibrated_entries":
+                                kept.get("calibrated_entries", reuse.settings.get("entries"))}
         settings["build_s"] = round(time.perf_counter() - started, 2)
         return knowledge
 
@@ -129,23 +137,8 @@ class Knowledge:
 
     @classmethod
     def load(cls, folder: str | Path) -> "Knowledge":
-        import bm25s
-        import numpy as np
-
-        folder = Path(folder)
-        if not (folder / "index.json").is_file():
-            raise UserError(f"{folder}: no knowledge index there; "
-                            f"{Run(folder.parent).make('index')}")
-        settings = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        with (folder / "entries.jsonl").open(encoding="utf-8") as f:
-            entries = [Entry(**json.loads(line)) for line in f if line.strip()]
-        bm25 = bm25s.BM25.load(str(folder / "bm25"), show_progress=False)
-        dense = np.load(folder / "dense.npy")
-        groups = folder / "synonyms.json"  # the lexicon the index was built with
-        lexicon = Lexicon.from_json(json.loads(groups.read_text(encoding="utf-8"))
-                                    if groups.is_file() else [])
-        embedder(settings["embedder"])  # load the model now, not on the first question
-        return cls(entries, bm25, dense, settings, lexicon)
+        """The knowledge saved in `folder`, read from one version of it (see `load_whole`)."""
+        return load_whole(Path(folder))
 
     # Questions
 
@@ -256,9 +249,10 @@ class Knowledge:
 
 
 def knowledge_for(entries: list[Entry], rag, *, source: str = "", run_dir=None,
-                  calibrate: bool = True) -> Knowledge:
+                  calibrate: bool = True, reuse: Knowledge | None = None) -> Knowledge:
     """Built with a run's retrieval settings (builder.config.RagConfig): its embedder,
-    coverage floor, lexicon (the shipped one and RUN/synonyms.txt) and gate."""
+    coverage floor, lexicon (the shipped one and RUN/synonyms.txt) and gate (`reuse`: see
+    Knowledge.build)."""
     from builder.answering.synonyms import RUN_FILE, SHIPPED
 
     lexicon = None
@@ -266,7 +260,66 @@ def knowledge_for(entries: list[Entry], rag, *, source: str = "", run_dir=None,
         lexicon = Lexicon.from_files(Path(run_dir) / RUN_FILE if run_dir else None, SHIPPED)
     return Knowledge.build(entries, embedder_name=rag.embedder, source=source, calibrate=calibrate,
                            coverage_floor=rag.coverage_floor, lexicon=lexicon,
-                           learned_gate=getattr(rag, "gate", "rules") == "learned")
+                           learned_gate=getattr(rag, "gate", "rules") == "learned", reuse=reuse)
+
+
+def _embeddings(entries: list[Entry], embedder_name: str, reuse: Knowledge | None):
+    """Passage embeddings of the entries; those `reuse` already holds (same text, same
+    embedder) are copied: embedding 185 entries takes ~13 s on 2 busy cores, one ~0.02 s."""
+    import numpy as np
+
+    known = {}
+    if reuse is not None and reuse.settings.get("embedder") == embedder_name:
+        known = {e.text: row for e, row in zip(reuse.entries, reuse.dense)}
+    todo = [e.text for e in entries if e.text not in known]
+    if todo:
+        known.update(zip(todo, embedder(embedder_name).passage(todo)))
+    return np.stack([known[e.text] for e in entries]).astype(np.float32)
+
+
+def load_whole(folder: Path) -> Knowledge:
+    """Read one version of the knowledge in `folder`: a save that swaps a new version in
+    meanwhile makes it read again, and a save killed between its two renames (folder gone,
+    folder.old there) leaves the old version readable."""
+    for attempt in range(3):
+        where = readable(folder)
+        try:
+            before = where.stat().st_ino  # each save writes a new folder
+            knowledge = _read(where)
+            if where.stat().st_ino == before:
+                return knowledge
+        except OSError:  # its files removed under us: the swap's old version going
+            if attempt == 2:
+                raise
+        time.sleep(0.05)
+    return _read(readable(folder))
+
+
+def _read(folder: Path) -> Knowledge:
+    import bm25s
+    import numpy as np
+
+    settings = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    with (folder / "entries.jsonl").open(encoding="utf-8") as f:
+        entries = [Entry(**json.loads(line)) for line in f if line.strip()]
+    bm25 = bm25s.BM25.load(str(folder / "bm25"), show_progress=False)
+    dense = np.load(folder / "dense.npy")
+    groups = folder / "synonyms.json"  # the lexicon the index was built with
+    lexicon = Lexicon.from_json(json.loads(groups.read_text(encoding="utf-8"))
+                                if groups.is_file() else [])
+    embedder(settings["embedder"])  # load the model now, not on the first question
+    return Knowledge(entries, bm25, dense, settings, lexicon)
+
+
+def readable(folder: Path) -> Path:
+    """`folder`, or the folder.old a save killed between its two renames left (replace_dir:
+    folder -> folder.old, then the new one -> folder); a UserError when neither holds one."""
+    if (folder / "index.json").is_file():
+        return folder
+    old = folder.with_name(folder.name + ".old")
+    if (old / "index.json").is_file():
+        return old
+    raise UserError(f"{folder}: no knowledge index there; {Run(folder.parent).make('index')}")
 
 
 def entries_sha256(entries: list[Entry]) -> str:

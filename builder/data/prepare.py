@@ -2,6 +2,7 @@
 
     builder prepare data/sample_faq.csv --out runs/data
     builder prepare my_faqs/ --out runs/data     # every CSV/TSV/XLSX/JSON/JSONL inside
+    builder prepare data/sample_faq.csv --add runs/demo/inbox/faq.csv --out runs/data2
 
 Reading (CSV/TSV/XLSX, JSON/JSONL in Alpaca, Dolly or ShareGPT shape, folders) is
 `builder.data.formats`; this module leaves out empty, duplicate and conflicting rows with their line
@@ -9,7 +10,9 @@ Reading (CSV/TSV/XLSX, JSON/JSONL in Alpaca, Dolly or ShareGPT shape, folders) i
 `train_test_split`, or GroupShuffleSplit where a question repeats), and writes `train.csv`,
 `test.csv`, `faq.csv`, `dataset/` (a DatasetDict) and `report.json` into the output folder,
 which is either complete or absent. Rows `builder generate` wrote from documents that are not
-marked reviewed yet are counted and named (`builder.data.review`).
+marked reviewed yet are counted and named (`builder.data.review`). `--add FILE` (repeatable)
+appends another file's rows after the FAQ's, through the same checks: the owner's answers from
+the inbox (RUN/inbox/faq.csv, builder.owner.inbox); the report counts the rows of each file.
 """
 
 import csv
@@ -22,6 +25,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from builder.data.added import added_sha256, from_files, read_added
 from builder.data.formats import LINK_OUTSIDE, read_any
 from builder.data.lengths import count_tokens, measure_lengths, row_texts, start_length_worker
 from builder.data.review import unreviewed, warning
@@ -170,15 +174,16 @@ def save_dataset(train: list[Row], test: list[Row], path: Path) -> None:
 
 
 def replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move a finished folder into place; the old one (if any) goes only after that worked."""
+    """Move a finished folder into place; the old one (if any) goes only after that worked.
+    Between the two renames only out_dir.old exists: readers fall back to it (a run's
+    knowledge: builder.answering.knowledge.readable), and a save killed there leaves it for
+    the next save to remove once its own folder is in place."""
+    old = out_dir.with_name(out_dir.name + ".old")
     if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
+    staging.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def source_sha256(faq_file: Path, table: FaqTable) -> str:
@@ -203,21 +208,23 @@ def format_report(table: FaqTable) -> dict:
 
 
 def build_report(faq_file: Path, table: FaqTable, kept, dropped, conflicts, too_long, lengths,
-                 train, test, split_method: str, test_size: float, seed: int) -> dict:
+                 train, test, split_method: str, test_size: float, seed: int,
+                 added: list[tuple[Path, FaqTable]] = ()) -> dict:
     reasons: dict[str, int] = {}
     for d in dropped:
         reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
     return {
         "source_file": faq_file.name,
-        "source_sha256": source_sha256(faq_file, table),
+        "source_sha256": added_sha256(source_sha256(faq_file, table), added),
         "encoding": table.encoding,
         "delimiter": table.delimiter,
         "columns_found": table.columns_found,
         "column_map": table.column_map,
         "extra_columns_ignored": table.extra_columns,
         **format_report(table),
-        "rows_read": len(table.rows),
+        "rows_read": len(table.rows) + sum(len(t.rows) for _, t in added),
         "rows_kept": len(kept),
+        **({"from_files": from_files(faq_file, table, added, kept)} if added else {}),
         "rows_dropped": len(dropped),
         "dropped_by_reason": reasons,
         "dropped": dropped,
@@ -251,8 +258,10 @@ def prepare(
     test_size: float = 0.1,
     seed: int = 42,
     max_length: int = 512,
+    add: list[str | Path] = (),
 ) -> dict:
-    """Validate, clean and split a FAQ file into `out_dir`. Returns the report."""
+    """Validate, clean and split a FAQ file (and the `add` files' rows after its own) into
+    `out_dir`. Returns the report."""
     faq_file, out_dir = Path(faq_file), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file, not a folder; choose another --out")
@@ -265,7 +274,8 @@ def prepare(
     staging = None
     try:
         table = read_faq(faq_file)
-        kept, dropped, conflicts = check_rows(table.rows)
+        added = read_added(add)
+        kept, dropped, conflicts = check_rows(table.rows + [r for _, t in added for r in t.rows])
         train, test, split_method = split_rows(kept, test_size, seed, faq_file.name)
         # the child counts tokens while this process writes the split
         counted: list = []
@@ -283,7 +293,7 @@ def prepare(
         counting.join()
         lengths, too_long = measure_lengths(kept, max_length, counted[0])
         report = build_report(faq_file, table, kept, dropped, conflicts, too_long, lengths,
-                              train, test, split_method, test_size, seed)
+                              train, test, split_method, test_size, seed, added)
         (staging / "report.json").write_text(
             json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
         )
@@ -352,6 +362,9 @@ def summary(report: dict, out_dir: str | Path) -> str:
         f"/ {report['rows_read']}행 중 {report['rows_kept']}행 사용",
         *format_summary(report),
     ]
+    if report.get("from_files"):
+        lines.append("  rows kept per file: " + ", ".join(
+            f"{f['file']} {f['rows_kept']} of {f['rows_read']}" for f in report["from_files"]))
     if report["extra_columns_ignored"]:
         lines.append(f"  ignored columns: {', '.join(report['extra_columns_ignored'])}")
     by_reason: dict[str, list[dict]] = {}

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the split")
     p.add_argument("--max-length", type=int, default=512,
                    help="training length in tokens; longer rows are reported")
+    p.add_argument("--add", action="append", default=[], metavar="FILE",
+                   help="another file's rows after the FAQ's, through the same checks, e.g. "
+                   "the inbox's answers RUN/inbox/faq.csv (repeatable)")
     p.set_defaults(run=cmd_prepare)
 
     p = commands.add_parser("push-data", help="push a prepared dataset to the Hugging Face Hub")

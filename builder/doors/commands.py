@@ -11,7 +11,7 @@ def cmd_prepare(args) -> None:
 
     report = prepare(
         args.faq_file, args.out, test_size=args.test_size, seed=args.seed,
-        max_length=args.max_length,
+        max_length=args.max_length, add=args.add,
     )
     print(summary(report, args.out))
     print(f"next: builder train {args.out} --out runs/NAME")
