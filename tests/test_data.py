@@ -339,3 +339,33 @@ def test_rows_from_documents_not_yet_reviewed_are_counted_and_named(tmp_path, ca
     assert prepare(old, tmp_path / "out2")["not_reviewed"] == {"old.csv": 12}
     plain = write_table(tmp_path / "plain.csv", ["instruction", "input", "output"], QA)
     assert "not_reviewed" not in prepare(plain, tmp_path / "out3")
+
+
+def test_added_files_rows_follow_the_faqs_through_the_same_checks(faq, tmp_path, capsys):
+    """--add appends another file's rows (the inbox's answers) after the FAQ's, checks them with
+    them (a duplicate, a conflict, an empty answer) and counts the rows of each file."""
+    inbox = write_table(tmp_path / "inbox.csv", ["instruction", "input", "output"], [
+        ("강아지 간식도 파나요?", "", "네, 강아지 쿠키를 5,000원에 팔아요."),
+        QA[1],  # the FAQ's own row again: a duplicate
+        ("카드 결제가 되나요?", "", "현금만 받아요."),  # another answer: a conflict
+        ("주차 되나요?", "", ""),
+    ])
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(faq), "--out", str(out), "--add", str(inbox)]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["rows_read"] == 16 and report["rows_kept"] == 12
+    assert report["from_files"] == [
+        {"file": "faq.csv", "rows_read": 12, "rows_kept": 11},
+        {"file": str(inbox), "rows_read": 4, "rows_kept": 1}]
+    reasons = {(d.get("file", "faq.csv"), d["line"]): d["reason"] for d in report["dropped"]}
+    assert reasons == {(str(inbox), 3): "duplicate", ("faq.csv", 10): "conflict",
+                       (str(inbox), 4): "conflict", (str(inbox), 5): "empty answer"}
+    with (out / "faq.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["instruction"] == "강아지 간식도 파나요?" and rows[-1]["file"] == str(inbox)
+    assert rows[-1]["line"] == "2" and rows[0]["file"] == ""
+    printed = capsys.readouterr().out
+    assert f"rows kept per file: faq.csv 11 of 12, {inbox} 1 of 4" in printed
+    assert f"{inbox} line 4" in printed  # the conflict is named in the file it is in
+    alone = prepare(faq, tmp_path / "alone")
+    assert alone["source_sha256"] != report["source_sha256"] and "from_files" not in alone

@@ -127,6 +127,7 @@ class Knowledge:
             np.save(staging / "dense.npy", self.dense)
             (staging / "synonyms.json").write_text(
                 json.dumps(self.lexicon.to_json(), ensure_ascii=False), encoding="utf-8")
+            self.settings["version"] = staging.name  # new each save: see `load_whole`
             (staging / "index.json").write_text(json.dumps(self.settings, ensure_ascii=False,
                                                            indent=2), encoding="utf-8")
             staging.chmod(0o755)
@@ -277,22 +278,34 @@ def _embeddings(entries: list[Entry], embedder_name: str, reuse: Knowledge | Non
     return np.stack([known[e.text] for e in entries]).astype(np.float32)
 
 
-def load_whole(folder: Path) -> Knowledge:
+def load_whole(folder: Path, wait_s: float = 5.0) -> Knowledge:
     """Read one version of the knowledge in `folder`: a save that swaps a new version in
-    meanwhile makes it read again, and a save killed between its two renames (folder gone,
-    folder.old there) leaves the old version readable."""
-    for attempt in range(3):
+    meanwhile makes it read again (for up to `wait_s` seconds), and a save killed between its
+    two renames (folder gone, folder.old there) leaves the old version readable. The version
+    in index.json is the same after the read as before it, and no version comes back once
+    replaced, so every file read belongs to it."""
+    deadline = time.monotonic() + wait_s
+    while True:
         where = readable(folder)
         try:
-            before = where.stat().st_ino  # each save writes a new folder
+            before = _version(where)
             knowledge = _read(where)
-            if where.stat().st_ino == before:
+            if knowledge.settings.get("version", before) == before == _version(where):
                 return knowledge
-        except OSError:  # its files removed under us: the swap's old version going
-            if attempt == 2:
+        except OSError:  # mid-swap: the old version's files going, or the folder renamed
+            if time.monotonic() > deadline:
                 raise
-        time.sleep(0.05)
-    return _read(readable(folder))
+        if time.monotonic() > deadline:
+            raise UserError(f"{folder} was replaced again and again while being read; "
+                            "load it again when the updates are done")
+        time.sleep(0.02)
+
+
+def _version(folder: Path):
+    """The id the save of `folder` wrote into index.json (a folder saved without one: its
+    inode, which a later save may reuse)."""
+    settings = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    return settings.get("version") or folder.stat().st_ino
 
 
 def _read(folder: Path) -> Knowledge:

@@ -119,7 +119,8 @@ def inbox_list(args) -> None:
     if not groups:
         print(f"{args.run_dir}: nothing open in the last {args.days} days")
         return
-    print(f"{len(groups)} open groups, most asked first (answer, map or decline each by its key)")
+    print(f"{len(groups)} open group{'s' if len(groups) > 1 else ''}, most asked first (answer, "
+          "map or decline each by its key)")
     for g in groups:
         kinds = ", ".join(f"{k} {n}" for k, n in g.kinds.items())
         print(f"\n{g.key}  {g.count}x  last {g.last_seen:%Y-%m-%d %H:%M} UTC  ({kinds})")
@@ -131,7 +132,8 @@ def inbox_list(args) -> None:
         for said in g.answers[:2]:
             print(f"  bot: {_short(said)}")
         if g.best:
-            print(f"  from FAQ line {g.best['line']}: {g.best['question']}")
+            where = f"FAQ line {g.best['line']}" if g.best["line"] else "an inbox row"
+            print(f"  from {where}: {g.best['question']}")
 
 
 def _short(text: str, width: int = 100) -> str:

@@ -31,7 +31,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from builder.errors import UserError
@@ -70,7 +70,7 @@ def inbox(run_dir, log, knowledge=None, days: int = DAYS) -> list[Group]:
 def _open(run_dir, log, knowledge, days: int):
     """(groups, the log's rows by id, knowledge)."""
     knowledge = knowledge if knowledge is not None else _current(run_dir)
-    since = datetime.now(timezone.utc) - timedelta(days=days)
+    since = datetime.now(UTC) - timedelta(days=days)
     rows, analysed = {}, {}
     for row in log.rows(since=since):
         kinds = open_kinds(row, knowledge, analysed)
@@ -132,8 +132,9 @@ def source_entry(row: dict, knowledge):
         return None
     first = row["sources"][0]
     entries = knowledge.entries
-    if 0 <= first.get("id", -1) < len(entries) and entries[first["id"]].question == first["question"]:
-        return entries[first["id"]]
+    at = first.get("id", -1)
+    if 0 <= at < len(entries) and entries[at].question == first["question"]:
+        return entries[at]
     return next((e for e in entries if e.question == first["question"]), None)
 
 
@@ -148,7 +149,7 @@ def resolutions(log, since: datetime) -> list[dict]:
         rows = [dict(r._mapping) for r in conn.execute(query)]
     for row in rows:
         if row["at"].tzinfo is None:  # SQLite keeps no zone: it was written in UTC
-            row["at"] = row["at"].replace(tzinfo=timezone.utc)
+            row["at"] = row["at"].replace(tzinfo=UTC)
     return rows
 
 
@@ -266,11 +267,12 @@ def context_of(group: Group, rows: dict[int, dict]) -> str:
 
 
 def _apply(run_dir, row: tuple[str, str, str], bot) -> dict:
-    """The row into RUN/inbox/faq.csv and the knowledge (and `bot`): the action's result."""
+    """The row into the knowledge (and `bot`) and RUN/inbox/faq.csv: the action's result. A
+    kill between the two is mended by doing the action again (neither adds a row twice)."""
     from builder.owner.live import add_rows
 
-    path = add_faq_row(run_dir, row)
     knowledge, done = add_rows(run_dir, [row])
+    path = add_faq_row(run_dir, row)
     if bot is not None:
         bot.knowledge = knowledge
     return {"entries": done["entries"], "seconds": done["seconds"], "row": done["rows"][0],
@@ -283,9 +285,9 @@ def record(log, group: Group, action: str, knowledge, *, entry_line: int | None 
     group's question), in one transaction."""
     many = len(group.questions) > 1
     asked = [Asked.of(q, knowledge) for q in group.questions] if many else []
-    now = datetime.now(timezone.utc)
-    values = [dict(at=now, question=q, action=action, entry_line=entry_line, answer=answer,
-                   similarity=round(cosine(asked[0], asked[i]), 4) if asked else 1.0)
+    now = datetime.now(UTC)
+    values = [{"at": now, "question": q, "action": action, "entry_line": entry_line,
+               "answer": answer, "similarity": round(cosine(asked[0], asked[i]), 4) if asked else 1.0}
               for i, q in enumerate(group.questions)]
     with log.engine.begin() as conn:
         conn.execute(log.resolved.insert(), values)
