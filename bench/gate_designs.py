@@ -37,7 +37,8 @@ KINDS = ("paraphrase", "vocabulary", "follow_up", "two_entry",
 def build(faq: Path, lexicon: bool, gate: str, recall: float | None, slack: float):
     from builder.answering import learned_gate
     from builder.answering.chatbot import Chatbot
-    from builder.answering.knowledge import entries_from_file, knowledge_for
+    from builder.answering.indexing import entries_from_file
+    from builder.answering.knowledge import knowledge_for
     from builder.config import RagConfig
     from builder.prompts import load_template
 

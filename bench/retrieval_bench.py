@@ -52,7 +52,8 @@ print(json.dumps({"load_s": round(load_s, 2),
 
 
 def main() -> None:
-    from builder.answering.knowledge import Knowledge, entries_from_file
+    from builder.answering.indexing import entries_from_file
+    from builder.answering.knowledge import Knowledge
 
     faq = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "data" / "sample_faq.csv")
     questions = sys.argv[2] if len(sys.argv) > 2 else str(ROOT / "data" / "sample_questions.csv")

@@ -21,10 +21,13 @@ What a run folder holds, and which stage writes it:
 Every "make it with `builder X`" message comes from here, worded once.
 """
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from builder.errors import UserError
@@ -174,7 +177,10 @@ class Run:
         return self.has_merged() or self.has_adapter()
 
     def has_knowledge(self) -> bool:
-        return (self.knowledge_dir / "index.json").is_file()
+        """A knowledge index is there (or its previous version, when a save was killed
+        between its two renames: builder.answering.knowledge.load_whole reads that one)."""
+        return any((folder / "index.json").is_file() for folder in (
+            self.knowledge_dir, self.knowledge_dir.with_name("knowledge.old")))
 
     # Reading
 
@@ -299,3 +305,29 @@ class Run:
 
     def write_template(self, template) -> None:
         write_atomic(self.template_path, template.text)
+
+
+KNOWLEDGE_LOCK = ".knowledge.lock"
+KNOWLEDGE_LOCK_WAIT_S = 120  # an update of the same run takes seconds; a minute is a stuck one
+
+
+@contextmanager
+def knowledge_lock(run_dir: str | Path, wait_s: float = KNOWLEDGE_LOCK_WAIT_S):
+    """Hold RUN/.knowledge.lock: the page and the CLI update a run's knowledge one at a time
+    (an flock: a killed holder releases it)."""
+    path = Path(run_dir) / KNOWLEDGE_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{path}: another update of this run's knowledge has held "
+                                    f"it for {wait_s:.0f} s; try again when it is done") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

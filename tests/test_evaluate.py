@@ -130,7 +130,8 @@ def tiny_run(tiny_model, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("eval-tiny-run")
     prepared = make_prepared(tmp, 30)
-    from builder.answering.knowledge import Knowledge, entries_from_prepared
+    from builder.answering.indexing import entries_from_prepared
+    from builder.answering.knowledge import Knowledge
 
     cfg = load_config(None, [f"model.name={tiny_model}", "train.min_val_rows=4"])
     run = write_run(tmp / "run", "korean", knowledge=Knowledge.build(

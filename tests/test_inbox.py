@@ -287,6 +287,9 @@ def test_a_save_killed_between_its_two_renames_leaves_a_readable_knowledge(run, 
     (run / "knowledge").rename(run / "knowledge.old")
     assert Knowledge.load(run / "knowledge").entries == kb.entries
     assert version(run / "knowledge") is None  # a follower waits for the next version
+    from builder.run import Run
+
+    assert Run(run).has_knowledge()  # so a server can start on it too (load_chatbot)
     with knowledge_lock(run):
         knowledge, done = add_rows(run, [("반려견 간식도 판매하나요?", "", NEW)])
     assert done["entries"] == 31 and knowledge.entries[-1].answer == NEW
@@ -371,3 +374,35 @@ def test_builder_inbox_lists_answers_maps_and_declines(run, log, kb, capsys):
     assert "declining was right" in capsys.readouterr().out
     assert main(["inbox", "--db", str(run / "conversations.db"), str(run)]) == 0
     assert "1 open group," in capsys.readouterr().out
+
+
+def test_builder_index_keeps_the_inbox_rows_and_waits_for_an_inbox_update(run, log, kb, tmp_path):
+    """Re-indexing the FAQ file keeps the rows the owner wrote in the inbox (an inbox answer
+    to a question the file has replaces that answer), and waits for the run's lock."""
+    from builder.answering.indexing import index_run
+
+    fill(log, kb)
+    answer(run, log, by_question(inbox(run, log, kb))["주차 되나요?"].key, "공영주차장을 이용해 주세요.")
+    faq = tmp_path / "faq.csv"
+    with faq.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["instruction", "input", "output"])
+        writer.writerows([(e.question, e.context, e.answer) for e in kb.entries[:20]])
+    done = index_run(run, faq, log=lambda *_: None)
+    entries = Knowledge.load(run / "knowledge").entries
+    assert done["entries"] == 21 and done["inbox_rows"] == 1
+    assert entries[-1].question == "주차 되나요?" and entries[-1].answer == "공영주차장을 이용해 주세요."
+    started = threading.Event()
+
+    def index_again():
+        started.set()
+        index_run(run, faq, log=lambda *_: None)
+
+    with knowledge_lock(run):
+        other = threading.Thread(target=index_again)
+        other.start()
+        started.wait(5)
+        time.sleep(0.5)
+        assert other.is_alive()  # waiting for the inbox update that holds the lock
+    other.join(120)
+    assert not other.is_alive()

@@ -12,7 +12,8 @@ import pytest
 from builder.errors import UserError
 from builder.answering import gate as gate_module
 from builder.answering.gate import off_topic_questions
-from builder.answering.knowledge import Knowledge, entries_from_file, entries_from_prepared, index_run
+from builder.answering.indexing import entries_from_file, entries_from_prepared, index_run
+from builder.answering.knowledge import Knowledge
 from builder.answering.rewrite import casual, drop_particles, keywords, rewrites
 from fixtures import sample_rows
 

@@ -396,7 +396,7 @@ def test_a_row_added_with_index_is_answered_without_retraining(embedded_run, tmp
 
     from builder.answering.chatbot import load_chatbot
     from builder.facts import states
-    from builder.answering.knowledge import index_run
+    from builder.answering.indexing import index_run
 
     # a copy: the session's run stays as trained for the other tests
     embedded_run = Path(shutil.copytree(embedded_run, tmp_path / "run",

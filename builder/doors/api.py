@@ -307,6 +307,7 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     loopback without a key, on purpose; `db`: the conversation log, default RUN's SQLite)."""
     import uvicorn
 
+    from builder.owner.live import follow
     from builder.owner.log import ConversationLog
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -319,6 +320,8 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
         concurrency = 1 if engine == "local" else 8
     bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model)
     conversations = ConversationLog.for_run(run_dir, db)
+    if bot.knowledge is not None:  # an FAQ row the owner adds (inbox, builder index) reaches
+        follow(bot, run_dir)       # the answers within a second or two, without a restart
     started = time.perf_counter()
     bot.ready(model=engine == "local")
     log.info("ready to answer in %.1f s (retrieval%s loaded)", time.perf_counter() - started,

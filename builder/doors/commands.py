@@ -44,7 +44,7 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from builder.answering.knowledge import index_run
+    from builder.answering.indexing import index_run
 
     index_run(args.run_dir, args.faq_file)
     print(f"next: builder ask {args.run_dir} \"...\" --sources   (no retraining needed)")

@@ -156,13 +156,13 @@ class ChatbotCache:
 
 
 def index_upload(faq_file, run_dir: str | Path | None, max_mb: float, bots: ChatbotCache) -> dict:
-    """An updated FAQ file becomes the run's knowledge (builder.answering.knowledge.index_run, as
+    """An updated FAQ file becomes the run's knowledge (builder.answering.indexing.index_run, as
     `builder index`), and the loaded bot of that run uses it for the next question.
 
     index_run's result, plus "grounded": whether the run's template uses the FAQ at all.
     The knowledge is written and reloaded under the bots' knowledge lock: a chat that loads
     the run meanwhile waits, and one updates at a time."""
-    from builder.answering.knowledge import index_run
+    from builder.answering.indexing import index_run
     from builder.prompts import parse_template
 
     if not run_dir:

@@ -153,9 +153,19 @@ def resolutions(log, since: datetime) -> list[dict]:
     return rows
 
 
+PICKUP_S = 60  # a running server reads a new knowledge within seconds; a decline later is news
+
+
 def resolved_by(row: dict, question: Asked, done: list[tuple[dict, Asked]]) -> bool:
-    return any(same_question(question, other) and (r["action"] == "decline" or row["at"] <= r["at"])
-               for r, other in done)
+    """Closed by what the owner did: any asking after "decline is right"; after an answer or a
+    mapping, the askings before it, and declines while the servers were picking it up."""
+    def closes(r: dict) -> bool:
+        if r["action"] == "decline" or row["at"] <= r["at"]:
+            return True
+        return row["declined"] and row["feedback"] != -1 and \
+            (row["at"] - r["at"]).total_seconds() <= PICKUP_S
+
+    return any(same_question(question, other) and closes(r) for r, other in done)
 
 
 def grouped(rows: dict[int, dict], knowledge, asked) -> list[Group]:

@@ -16,66 +16,16 @@ save) and assigns `bot.knowledge` once the new version is read whole; answers in
 the object they started with.
 """
 
-import fcntl
 import logging
-import os
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from builder.errors import UserError
-from builder.run import Run
+from builder.answering.indexing import with_rows
+from builder.run import Run, knowledge_lock  # noqa: F401 (the lock lives with the run folder)
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".knowledge.lock"
-LOCK_WAIT_S = 120  # another update of the same run finishes in seconds; a minute is a stuck one
-
-
-@contextmanager
-def knowledge_lock(run_dir: str | Path, wait_s: float = LOCK_WAIT_S):
-    """Hold RUN/.knowledge.lock: the page and the CLI update a run's knowledge one at a time
-    (an flock: a killed holder releases it)."""
-    path = Path(run_dir) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"{path}: another update of this run's knowledge has held "
-                                    f"it for {wait_s:.0f} s; try again when it is done") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def with_rows(entries: list, rows: list[tuple[str, str, str]]) -> tuple[list, list[str]]:
-    """The entries with each (question, context, answer) row added at the end, or, where an
-    entry asks the same (spaces and punctuation aside, same context), given that answer in
-    place: a word-for-word question gets the first such entry's answer, so a second entry
-    would never be shown. Returns (entries, what happened to each row)."""
-    from builder.answering.knowledge import Entry
-    from builder.answering.text import squeeze
-
-    entries, done = list(entries), []
-    for question, context, answer in rows:
-        key = (squeeze(question), squeeze(context))
-        same = next((e for e in entries if (squeeze(e.question), squeeze(e.context)) == key), None)
-        if same is None:
-            entries.append(Entry(len(entries), None, question, context, answer))
-            done.append("added")
-        elif same.answer.strip() == answer.strip():
-            done.append("already there" + (f" (line {same.line})" if same.line else ""))
-        else:
-            entries[same.id] = Entry(same.id, same.line, same.question, same.context, answer)
-            done.append("answer replaced" + (f" (line {same.line})" if same.line else ""))
-    return entries, done
 
 
 def add_rows(run_dir: str | Path, rows: list[tuple[str, str, str]]):

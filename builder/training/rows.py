@@ -83,7 +83,8 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
     template = load_template(cfg.train.template)
     row = dict(rows[index])
     if template.grounded:  # the row as training sees it: reworded, with its retrieved entries
-        from builder.answering.knowledge import Knowledge, entries_from_prepared, knowledge_for
+        from builder.answering.indexing import entries_from_prepared
+        from builder.answering.knowledge import knowledge_for
         from builder.training.raft import grounded_rows
 
         knowledge = knowledge_for(entries_from_prepared(prepared_dir), cfg.rag,
@@ -115,7 +116,8 @@ def inspect_example(prepared_dir, cfg: Config, index: int = 0) -> str:
 
 def build_knowledge(prepared_dir: Path, run_dir: Path, cfg: Config, *, reuse: bool, log=print):
     """The run's knowledge: every row of the prepared folder, indexed into RUN/knowledge/."""
-    from builder.answering.knowledge import Knowledge, entries_from_prepared, knowledge_for
+    from builder.answering.indexing import entries_from_prepared
+    from builder.answering.knowledge import Knowledge, knowledge_for
 
     folder = run_dir / "knowledge"
     if reuse and (folder / "index.json").is_file():  # a resumed run keeps its rows
