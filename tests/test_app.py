@@ -1,4 +1,5 @@
-"""Guards the web app through its real HTTP API (gradio_client): data report, errors, training, chat, Hub pushes."""
+"""Guards the web app through its real HTTP API (gradio_client): data report, errors, training, chat, the
+conversation log and the inbox, Hub pushes."""
 
 import csv
 import json
@@ -618,6 +619,99 @@ def test_page_answers_go_into_the_log_under_a_pseudonym_with_their_thumbs(app, i
     assert [r["feedback"] for r in rows_of(inbox_run)[-2:]] == [-1, -1]
 
 
+def test_a_failing_log_never_stops_the_chat(app, inbox_run):
+    """A conversation log that cannot be written: the answer still comes, with a warning in
+    the page's output."""
+    import shutil
+
+    run = app.tmp / "runs" / "broken-log"
+    shutil.copytree(inbox_run, run, ignore=shutil.ignore_patterns("conversations.db*"))
+    (run / "conversations.db").mkdir()  # SQLite cannot open a folder
+    history = ask(app, "배송비는 얼마인가요?", run)  # (no error shown)
+    assert [m["role"] for m in history][:2] == ["user", "assistant"]
+    assert text_of(history[1]["content"]) and title_of(history[-1]).startswith("참고한 FAQ")
+    output = "".join(p.read_text() for p in app.tmp.glob("app-*.log"))
+    assert f"the conversation log of {run.resolve()} failed" in output
+
+
+def open_groups(client, run) -> dict[str, str]:
+    """The inbox tab's open groups of `run`: {question: key}, as its table and dropdown show."""
+    table, groups, _, _, _, error = client.predict(str(run), 30, api_name="/inbox")
+    assert not value(error), value(error)
+    keys = {label.rsplit(" (", 1)[0]: key for label, key in groups["choices"]}
+    assert [row[3] for row in value(table)["data"]] == list(keys), (table, groups)
+    return keys
+
+
+def test_the_inbox_tab_answers_maps_and_declines_and_the_chat_uses_it_at_once(app, inbox_run):
+    """An answered group leaves the inbox and the page's chat answers its question with the
+    owner's answer; a group mapped to an entry gets that entry's answer; a declined one
+    leaves; the figures count it all."""
+    from test_jobs import NEW_ROW
+
+    app.predict(api_name="/clear_chat")
+    gift, courier, weather = "선물 포장도 해 주시나요?", "편의점 택배로도 보내 주시나요?", "내일 서울 날씨 어때요?"
+    history = []
+    for question in (gift, gift, courier, weather):
+        history = ask(app, question, inbox_run, history)
+        if question == courier:  # 👎 under its answer: open, whatever the bot said
+            like(app, len(history) - (2 if title_of(history[-1]) else 1), False)
+    wait_for(lambda: any(r["feedback"] == -1 and r["question"] == courier
+                         for r in rows_of(inbox_run)))
+    groups = open_groups(app, inbox_run)
+    assert {gift, courier, weather} <= set(groups), groups
+    detail = app.predict(groups[gift], api_name="/inbox_group")
+    assert detail.startswith(f"### {gift}") and "2번 / times" in detail
+
+    # (a) the owner's answer: a new FAQ row, answered from at once, and the time it took
+    outputs = app.predict(str(inbox_run), groups[gift], NEW_ROW[2], 30, api_name="/inbox_answer")
+    result, table, error = outputs[0], value(outputs[1]), value(outputs[6])
+    assert not error and "added a FAQ row" in result and "the update took" in result, outputs
+    assert gift not in [row[3] for row in table["data"]]
+    history = ask(app, gift, inbox_run)
+    assert text_of(history[1]["content"]) == NEW_ROW[2], history
+    assert title_of(history[-1]).startswith("참고한 FAQ")
+
+    # (b) the entry that should have answered (line 4: the courier)
+    lines = {line: label for label, line in outputs[3]["choices"]}
+    assert lines[4] == "4행 택배사는 어디를 이용하나요?"
+    result, *_, error = app.predict(str(inbox_run), groups[courier], 4, 30, api_name="/inbox_map")
+    assert not value(error) and "line 4 now answers these questions" in result
+    history = ask(app, courier, inbox_run)
+    assert "CJ대한통운" in text_of(history[1]["content"]), history
+
+    # (c) declining was right
+    result, *_, error = app.predict(str(inbox_run), groups[weather], 30, api_name="/inbox_decline")
+    assert not value(error) and "decline is right" in result
+    assert not {gift, courier, weather} & set(open_groups(app, inbox_run))
+
+    # the figures: numbers in text and the chart, a copy in the page's chart folder
+    _, _, _, numbers, chart, _ = app.predict(str(inbox_run), 30, api_name="/inbox")
+    rows = rows_of(inbox_run)
+    disliked = sum(r["feedback"] == -1 for r in rows)
+    assert f"질문 questions **{len(rows)}**" in numbers, numbers
+    assert f"싫어요 dislikes **{disliked}**" in numbers and disliked
+    assert Path(value(chart)).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_inbox_refuses_runs_outside_the_runs_root_and_empty_choices(app, inbox_run):
+    """Its actions write only runs inside the runs root, and say what to pick first."""
+    outside = app.tmp / "outside-inbox"
+    outside.mkdir(exist_ok=True)
+    result, *_, error = app.predict(str(outside), "abc", "답", 30, api_name="/inbox_answer")
+    assert not result and "only folders inside the runs folder" in error["value"]
+    for outputs, message in (
+            (app.predict(str(inbox_run), "", "답", 30, api_name="/inbox_answer"), "pick a group"),
+            (app.predict(str(inbox_run), "abc", "  ", 30, api_name="/inbox_answer"),
+             "write the answer first"),
+            (app.predict(str(inbox_run), "abc", None, 30, api_name="/inbox_map"),
+             "pick the entry"),
+            (app.predict(str(inbox_run), "nogroup", 30, api_name="/inbox_decline"),
+             "no open group nogroup")):
+        assert message in outputs[-1]["value"] and "Traceback" not in outputs[-1]["value"]
+    assert not (outside / "conversations.db").exists()
+
+
 def status_of(client) -> dict:
     return client.predict(api_name="/training_status")[5]
 
@@ -725,6 +819,18 @@ def test_an_open_page_does_not_let_visitors_replace_a_runs_faq(open_app):
     assert not result and error["visible"] is True
     assert "BUILDER_APP_PASSWORD" in error["value"] and "builder index" in error["value"]
     assert not (run / "knowledge").exists()
+
+
+def test_an_open_page_shows_no_inbox_and_changes_nothing_from_it(open_app):
+    """The inbox holds customers' words and its actions change a run's answers: an --open
+    page without a login does neither."""
+    run = open_app.tmp / "runs" / "inbox"
+    run.mkdir(parents=True)
+    *_, error = open_app.predict(str(run), 30, api_name="/inbox")
+    assert "BUILDER_APP_PASSWORD" in error["value"] and "customers' questions" in error["value"]
+    result, *_, error = open_app.predict(str(run), "abc", "답", 30, api_name="/inbox_answer")
+    assert not result and "BUILDER_APP_PASSWORD" in error["value"]
+    assert not (run / "inbox").exists() and not (run / "knowledge").exists()
 
 
 def test_the_document_generator_sends_nothing_to_private_addresses_unless_allowed(

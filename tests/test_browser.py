@@ -1,5 +1,6 @@
 """Guards the web page in a real browser (Debian's chromium via Playwright): upload a FAQ, read the report, chat,
-update a run's FAQ, see the sources under an answer and an evaluation fill in."""
+update a run's FAQ, see the sources under an answer and an evaluation fill in, 👎 under an
+answer, the inbox's groups, an answer from it and its figures."""
 
 import time
 from itertools import pairwise
@@ -160,4 +161,87 @@ def test_faq_update_sources_under_the_answer_and_an_eval_filling_in(browser, sho
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-chat-faq.png"), full_page=True)
+    page.close()
+
+
+def fill_log(run: Path) -> None:
+    """A shop's week in the run's conversation log: three open questions (one asked three
+    times, one answered from an entry and 👎), fine answers with 👍, one declined days ago."""
+    from datetime import UTC, datetime, timedelta
+
+    from builder.answering.guard import Reply
+    from builder.answering.knowledge import Hit, Knowledge
+    from builder.owner.log import ConversationLog
+
+    entries = {e.line: e for e in Knowledge.load(run / "knowledge").entries}
+    log = ConversationLog.for_run(run)
+    decline = "죄송합니다. 그 질문에는 답변드리기 어려워요."
+
+    def answered(line):
+        return Reply(text=entries[line].answer, sources=[Hit(entries[line], 1.0, 1.0, 1.0)])
+
+    asked = [("선물 포장도 해 주시나요?", Reply(text=decline, declined=True))] * 3 + [
+        ("주차 되나요?", Reply(text=decline, declined=True)),
+        ("강아지 간식도 파나요?", Reply(text=decline, declined=True))]
+    asked += [("배송비는 얼마인가요?", answered(2))] * 4 + [("택배사는 어디를 이용하나요?", answered(4))] * 2
+    now = datetime.now(UTC)
+    for n, (question, reply) in enumerate(asked):
+        turn = log.record("web", f"customer-{n}", question, "", reply)
+        with log.engine.begin() as conn:  # spread over the week
+            conn.execute(log.turns.update().where(log.turns.c.id == turn)
+                         .values(at=now - timedelta(days=n % 6, hours=n)))
+        if question == "배송비는 얼마인가요?":
+            log.feedback(turn, 1)
+    disliked = log.record("kakao", "customer-9", "반품 택배비는 누가 내요?", "", answered(2))
+    log.feedback(disliked, -1)
+
+
+def test_the_inbox_lists_groups_answers_one_and_draws_the_figures(browser, shop_page):
+    """The 인박스 tab: the open groups in a table, one picked shows its wordings, the owner's
+    answer takes it out and the chat answers with it; 👎 under a chat answer reaches the log;
+    the figures are drawn (screenshots: artifacts/browser-inbox*.png)."""
+    from builder.answering.indexing import index_run
+    from builder.owner.log import ConversationLog
+
+    url, tmp, run = shop_page
+    if not (run / "knowledge").is_dir():  # when run alone
+        index_run(run, write_faq(tmp / "inbox-faq.csv", 30), log=lambda *_: None)
+    fill_log(run)
+    page = browser.new_page(viewport={"width": 1280, "height": 1400}, locale="ko-KR")
+    page.goto(url)
+    page.get_by_role("tab", name="5. 인박스").click()
+    wait_for_text(page, "#inbox-table", "선물 포장도 해 주시나요?", timeout=60_000)
+    table = page.locator("#inbox-table").inner_text()
+    assert table.index("선물 포장도 해 주시나요?") < table.index("주차 되나요?")  # most asked first
+    assert "반품 택배비는 누가 내요?" in table and "싫어요 disliked" in table
+    wait_for_text(page, "#inbox-numbers", "좋아요 likes 4")
+    page.locator("#inbox-chart img").wait_for(state="visible", timeout=30_000)
+
+    # a row picked: its wordings and what the bot said
+    page.locator("#inbox-table").get_by_text("선물 포장도 해 주시나요?").filter(visible=True).first.click()
+    wait_for_text(page, "#inbox-detail", "고객의 말 / wordings")
+    assert "3번 / times" in page.locator("#inbox-detail").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-inbox.png"), full_page=True)
+    page.locator("#inbox-chart").screenshot(path=str(ARTIFACTS / "browser-inbox-charts.png"))
+
+    # the owner's answer: the group leaves, and the chat answers with it
+    owner = "네, 선물 포장은 한 상품당 2,000원에 해 드려요."
+    page.locator("#inbox-answer-text textarea").fill(owner)
+    page.locator("#inbox-answer").click()
+    wait_for_text(page, "#inbox-result", "added a FAQ row", timeout=60_000)
+    assert "선물 포장도 해 주시나요?" not in page.locator("#inbox-table").inner_text()
+    page.get_by_role("tab", name="3. 채팅").click()
+    page.locator("#chat-question textarea").fill("선물 포장도 해 주시나요?")
+    page.locator("#chat-send").click()
+    wait_for_text(page, "#chatbot", owner, timeout=90_000)
+
+    # 👎 under that answer reaches its row in the log
+    page.locator("#chatbot").get_by_role("button", name="싫어요").last.click()  # ko-KR labels
+    deadline = time.monotonic() + 20
+    while ConversationLog.for_run(run).rows()[-1]["feedback"] != -1:
+        assert time.monotonic() < deadline, ConversationLog.for_run(run).rows()[-1]
+        time.sleep(0.3)
+    assert ConversationLog.for_run(run).rows()[-1]["channel"] == "page"
+    page.screenshot(path=str(ARTIFACTS / "browser-inbox-chat.png"), full_page=True)
     page.close()

@@ -70,7 +70,9 @@ def test_stats_list_the_most_asked_open_groups_and_an_empty_log_is_all_zeros(tmp
     """The unanswered ranking comes from the inbox groups, most asked first, at most 10."""
     seen = datetime(2025, 5, 1, 9, 30, tzinfo=UTC)
     groups = [SimpleNamespace(question=f"질문 {n}", count=n, last_seen=seen) for n in range(1, 13)]
-    unanswered = stats(log, groups=groups)["unanswered"]
+    numbers = stats(log, groups=groups)
+    unanswered = numbers["unanswered"]
+    assert numbers["open_groups"] == 12 and "open groups **12**" in summary(numbers)
     assert [g["count"] for g in unanswered] == list(range(12, 2, -1))
     assert unanswered[0] == {"question": "질문 12", "count": 12, "last_seen": "2025-05-01T09:30+00:00"}
     empty = stats(ConversationLog(str(tmp_path / "empty.db"), b"s"), days=7)

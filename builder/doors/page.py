@@ -1,19 +1,20 @@
-"""The web page (Gradio, Korean labels): 데이터 -> 학습 -> 채팅 -> 배포, over the library's functions.
+"""The web page (Gradio, Korean labels): 데이터 -> 학습 -> 채팅 -> 배포 -> 인박스, over the library's
+functions.
 
     python app.py                     # http://127.0.0.1:7860
     python app.py --run runs/demo     # chat with a trained run first
 
 Each tab is one function (data_tab and train_tab in page_build.py, chat_tab and deploy_tab in
-page_serve.py, what they share in page_common.py) and calls what the CLI calls
-(builder.data.prepare.prepare, builder.data.faqgen, `builder train` / `builder merge`,
-builder.answering.chatbot.load_chatbot, builder.deploy.export, builder.deploy.hub);
-builder.doors.jobs (the training job) and builder.doors.uploads hold the logic that is not
-drawing. Every event has an `api_name`, so
+page_serve.py, inbox_tab in page_inbox.py, what they share in page_common.py) and calls what
+the CLI calls (builder.data.prepare.prepare, builder.data.faqgen, `builder train` / `builder
+merge`, builder.answering.chatbot.load_chatbot, builder.deploy.export, builder.deploy.hub,
+builder.owner.inbox, builder.owner.charts); builder.doors.jobs (the training job) and
+builder.doors.uploads hold the logic that is not drawing. Every event has an `api_name`, so
 gradio_client can drive the page: /prepare, /generate_faq, /prepare_generated,
 /start_training, /stop_training, /training_status, /chat, /stop_chat, /clear_chat, /feedback,
-/index_faq,
-/eval_report, /push_dataset, /push_model, /push_adapter, /export_gguf, /push_gguf,
-/model_card. A UserError shows in the tab's error box, never as a traceback.
+/index_faq, /eval_report, /push_dataset, /push_model, /push_adapter, /export_gguf, /push_gguf,
+/model_card, /inbox, /inbox_group, /inbox_answer, /inbox_map, /inbox_decline. A UserError
+shows in the tab's error box, never as a traceback.
 The Hugging Face token and an endpoint's API key go from their password fields straight to
 builder.deploy.hub / builder.data.faqgen: they are not kept.
 
@@ -31,12 +32,19 @@ and read again on a timer, so an eval that ends while the page is open fills in.
 goes into the run's conversation log (builder.owner.log, the session under a pseudonym), and
 👍/👎 under an answer is stored with it.
 
+The 인박스 tab lists what the bot did not answer well (declined, replaced by the fact guard, 👎,
+weakly matched), grouped by question; the owner answers a group (a new FAQ row), names the entry
+that should have answered, or agrees the decline was right, and the run's loaded bot answers
+from the new knowledge at once. Below it: questions a day, answered and declined, 👍/👎, the
+entries asked most, the questions left open.
+
 Visitors type paths and text, so the page only reads folders under its runs root (and the
 --run folder), caps what it queues and the length of a question, and serves no file by path but
 the charts it shows (copied out of the runs: chat.log, the data and the models stay there). It
-replaces the FAQ only of runs inside its runs root, never on an --open page (page_common.Page.
-writable_run). Its document generator posts only to public addresses unless the owner passed
---allow-private-endpoints, and never shows what the endpoint answered (page_guard). Off loopback
+replaces the FAQ (or adds to it from the inbox) only of runs inside its runs root, never on an
+--open page (page_common.Page.writable_run), and shows no inbox on an --open page. Its document
+generator posts only to public addresses unless the owner passed --allow-private-endpoints,
+and never shows what the endpoint answered (page_guard). Off loopback
 it needs a login (BUILDER_APP_PASSWORD) or an explicit --open. It lends the owner's saved Hub login (HF_TOKEN,
 `hf auth login`) to an empty token field only when started with --hub-login (never with --open):
 "loopback" also means a proxy or a tunnel on this machine and its other users. It answers only
@@ -57,6 +65,7 @@ from builder.doors.page_common import (
     is_loopback,
 )
 from builder.doors.page_guard import HostCheck, HostNames
+from builder.doors.page_inbox import inbox_tab
 from builder.doors.page_serve import chat_tab, deploy_tab
 from builder.errors import UserError
 
@@ -87,6 +96,7 @@ def build_app(*, runs_root="runs", run_dir=None, config_path="configs/embedded-c
         train_tab(page, train_data)
         chat_tab(page, app)
         deploy_tab(page, app, deploy_data)
+        inbox_tab(page)
     return app
 
 

@@ -141,6 +141,25 @@ class ChatbotCache:
                 self._run_dir, self._use = run_dir, use
             return self._bot
 
+    def loaded(self, run_dir: str | Path):
+        """The loaded Chatbot when it is that run's and answers from knowledge, else None (a
+        run without a FAQ slot keeps answering without one). The caller holds `lock`."""
+        if self._run_dir != Path(run_dir).resolve():
+            return None
+        return self._bot if getattr(self._bot, "knowledge", None) is not None else None
+
+    def knowledge(self, run_dir: str | Path):
+        """The run's knowledge: the loaded bot's when it is that run's, else read from
+        RUN/knowledge (under the lock: never half replaced); None when the run has none."""
+        from builder.answering.knowledge import Knowledge
+        from builder.run import Run
+
+        run = Run(Path(run_dir).resolve())
+        with self.lock:
+            if self._run_dir == run.path and getattr(self._bot, "knowledge", None) is not None:
+                return self._bot.knowledge
+            return Knowledge.load(run.knowledge_dir) if run.has_knowledge() else None
+
     def reload_knowledge(self, run_dir: str | Path) -> bool:
         """After RUN/knowledge was rebuilt: the loaded bot of that run answers from it at once
         (the model stays loaded). False when that run's bot is not loaded or has no knowledge.

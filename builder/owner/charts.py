@@ -52,6 +52,7 @@ def stats(log, days: int = 30, groups=()) -> dict:
         "dislikes": sum(1 for r in rows if r["feedback"] == -1),
         "top_entries": [{"line": line, "question": question, "count": n}
                         for (line, question), n in entries.most_common(TOP)],
+        "open_groups": len(groups),
         "unanswered": [{"question": g.question, "count": g.count,
                         "last_seen": g.last_seen.isoformat(timespec="minutes")}
                        for g in sorted(groups, key=lambda g: -g.count)[:TOP]],
@@ -66,8 +67,9 @@ def summary(numbers: dict) -> str:
     return (f"최근 {numbers['days']}일 / last {numbers['days']} days: 질문 questions "
             f"**{numbers['questions']}** · 답변 answered **{numbers['answered']}** "
             f"({numbers['answered_share']:.0%}) · 거절 declined **{numbers['declined']}** "
-            f"({numbers['declined_share']:.0%}) · 👍 **{numbers['likes']}** · "
-            f"👎 **{numbers['dislikes']}** · 열린 묶음 open groups **{len(numbers['unanswered'])}**")
+            f"({numbers['declined_share']:.0%}) · 좋아요 likes **{numbers['likes']}** · "
+            f"싫어요 dislikes **{numbers['dislikes']}** · 답하지 못한 질문 묶음 open groups "
+            f"**{numbers['open_groups']}**")
 
 
 def draw(numbers: dict, path: str | Path) -> Path:
