@@ -516,3 +516,38 @@ def test_a_killed_evals_marker_does_not_say_running_forever(tmp_path):
     # the PID taken again by another process: its start time is not the eval's
     marker.write_text(json.dumps({**me, "process_start": "1"}))
     assert not eval_report.read_summary(tmp_path).running
+
+
+def test_the_pages_bot_follows_an_update_made_elsewhere(tmp_path, monkeypatch):
+    """An inbox answer from the command line (another process) reaches the page's loaded bot
+    within seconds, as it reaches `builder serve`."""
+    import shutil
+    import time
+
+    import builder.answering.chatbot
+    from builder.answering.chatbot import Chatbot
+    from builder.answering.knowledge import Knowledge
+    from builder.config import Config
+    from builder.owner.live import add_rows, knowledge_lock
+    from builder.prompts import load_template
+
+    run = tmp_path / "runs" / "shop"
+    run.mkdir(parents=True)
+    shutil.copy(CONFIG, run / "config.yaml")
+    shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
+    bots = uploads.ChatbotCache()
+    uploads.index_upload(make_faq(tmp_path / "faq-12.csv", 12), run, 1, bots)
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
+                        Chatbot(None, load_template("korean"), rag=Config().rag,
+                                knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
+    bot = bots.get(run)
+    with knowledge_lock(run):
+        add_rows(run, [("강아지 간식도 파나요?", "", "강아지 간식은 팔지 않아요.")])
+    deadline = time.monotonic() + 10
+    while len(bot.knowledge.entries) != 13:
+        assert time.monotonic() < deadline, "the page's bot did not follow the update"
+        time.sleep(0.1)
+    assert bots.get(run) is bot and bot.knowledge.exact("강아지 간식도 파나요?").entry.answer == \
+        "강아지 간식은 팔지 않아요."
+    bots.get(tmp_path / "runs" / "shop", use="gguf")  # another load stops the old follower
+    assert bot.knowledge.entries[-1].question == "강아지 간식도 파나요?"

@@ -127,6 +127,7 @@ class ChatbotCache:
         self._run_dir: Path | None = None
         self._use = "auto"
         self._bot = None
+        self._following = threading.Event()  # set: the loaded bot stops following its run
 
     def get(self, run_dir: str | Path, use: str = "auto"):
         from builder.answering.chatbot import load_chatbot
@@ -136,9 +137,15 @@ class ChatbotCache:
         run_dir = Path(run_dir).resolve()
         with self.lock:
             if (self._run_dir, self._use) != (run_dir, use):
+                self._following.set()
                 self._bot, self._run_dir = None, None  # free the old model before loading
                 self._bot = load_chatbot(run_dir, use)
                 self._run_dir, self._use = run_dir, use
+                if self._bot.knowledge is not None:  # an answer from `builder inbox` or
+                    from builder.owner.live import follow  # `builder index` elsewhere
+
+                    self._following = threading.Event()
+                    follow(self._bot, run_dir, stop=self._following)
             return self._bot
 
     def loaded(self, run_dir: str | Path):
