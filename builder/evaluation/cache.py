@@ -8,8 +8,8 @@ from pathlib import Path
 
 # the modules whose code decides the answers: cached base answers are keyed by them
 PACKAGE = Path(__file__).resolve().parents[1]
-ANSWERING_CODE = ("facts.py", "numerals.py", "answering/guard.py", "answering/chatbot.py", "answering/knowledge.py",
-                  "answering/gate.py", "answering/grounding.py", "answering/text.py",
+ANSWERING_CODE = ("facts.py", "numerals.py", "answering/guard.py", "answering/chatbot.py",
+                  "answering/knowledge.py", "answering/gate.py", "answering/grounding.py", "answering/text.py",
                   "answering/embedder.py", "answering/decoding.py",
                   "answering/engines/transformers.py", "answering/synonyms.py",
                   "answering/learned_gate.py")

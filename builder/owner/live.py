@@ -85,9 +85,10 @@ def follow(bot, run_dir: str | Path, interval_s: float = 1.0,
     folder = Run(run_dir).knowledge_dir
     stop = stop or threading.Event()
     seen = version(folder)  # the bot was loaded from this one
+    failed = None  # the version last found unreadable: warned about once, tried every tick
 
     def loop():
-        nonlocal seen
+        nonlocal seen, failed
         while not stop.wait(interval_s):
             now = version(folder)
             if now is None or now == seen:
@@ -96,8 +97,10 @@ def follow(bot, run_dir: str | Path, interval_s: float = 1.0,
                 knowledge = Knowledge.load(folder)
                 warmed(bot, knowledge)
             except Exception as err:  # noqa: BLE001 (never into the server: next tick)
-                log.warning("%s: new knowledge not read yet (%s: %s); answering from the "
-                            "previous one", folder, type(err).__name__, err)
+                if failed != now:
+                    log.warning("%s: new knowledge not read yet (%s: %s); answering from the "
+                                "previous one", folder, type(err).__name__, err)
+                failed = now
                 continue
             bot.knowledge = knowledge  # one assignment: answers in flight keep the old one
             seen = now
