@@ -15,7 +15,7 @@ from builder.answering.gate import off_topic_questions
 from builder.answering.indexing import entries_from_file, entries_from_prepared, index_run
 from builder.answering.knowledge import Knowledge
 from builder.answering.rewrite import casual, drop_particles, keywords, rewrites
-from fixtures import sample_rows
+from fixtures import sample_knowledge, sample_rows
 
 N_ROWS = 40
 DUPLICATE_OF = 3  # sample row 3 is written again after row 9: prepare leaves it out
@@ -371,3 +371,22 @@ def test_the_embedder_encodes_each_text_once_and_keeps_rows_in_order():
     assert asked == [texts, texts[:1]]
     assert np.array_equal(again, np.stack([first[1], first[0], first[0]]))
     assert passages.shape == (1, first.shape[1]) and not np.array_equal(passages[0], first[0])
+
+
+def test_related_questions_are_near_ones_not_the_answers_own_and_none_off_topic():
+    """The buttons under an answer: the next FAQ questions near it, without the entry the
+    answer came from or a wording of the question itself; an off-topic question gets none."""
+    from builder.answering.guard import Reply
+    from builder.answering.knowledge import Hit
+    from builder.answering.related import related_questions
+
+    knowledge = sample_knowledge(30)
+    knowledge.settings["gate"] = {"dense_threshold": 0.88}
+    shipping = next(e for e in knowledge.entries if e.line == 2)  # 배송비는 얼마인가요?
+    reply = Reply(text=shipping.answer, sources=[Hit(shipping, 1.0, 1.0, 1.0)])
+    near = related_questions(knowledge, "배송비 얼마예요?", reply)
+    assert len(near) == 3 and shipping.question not in near and len(set(near)) == 3
+    assert any("배송비" in q for q in near)
+    assert related_questions(knowledge, "주식 추천해 주세요", Reply(declined=True)) == []
+    assert related_questions(knowledge, "배송비는 얼마인가요?", n=2)[0] != "배송비는 얼마인가요?"
+    assert related_questions(None, "배송비 얼마예요?") == []

@@ -37,11 +37,13 @@ class Gate:
 class Job:
     """One answer: waits for its turn, then streams deltas from a thread into `deltas`; once
     done, its row goes into the conversation log (`log`, a ConversationLog, or None) under the
-    reply id the client was handed (`reply_id`), for its feedback."""
+    reply id the client was handed (`reply_id`), for its feedback, as `channel`'s (the API,
+    the web chat, KakaoTalk: builder.doors.channels share the queue)."""
 
-    def __init__(self, bot: Chatbot, gate: Gate, request: dict, log=None, reply_id: str = ""):
+    def __init__(self, bot: Chatbot, gate: Gate, request: dict, log=None, reply_id: str = "",
+                 channel: str = "api"):
         self.bot, self.gate, self.request = bot, gate, request
-        self.log, self.reply_id = log, reply_id
+        self.log, self.reply_id, self.channel = log, reply_id, channel
         self.reply = Reply()
         self.deltas: asyncio.Queue = asyncio.Queue()
         self.stop = threading.Event()  # set when the client leaves: generation ends
@@ -108,7 +110,7 @@ class Job:
             return
         request = self.request
         try:
-            self.log.record("api", request["customer"], request["question"], request["context"],
+            self.log.record(self.channel, request["customer"], request["question"], request["context"],
                             self.reply, time.monotonic() - self.begun, self.reply_id)
         except Exception:  # noqa: BLE001 (a database down must not take the answers with it)
             log.warning("the conversation log failed; the answer was given", exc_info=True)
