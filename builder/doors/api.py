@@ -124,9 +124,10 @@ def _sources(reply: Reply) -> list[dict]:
 
 def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue: int = 8,
               max_tokens_cap: int = 512, concurrency: int = 1, engine: str = "local",
-              conversations=None):
+              conversations=None, channels=(), shop: str = "", channel_settings=None):
     """The FastAPI app serving `bot` as `model`; every answer goes into `conversations` (a
-    builder.owner.log.ConversationLog) when given."""
+    builder.owner.log.ConversationLog) when given. `channels`: the mount functions of the
+    customer channels to add (builder.doors.channels), sharing the API's queue."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.background import BackgroundTask
@@ -190,6 +191,13 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
         return {**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "finish_reason": _finish(job.reply),
              "logprobs": None}]}
+
+    from builder.doors.channels import Channel
+
+    for mount in channels:
+        mount(app, Channel(bot, model, conversations, gate, shop=shop or model,
+                           max_tokens=min(256, max_tokens_cap),
+                           settings=dict(channel_settings or {})))
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
