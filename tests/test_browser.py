@@ -1,14 +1,19 @@
 """Guards the web page in a real browser (Debian's chromium via Playwright): upload a FAQ, read the report, chat,
 update a run's FAQ, see the sources under an answer and an evaluation fill in, 👎 under an
-answer, the inbox's groups, an answer from it and its figures."""
+answer, the inbox's groups, an answer from it and its figures; and the customer's web chat
+and its widget on a shop's page (`builder serve`'s /chat and /widget.js)."""
 
+import threading
 import time
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from fixtures import PLAIN_TEMPLATE
 from test_app import has_hangul, make_shop_run, start_app, stop_app, write_faq
+from test_serve import OFF_TOPIC, ON_TOPIC, generating
+from test_webchat import by_prompt, runs, shop_bot, web  # noqa: F401 (fixtures by name)
 
 pytestmark = pytest.mark.browser
 
@@ -245,3 +250,161 @@ def test_the_inbox_lists_groups_answers_one_and_draws_the_figures(browser, shop_
     assert ConversationLog.for_run(run).rows()[-1]["channel"] == "page"
     page.screenshot(path=str(ARTIFACTS / "browser-inbox-chat.png"), full_page=True)
     page.close()
+
+
+# The customer's web chat (builder serve --web-chat) and its widget on the shop's own page
+
+SHOP_PAGE = """<!doctype html>
+<html lang="ko"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>하루커피 온라인 스토어</title>
+<style>
+  body {{ font-family: serif; margin: 40px; background: #faf6f0; }}
+  /* the shop's own rules: they must not reach the widget */
+  button {{ display: none !important; }}
+  iframe {{ border: 8px solid red !important; }}
+</style></head>
+<body><h1>하루커피 온라인 스토어</h1><p>갓 볶은 원두를 매주 보내 드려요.</p>
+<button>shop button</button>
+<script src="{bot}/widget.js" data-title="하루커피 상담" data-color="#6b4f3a" async></script>
+</body></html>"""
+BOT_ANSWERS = {ON_TOPIC: "기본 배송비는 3,000원이며, 30,000원 이상 구매하시면 무료로 배송해 드립니다.",
+               "제주도는요?": "제주 지역은 3,000원의 추가 배송비가 있어요."}
+DESKTOP, PHONE = {"width": 1280, "height": 800}, {"width": 390, "height": 844}
+
+
+@contextmanager
+def shop_site(bot_url: str):
+    """The shop's page with the widget's tag, served on another loopback port (origin)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = SHOP_PAGE.format(bot=bot_url).encode()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/" else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(body if self.path == "/" else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ask_in(chat, question: str, n: int):
+    """Type `question`, press Enter, wait for the n-th bot turn (0: the greeting) to finish."""
+    chat.locator("#question").fill(question)
+    chat.locator("#question").press("Enter")
+    answer = chat.locator(".turn.bot").nth(n)
+    answer.locator(".rating").wait_for(timeout=60_000)
+    return answer
+
+
+def web_rows(server) -> list[dict]:
+    return [r for r in server.log.rows() if r["channel"] == "web"]
+
+
+def test_the_web_chat_widget_on_a_shops_page(browser, web, shop_bot):  # noqa: F811
+    """The widget on another site's page: a conversation, a decline, 👎 in the log, phone."""
+    # A question, a short follow-up, a related question's button, a declined question, 👎 in
+    # the log under one session's pseudonym; the panel closes and opens again with the
+    # conversation; on a phone it is full screen; the chat page alone too; nothing is loaded
+    # from elsewhere (screenshots: artifacts/webchat-*.png).
+    ARTIFACTS.mkdir(exist_ok=True)
+    entries = {e.question: e for e in shop_bot.knowledge.entries}
+    requests = []
+    with shop_site(web.url) as shop_url, \
+            generating(shop_bot, by_prompt(shop_bot.engine.tokenizer, BOT_ANSWERS)):
+        context = browser.new_context(viewport=DESKTOP, locale="ko-KR")
+        context.on("request", lambda r: requests.append(r.url))
+        page = context.new_page()
+        page.goto(shop_url)
+        widget = page.locator("#builder-chat-widget")
+        widget.locator(".bubble").click()  # shown although the shop hides every <button>
+        panel = widget.locator(".panel")
+        panel.wait_for(state="visible")
+        box = panel.bounding_box()
+        assert abs(box["x"] + box["width"] - 1260) <= 2 and box["y"] + box["height"] <= 800
+        chat = page.frame_locator("#builder-chat-widget iframe")
+        chat.locator(".turn.bot").first.wait_for(timeout=30_000)
+        assert "하루커피" in chat.locator(".turn.bot").first.inner_text()
+
+        # a question, then a short follow-up: read with the first
+        first = ask_in(chat, ON_TOPIC, 1)
+        assert first.locator(".bubble").inner_text() == BOT_ANSWERS[ON_TOPIC]
+        assert first.locator(".sources").inner_text().startswith("참고한 FAQ: 배송비는 얼마인가요?")
+        related = first.locator(".choices button")
+        assert 1 <= related.count() <= 3
+        jeju = ask_in(chat, "제주도는요?", 2)
+        assert jeju.locator(".bubble").inner_text() == BOT_ANSWERS["제주도는요?"]
+        assert "제주도도 무료배송 되나요?" in jeju.locator(".sources").inner_text()
+
+        # a related question's button asks it: answered from its FAQ row
+        suggested = related.first.inner_text()
+        related.first.click()
+        chat.locator(".turn.bot").nth(3).locator(".rating").wait_for(timeout=60_000)
+        assert chat.locator(".turn.user").nth(2).inner_text() == suggested
+        assert suggested in entries
+        assert suggested in chat.locator(".turn.bot").nth(3).locator(".sources").inner_text()
+
+        declined = ask_in(chat, OFF_TOPIC, 4)
+        assert declined.locator(".bubble").inner_text() == shop_bot.rag.decline_message
+        assert "declined" in declined.get_attribute("class")
+
+        # 👎 on the follow-up's answer: its row in the log
+        jeju.get_by_role("button", name="도움이 안 됐어요").click()
+        jeju.locator(".rate[aria-pressed=true]").wait_for(timeout=10_000)
+        deadline = time.monotonic() + 20
+        while not any(r["feedback"] == -1 for r in web_rows(web)):
+            assert time.monotonic() < deadline, web_rows(web)
+            time.sleep(0.2)
+        rows = web_rows(web)
+        assert [r["question"] for r in rows if r["feedback"] == -1] == ["제주도는요?"]
+        assert [r["question"] for r in rows] == [ON_TOPIC, "제주도는요?", suggested, OFF_TOPIC]
+        assert len({r["customer"] for r in rows}) == 1 and rows[0]["customer"]
+        page.screenshot(path=str(ARTIFACTS / "webchat-widget-desktop.png"))
+
+        # closed and opened again: the same conversation
+        widget.locator(".close").click()
+        panel.wait_for(state="hidden")
+        widget.locator(".bubble").click()
+        panel.wait_for(state="visible")
+        assert chat.locator(".turn.bot").count() == 5
+
+        # a phone: the panel is the whole screen
+        phone = browser.new_context(viewport=PHONE, locale="ko-KR", is_mobile=True,
+                                    has_touch=True)
+        phone.on("request", lambda r: requests.append(r.url))
+        page = phone.new_page()
+        page.goto(shop_url)
+        page.locator("#builder-chat-widget .bubble").click()
+        assert page.locator("#builder-chat-widget .panel").bounding_box() == \
+            {"x": 0, "y": 0, "width": 390, "height": 844}
+        chat = page.frame_locator("#builder-chat-widget iframe")
+        chat.locator(".choices button").first.click()  # an example question under the greeting
+        chat.locator(".turn.bot").nth(1).locator(".rating").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "webchat-widget-phone.png"))
+        phone.close()
+
+        # the chat page alone, on a desktop and on a phone
+        for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            alone = browser.new_context(viewport=viewport, locale="ko-KR")
+            alone.on("request", lambda r: requests.append(r.url))
+            page = alone.new_page()
+            page.goto(f"{web.url}/chat")
+            assert page.title() == "하루커피"
+            ask_in(page, ON_TOPIC, 1)
+            assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            page.screenshot(path=str(ARTIFACTS / f"webchat-page-{name}.png"))
+            alone.close()
+        context.close()
+    elsewhere = [u for u in requests if not u.startswith((web.url + "/", shop_url))]
+    assert not elsewhere, elsewhere
