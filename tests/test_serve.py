@@ -380,11 +380,14 @@ def test_the_api_key_is_enforced_and_never_logged(shop_bot, caplog):
 def test_builder_serve_runs_from_the_cli_and_logs_no_key(runs, tmp_path):
     port = free_port()
     log_path = tmp_path / "serve.log"
-    env = {**os.environ, "BUILDER_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    secret = "kakao-" + KEY[::-1][:20]
+    env = {**os.environ, "BUILDER_API_KEY": KEY, "PYTHONUNBUFFERED": "1",
+           "BUILDER_KAKAO_SECRET": secret}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "builder", "serve", str(runs[0]), "--port", str(port),
-             "--max-tokens-cap", "32"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--max-tokens-cap", "32", "--web-chat", "--shop-name", "하루커피", "--kakao"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -407,12 +410,31 @@ def test_builder_serve_runs_from_the_cli_and_logs_no_key(runs, tmp_path):
             ask(openai.OpenAI(base_url=f"{url}/v1", api_key="sk-" + KEY[::-1],
                               max_retries=0), OFF_TOPIC, model="shop")
         httpx.get(f"{url}/v1/models?key={KEY}")
+        # the customer channels the flags asked for: the web chat (open, titled with the
+        # shop's name) and the KakaoTalk skill behind its secret path
+        page = httpx.get(f"{url}/chat")
+        assert page.status_code == 200 and "하루커피" in page.text
+        assert httpx.get(f"{url}/widget.js").status_code == 200
+        skill = httpx.post(f"{url}/kakao/skill/{secret}", timeout=30, json={
+            "userRequest": {"utterance": OFF_TOPIC, "user": {"id": "kakao-user-1"}}})
+        assert skill.status_code == 200 and skill.json()["version"] == "2.0"
+        assert httpx.post(f"{url}/kakao/skill/wrong-{secret}", json={}).status_code == 404
     finally:
         process.terminate()
         process.wait(30)
     logged = log_path.read_text()
     assert "POST /v1/chat/completions 200" in logged and "POST /v1/chat/completions 401" in logged
-    assert KEY not in logged and KEY[::-1] not in logged
+    assert KEY not in logged and KEY[::-1] not in logged and secret not in logged
+    assert f"{url}/chat" in logged  # the log says where the web chat is
+
+
+def test_the_kakao_channel_needs_its_secret(runs, monkeypatch, capsys):
+    """--kakao without $BUILDER_KAKAO_SECRET is refused before anything loads."""
+    from builder.doors.cli import main
+
+    monkeypatch.delenv("BUILDER_KAKAO_SECRET", raising=False)
+    assert main(["serve", str(runs[0]), "--kakao"]) == 2
+    assert "BUILDER_KAKAO_SECRET" in capsys.readouterr().err
 
 
 # Load: the queue and clients that leave

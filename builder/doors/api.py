@@ -310,9 +310,10 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           engine: str = "local", api_key: str | None = None, max_queue: int = 8,
           max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
           engine_model: str | None = None, warm: bool = False, open_: bool = False,
-          db: str | None = None) -> None:
+          db: str | None = None, shop: str | None = None, channels: dict | None = None) -> None:
     """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first; `open_`: off
-    loopback without a key, on purpose; `db`: the conversation log, default RUN's SQLite)."""
+    loopback without a key, on purpose; `db`: the conversation log, default RUN's SQLite;
+    `channels`: {"web": settings, "kakao": settings} of the customer channels to add)."""
     import uvicorn
 
     from builder.owner.live import follow
@@ -339,9 +340,20 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
         warmed = bot.warm()
         log.info("warmed %d FAQ entries in %.1f s", warmed, time.perf_counter() - started)
     model = Path(run_dir).resolve().name
+    from builder.doors.channels import kakao, webchat
+
+    channels = channels or {}
+    mounts = [m for name, m in (("web", webchat.mount), ("kakao", kakao.mount)) if name in channels]
     app = build_app(bot, model, api_key=api_key, max_queue=max_queue,
                     max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine,
-                    conversations=conversations)
+                    conversations=conversations, channels=mounts, shop=shop or "",
+                    channel_settings={k: v for s in channels.values() for k, v in s.items()})
     log.info("serving %s (engine %s) on http://%s:%d/v1%s", model, engine, host, port,
              " (API key required)" if api_key else "")
+    if "web" in channels:
+        log.info("web chat: http://%s:%d/chat, widget: <script src=\"http://%s:%d/widget.js\" "
+                 "async></script>", host, port, host, port)
+    if "kakao" in channels:
+        log.info("KakaoTalk skill: POST http://%s:%d/kakao/skill/<$BUILDER_KAKAO_SECRET>", host,
+                 port)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -254,6 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm", action="store_true",
                    help="with --use gguf: read every FAQ entry once before serving, so the "
                    "first answer from each starts sooner (about 0.15 s an entry on 2 cores)")
+    p.add_argument("--shop-name", metavar="NAME",
+                   help="the shop's name as customers know it (web chat title, greeting); "
+                   "default: the run folder's name")
+    p.add_argument("--web-chat", action="store_true",
+                   help="also serve the customers' web chat at /chat and the widget for the "
+                   "shop's own site at /widget.js (open to anyone who reaches the server, as a "
+                   "shop's chat is; answers go through the same queue)")
+    p.add_argument("--web-greeting", metavar="TEXT", help="the web chat's first message")
+    p.add_argument("--web-example", action="append", metavar="QUESTION", dest="web_examples",
+                   help="an example question under the greeting (repeatable; default: the "
+                   "FAQ's first three)")
+    p.add_argument("--kakao", action="store_true",
+                   help="answer a KakaoTalk channel as a Kakao i Open Builder skill at "
+                   "/kakao/skill/$BUILDER_KAKAO_SECRET (the secret path is the only protection "
+                   "Kakao allows: 16-128 letters, digits, - or _)")
+    p.add_argument("--kakao-budget", type=float, default=4.0, metavar="SECONDS",
+                   help="seconds a KakaoTalk answer may take before the best FAQ entry's own "
+                   "answer is given (Kakao waits 5)")
+    p.add_argument("--kakao-callback-host", action="append", metavar="ORIGIN",
+                   dest="kakao_callback_hosts",
+                   help="also send callback answers to this origin, e.g. http://127.0.0.1:9000 "
+                   "(for testing; Kakao's own are https://*.kakao.com)")
     use_flag(p)
     db_flag(p)
     p.set_defaults(run=cmd_serve)

@@ -144,7 +144,27 @@ def cmd_serve(args) -> None:
     serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
           max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
           concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
-          warm=args.warm, open_=args.open, db=args.db)
+          warm=args.warm, open_=args.open, db=args.db, shop=args.shop_name,
+          channels=channel_settings(args))
+
+
+def channel_settings(args) -> dict:
+    """The customer channels `builder serve` adds, with their settings (builder.doors.channels)."""
+    import os
+
+    settings = {}
+    if args.web_chat:
+        settings["web"] = {k: v for k, v in (("greeting", args.web_greeting),
+                                             ("examples", args.web_examples)) if v}
+    if args.kakao:
+        secret = os.environ.get("BUILDER_KAKAO_SECRET", "")
+        if not secret:
+            raise UserError("--kakao needs the skill URL's secret in $BUILDER_KAKAO_SECRET "
+                            "(16-128 letters, digits, - or _; e.g. python -c 'import secrets; "
+                            "print(secrets.token_urlsafe(24))')")
+        settings["kakao"] = {"kakao_secret": secret, "kakao_budget_s": args.kakao_budget,
+                             "kakao_callback_hosts": args.kakao_callback_hosts or []}
+    return settings
 
 
 def cmd_export(args) -> None:
