@@ -313,7 +313,8 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           db: str | None = None, shop: str | None = None, channels: dict | None = None) -> None:
     """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first; `open_`: off
     loopback without a key, on purpose; `db`: the conversation log, default RUN's SQLite;
-    `channels`: {"web": settings, "kakao": settings} of the customer channels to add)."""
+    `channels`: {name: (mount, settings)} of the customer channels to add, as
+    builder.doors.commands.channel_settings makes them)."""
     import uvicorn
 
     from builder.owner.live import follow
@@ -340,14 +341,12 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
         warmed = bot.warm()
         log.info("warmed %d FAQ entries in %.1f s", warmed, time.perf_counter() - started)
     model = Path(run_dir).resolve().name
-    from builder.doors.channels import kakao, webchat
-
     channels = channels or {}
-    mounts = [m for name, m in (("web", webchat.mount), ("kakao", kakao.mount)) if name in channels]
     app = build_app(bot, model, api_key=api_key, max_queue=max_queue,
                     max_tokens_cap=max_tokens_cap, concurrency=concurrency, engine=engine,
-                    conversations=conversations, channels=mounts, shop=shop or "",
-                    channel_settings={k: v for s in channels.values() for k, v in s.items()})
+                    conversations=conversations, channels=[m for m, _ in channels.values()],
+                    shop=shop or "", channel_settings={
+                        k: v for _, s in channels.values() for k, v in s.items()})
     log.info("serving %s (engine %s) on http://%s:%d/v1%s", model, engine, host, port,
              " (API key required)" if api_key else "")
     if "web" in channels:

@@ -149,21 +149,25 @@ def cmd_serve(args) -> None:
 
 
 def channel_settings(args) -> dict:
-    """The customer channels `builder serve` adds, with their settings (builder.doors.channels)."""
+    """The customer channels `builder serve` adds: {name: (mount, settings)}
+    (builder.doors.channels)."""
     import os
+
+    from builder.doors.channels import kakao, webchat
 
     settings = {}
     if args.web_chat:
-        settings["web"] = {k: v for k, v in (("greeting", args.web_greeting),
-                                             ("examples", args.web_examples)) if v}
+        settings["web"] = (webchat.mount, {k: v for k, v in (("greeting", args.web_greeting),
+                                                             ("examples", args.web_examples)) if v})
     if args.kakao:
         secret = os.environ.get("BUILDER_KAKAO_SECRET", "")
         if not secret:
             raise UserError("--kakao needs the skill URL's secret in $BUILDER_KAKAO_SECRET "
                             "(16-128 letters, digits, - or _; e.g. python -c 'import secrets; "
                             "print(secrets.token_urlsafe(24))')")
-        settings["kakao"] = {"kakao_secret": secret, "kakao_budget_s": args.kakao_budget,
-                             "kakao_callback_hosts": args.kakao_callback_hosts or []}
+        settings["kakao"] = (kakao.mount, {"kakao_secret": secret,
+                                           "kakao_budget_s": args.kakao_budget,
+                                           "kakao_callback_hosts": args.kakao_callback_hosts or []})
     return settings
 
 
