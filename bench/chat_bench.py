@@ -7,10 +7,16 @@
 Goals: first token <= 0.5 s (median over the questions), >= 10 tokens/s. Each answer goes
 through `Chatbot.stream` exactly as the chat does: greedy, max_new_tokens 64, with the end ids
 suppressed by a logits processor so every answer is long enough to time (a stop marker can still
-end one early: the table shows each count). First token = call to the first non-empty delta;
+end one early: the table shows each count; a logits processor also turns prompt lookup off, so
+these are one token a step). First token = call to the first non-empty delta;
 tokens/s = generated tokens / (call to the end), prompt processing included. For reference it
 also times a bare model.generate of 64 tokens, and records the load average: other processes on a
 2-core machine slow everything down.
+
+Prompt lookup: the same questions answered as the bot answers them (greedy, up to 256 tokens,
+ending where the model ends), each with prompt-lookup decoding off and then on, side by side:
+tokens/s from the call to the end and from the first delta to the end (decoding alone), and
+whether both answers are the same ids. The fake run answers from the sample FAQ.
 Writes bench/results/chat_bench.json.
 """
 
@@ -36,6 +42,9 @@ QUESTIONS = [
     "영수증이나 세금계산서를 발급받을 수 있나요?",
 ]
 MAX_NEW_TOKENS = 64
+LOOKUP_QUESTIONS = QUESTIONS + ["제주도는 배송비가 더 나오나요?", "포인트는 언제 적립되나요?",
+                                "비회원도 주문할 수 있나요?"]
+SAMPLE_FAQ = ROOT / "data" / "sample_faq.csv"
 GOAL_FIRST_TOKEN_S = 0.5
 GOAL_TOKENS_PER_S = 10.0
 
@@ -58,7 +67,20 @@ def fake_run_dir(folder: Path) -> Path:
     run.write_template(load_template("korean"))
     run.write_meta({"base_model": "embedded:gemma-3-270m", "base_model_path": str(source),
                     "template": "korean"})
+    sample_knowledge().save(run.knowledge_dir)  # the template answers from an FAQ
     return folder
+
+
+def sample_knowledge():
+    import csv
+
+    from builder.answering.knowledge import Entry, Knowledge
+
+    with SAMPLE_FAQ.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    entries = [Entry(i, i + 2, r["instruction"], r["input"], r["output"])
+               for i, r in enumerate(rows)]
+    return Knowledge.build(entries, calibrate=False)
 
 
 def time_answer(bot: Chatbot, question: str, suppress_end) -> dict:
@@ -125,11 +147,82 @@ def print_table(result: dict) -> None:
           f"{result['bare_generate_tokens_per_s']:.1f}; load average {result['load_average_1min']})")
 
 
+# Prompt lookup: the same answers with and without it
+
+
+def time_natural_answer(bot: Chatbot, question: str) -> dict:
+    ids: list[int] = []
+    first = None
+    started = time.perf_counter()
+    for delta in bot.stream(question, max_new_tokens=256, generated_ids=ids):
+        if first is None and delta:
+            first = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    first = first if first is not None else seconds
+    return {"ids": ids, "seconds": seconds, "decode_seconds": seconds - first}
+
+
+def compare_lookup(bot: Chatbot, tokens: int) -> dict:
+    """Each question answered without, then with prompt lookup (alternating, so both see the
+    same load); questions the bot settles without generating are left out."""
+    rows = []
+    for question in LOOKUP_QUESTIONS:
+        if bot.ground(question).settled:
+            continue
+        row = {"question": question}
+        for name, on in (("plain", False), ("lookup", True)):
+            bot.engine.prompt_lookup_tokens = tokens if on else 0
+            row[name] = time_natural_answer(bot, question)
+        row["identical"] = row["plain"]["ids"] == row["lookup"]["ids"]
+        row["tokens"] = len(row["plain"]["ids"])
+        for name in ("plain", "lookup"):
+            timed = row[name]
+            timed["tokens_per_s"] = round(len(timed.pop("ids")) / timed["seconds"], 2)
+            timed["seconds"] = round(timed["seconds"], 3)
+            timed["decode_seconds"] = round(timed["decode_seconds"], 3)
+        rows.append(row)
+    bot.engine.prompt_lookup_tokens = tokens
+    total = {name: {key: round(sum(r[name][key] for r in rows), 3)
+                    for key in ("seconds", "decode_seconds")} for name in ("plain", "lookup")}
+    tokens_total = sum(r["tokens"] for r in rows)
+    for timed in total.values():
+        timed["tokens_per_s"] = round(tokens_total / timed["seconds"], 2)
+        timed["decode_tokens_per_s"] = round(
+            (tokens_total - len(rows)) / max(timed["decode_seconds"], 1e-9), 2)
+    result = {"prompt_lookup_tokens": tokens,
+              "load_average_1min": round(os.getloadavg()[0], 2), "questions": rows,
+              "tokens": tokens_total, "identical": all(r["identical"] for r in rows),
+              "total": total,
+              "speedup": round(total["plain"]["seconds"] / total["lookup"]["seconds"], 2),
+              "decode_speedup": round(total["plain"]["decode_seconds"]
+                                      / max(total["lookup"]["decode_seconds"], 1e-9), 2)}
+    print_lookup_table(result)
+    return result
+
+
+def print_lookup_table(result: dict) -> None:
+    print(f"\nprompt lookup ({result['prompt_lookup_tokens']} tokens), "
+          f"natural greedy answers\n  {'tokens':>6} {'plain tok/s':>11} {'lookup tok/s':>12}"
+          f"  same  question")
+    for r in result["questions"]:
+        print(f"  {r['tokens']:>6} {r['plain']['tokens_per_s']:>11.1f} "
+              f"{r['lookup']['tokens_per_s']:>12.1f}  {'yes' if r['identical'] else 'NO':>4}  "
+              f"{r['question']}")
+    plain, lookup = result["total"]["plain"], result["total"]["lookup"]
+    print(f"  all {result['tokens']} tokens: {plain['tokens_per_s']:.1f} -> "
+          f"{lookup['tokens_per_s']:.1f} tokens/s ({result['speedup']:.2f}x); decoding alone "
+          f"{plain['decode_tokens_per_s']:.1f} -> {lookup['decode_tokens_per_s']:.1f} "
+          f"({result['decode_speedup']:.2f}x); identical: {result['identical']} "
+          f"(load average {result['load_average_1min']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?",
                         help="a run folder with merged/ (default: the embedded model)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 weights on CPU")
+    parser.add_argument("--lookup-tokens", type=int, default=10,
+                        help="prompt_lookup_tokens of the comparison (default 10)")
     args = parser.parse_args()
 
     import torch
@@ -147,6 +240,7 @@ def main() -> None:
 
         # Measure
         runs = [measure(bot, str(bot.engine.model.dtype).removeprefix("torch."))]
+        lookup = compare_lookup(bot, args.lookup_tokens)
         if args.bf16 and bot.engine.model.dtype != torch.bfloat16:
             bot.engine.model.to(torch.bfloat16)
             runs.append(measure(bot, "bfloat16"))
@@ -162,6 +256,7 @@ def main() -> None:
         "end_ids_suppressed": True,
         "goals": {"first_token_s": GOAL_FIRST_TOKEN_S, "tokens_per_s": GOAL_TOKENS_PER_S},
         "runs": runs,
+        "prompt_lookup": lookup,
     }
     out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {out.relative_to(ROOT)}")

@@ -120,6 +120,9 @@ class RagConfig:
     repetition_penalty: float = help_field(
         1.1, "penalty on repeating tokens the answer already generated (the FAQ context "
         "in the prompt is not penalised)")
+    prompt_lookup_tokens: int = help_field(
+        10, "greedy answers in transformers check up to this many tokens copied from the "
+        "prompt per forward pass (prompt-lookup decoding: the same answer, faster); 0 = off")
     fact_guard: bool = help_field(
         True, "never show an answer stating a number found in none of the retrieved entries; "
         "fall back to the best entry's answer")
@@ -207,6 +210,8 @@ def check(cfg: Config) -> None:
         raise UserError(f"rag.gate must be learned or rules (got {cfg.rag.gate!r})")
     if cfg.rag.repetition_penalty < 1:
         raise UserError("rag.repetition_penalty must be 1 (off) or more")
+    if cfg.rag.prompt_lookup_tokens < 0:
+        raise UserError("rag.prompt_lookup_tokens must be 0 (off) or more")
     if not cfg.rag.decline_message.strip():
         raise UserError("rag.decline_message must not be empty: say where to ask instead")
     if not 0 < cfg.train.val_fraction < 1:

@@ -308,5 +308,7 @@ def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local
             model_dir, adapter_dir, device=device, end_ids=meta.get("end_token_ids") or [],
             # a config without max_position_embeddings: the length the run trained on
             context_length=meta.get("config", {}).get("model", {}).get("max_seq_length"),
+            # a prompt without FAQ entries has no answer to copy: prompt lookup if grounded
+            prompt_lookup_tokens=rag.prompt_lookup_tokens if rag is not None else 0,
             **options)
     return Chatbot(generator, template, knowledge=knowledge, rag=rag)

@@ -4,12 +4,20 @@
                                      end_ids={1, 106}, repetition_penalty=1.1)
     for delta in engine.stream(prompt, max_new_tokens=256): ...
     engine.batch([prompt, ...], max_new_tokens=96)        # [(answer, looped, cut)], left-padded
+    TransformersEngine.load(model_dir, prompt_lookup_tokens=10)  # greedy answers copy faster
 
 The prompt is encoded exactly as training encoded it (the tokenizer adds `<bos>`). Generation
 stops at any end token (the generation config's list, the tokenizer's EOS, `<end_of_turn>` /
 `<|eot_id|>` / `<|end_of_text|>`), at the template's stop markers and at a repeating loop. The
 repetition penalty applies only to the tokens the answer generated, never to the FAQ in the
 prompt: copying from it is the job.
+
+With `prompt_lookup_tokens` N > 0, greedy answers use prompt-lookup decoding: up to N tokens
+that follow the answer's last two tokens somewhere in the prompt (usually the FAQ answer being
+copied) are checked in one forward pass, and every one the model would have picked itself is
+kept. The answer is the one plain greedy decoding gives (checking several positions in one
+pass moves fp32 logits by ~4e-5 at most). Sampling, a caller's logits processor and `batch`
+(transformers assists one row only) decode one token per pass.
 """
 
 import json
@@ -83,22 +91,79 @@ def load_dtype(model_dir: Path, device):
     return torch.float32 if saved in ("bfloat16", "float16") else getattr(torch, saved)
 
 
-class _TokenQueue:
-    """A generate() streamer that hands each new token id to the reading thread: generate
-    calls put() with the prompt, then once per new token (batch of one), then end()."""
+class _AnswerEnd:
+    """Where an answer ends, decided token by token: an end token, a stop marker, a loop, the
+    token limit or a set event. It is generate's StoppingCriteria; with prompt lookup one step
+    adds several tokens, and the answer still ends at the token plain decoding stops at."""
 
-    def __init__(self):
-        self.ids: list[int] = []  # every generated id, end token included; read after join
+    def __init__(self, engine, prompt_length: int, max_new_tokens: int, events, flags):
+        self.engine, self.prompt_length = engine, prompt_length
+        self.max_new_tokens, self.events, self.flags = max_new_tokens, events, flags
+        self.generated: list[int] = []  # the answer's ids, the one that ended it included
+        self.done = False
+
+    def take(self, token_ids: list[int], start: int) -> None:
+        """Check generated ids `start`, `start` + 1, ... (`token_ids`) up to the answer's end.
+        Both generate's criteria call and its streamer hand ids over, in either order (plain
+        decoding calls the criteria first, assisted decoding the streamer): each id is
+        checked once."""
+        for position, token_id in enumerate(token_ids, start):
+            if self.done:
+                return
+            if position < len(self.generated):
+                continue
+            self.generated.append(token_id)
+            self.done = self._ends()
+
+    def __call__(self, ids, scores, **kwargs):
+        import torch
+
+        self.take(ids[0, self.prompt_length:].tolist(), 0)
+        return torch.full((ids.shape[0],), self.done, dtype=torch.bool, device=ids.device)
+
+    # Decoding the answer at every token costs ~0.04 ms (gemma, 180 tokens), against tens of
+    # ms per generated token. transformers' StopStringCriteria (generate(stop_strings=...))
+    # avoids the decode but needs ~2.9 s to index gemma's 262k-token vocabulary each time it
+    # is built: slower for every answer shorter than tens of thousands of tokens.
+    def _ends(self) -> bool:
+        generated, flags, engine = self.generated, self.flags, self.engine
+        looping = runaway(generated)
+        if looping and flags is not None:
+            flags.runaway = True
+        if (flags is not None and len(generated) >= self.max_new_tokens
+                and generated[-1] not in engine.end_ids):
+            flags.cut = True  # the token limit, not the model, ended it
+        return (
+            generated[-1] in engine.end_ids
+            or looping
+            or len(generated) >= self.max_new_tokens
+            or any(event.is_set() for event in self.events)
+            or any(marker in engine.decode(generated) for marker in engine.stop_markers)
+        )
+
+
+class _TokenQueue:
+    """A generate() streamer that hands each answer token id to the reading thread: generate
+    calls put() with the prompt, then with each step's new ids (one, or several a prompt
+    lookup kept), then end(). Ids past the answer's end are never handed on."""
+
+    def __init__(self, answer_end: _AnswerEnd):
+        self.answer_end = answer_end
+        self.ids: list[int] = []  # every answer id, end token included; read after join
         self._queue: queue.Queue = queue.Queue()
         self._prompt_seen = False
+        self._received = 0  # generated ids put() was given
 
     def put(self, value) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        token_id = int(value.reshape(-1)[0])
-        self.ids.append(token_id)
-        self._queue.put(token_id)
+        new = [int(t) for t in value.reshape(-1)]
+        self.answer_end.take(new, self._received)
+        self._received += len(new)
+        for token_id in self.answer_end.generated[len(self.ids):self._received]:
+            self.ids.append(token_id)
+            self._queue.put(token_id)
 
     def end(self) -> None:
         self._queue.put(None)
@@ -114,10 +179,12 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model, tokenizer, *, end_ids: set[int], stop_markers=(),
-                 repetition_penalty: float = 1.0, context_length: int | None = None):
+                 repetition_penalty: float = 1.0, context_length: int | None = None,
+                 prompt_lookup_tokens: int = 0):
         self.model, self.tokenizer = model, tokenizer
         self.end_ids, self.stop_markers = set(end_ids), tuple(stop_markers)
         self.repetition_penalty = repetition_penalty
+        self.prompt_lookup_tokens = prompt_lookup_tokens  # 0: one token per forward pass
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_ids)
         # the most tokens (prompt + answer) the model has positions for; longer prompts are cut
@@ -161,13 +228,14 @@ class TransformersEngine:
         """Yield the answer as text deltas while it is generated. temperature 0 is greedy;
         setting `stop_event` ends it after the current token; `flags.runaway` is set when the
         loop check ends it; `logits_processor` goes to generate (the tests force an end token
-        with it); `generated_ids` receives every generated id (the bench counts them)."""
+        with it; it turns prompt lookup off); `generated_ids` receives every generated id
+        (the bench counts them)."""
         halt = threading.Event()  # set when the reader leaves early, so generate stops too
         events = [halt] + ([stop_event] if stop_event is not None else [])
-        tokens = _TokenQueue()
         kwargs = self._generate_kwargs(prompt, events, max_new_tokens=max_new_tokens,
                                        temperature=temperature, top_p=top_p,
                                        logits_processor=logits_processor, flags=flags)
+        tokens = _TokenQueue(kwargs["stopping_criteria"][0])
         errors: list[BaseException] = []
 
         def work():
@@ -194,9 +262,10 @@ class TransformersEngine:
         """The answer from one generate() call without a streamer, cut by the same rules.
         Options: max_new_tokens, temperature, top_p, logits_processor (as for stream)."""
         kwargs = self._generate_kwargs(prompt, [], **options)
-        output = self.model.generate(**kwargs)
-        ids = output[0, kwargs["input_ids"].shape[1]:].tolist()
-        return visible_answer(self.decode(self._until_end(ids)), self.stop_markers)
+        self.model.generate(**kwargs)
+        answer_end = kwargs["stopping_criteria"][0]  # it has seen every step: it holds the answer
+        return visible_answer(self.decode(self._until_end(answer_end.generated)),
+                              self.stop_markers)
 
     def batch(self, prompts: list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
               top_p: float = 0.9) -> list[tuple[str, bool]]:
@@ -255,38 +324,31 @@ class TransformersEngine:
 
         input_ids = torch.tensor([self.encode(prompt)], device=self.device)
         prompt_length = input_ids.shape[1]
-
-        # Decoding the answer at every token costs ~0.04 ms (gemma, 180 tokens), against tens of
-        # ms per generated token. transformers' StopStringCriteria (generate(stop_strings=...))
-        # avoids the decode but needs ~2.9 s to index gemma's 262k-token vocabulary each time it
-        # is built: slower for every answer shorter than tens of thousands of tokens.
-        def stop(ids, scores, **kwargs):  # a StoppingCriteria, called after every new token
-            generated = ids[0, prompt_length:].tolist()
-            looping = runaway(generated)
-            if looping and flags is not None:
-                flags.runaway = True
-            if (flags is not None and len(generated) >= max_new_tokens
-                    and generated[-1] not in self.end_ids):
-                flags.cut = True  # the token limit, not the model, ended it
-            done = (
-                generated[-1] in self.end_ids
-                or looping
-                or any(event.is_set() for event in events)
-                or any(marker in self.decode(generated) for marker in self.stop_markers)
-            )
-            return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
-
+        answer_end = _AnswerEnd(self, prompt_length, max_new_tokens, events, flags)
         processors = list(logits_processor or [])
         if self.repetition_penalty > 1:
+            # (under prompt lookup it is applied at each checked position to the answer up
+            # to there, as plain decoding applies it)
             processors.append(RepetitionPenaltyLogitsProcessor(
                 self.repetition_penalty, prompt_ignore_length=prompt_length))
         return dict(
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens, eos_token_id=sorted(self.end_ids),
-            pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([stop]),
+            pad_token_id=self.pad_id, stopping_criteria=StoppingCriteriaList([answer_end]),
             logits_processor=LogitsProcessorList(processors), repetition_penalty=1.0,
             **_sampling(temperature, top_p),
+            **self._lookup(temperature, logits_processor),
         )
+
+    def _lookup(self, temperature: float, logits_processor) -> dict:
+        """generate's prompt-lookup option, for greedy answers only: sampled ones would stay
+        right in distribution but no longer follow the seed. A caller's logits processor
+        turns it off: transformers also calls it on the candidates and with placeholder
+        scores, and one written for a call per new token (the tests' scripted answers) would
+        lose count."""
+        if self.prompt_lookup_tokens <= 0 or temperature > 0 or logits_processor:
+            return {}
+        return {"prompt_lookup_num_tokens": self.prompt_lookup_tokens}
 
 
 def _sampling(temperature: float, top_p: float) -> dict:
