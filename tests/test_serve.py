@@ -156,6 +156,9 @@ def generating(bot, make_processor):
 
     def generate(**kwargs):
         kwargs["logits_processor"].append(make_processor())
+        # (one processor call per token, as the processors here count: no prompt lookup,
+        # which calls them for every candidate it checks)
+        kwargs.pop("prompt_lookup_num_tokens", None)
         return original(**kwargs)
 
     bot.engine.model.generate = generate
