@@ -35,13 +35,16 @@ from builder.errors import UserError
 USES = ("auto", "merged", "adapter", "gguf")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all: a temporary file beside it, then a rename."""
+def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None:
+    """Write `data` (text as UTF-8, or bytes) to `path` whole or not at all: a temporary file
+    beside it, then a rename; `mode` for files others read (a chart the page serves)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,11 +7,12 @@ unanswered; as numbers (`stats`) and as one PNG (`draw`), shown on the page's ì
 
 Days are the server's local calendar days (the shop's day, not UTC's)."""
 
-import os
-import tempfile
+import io
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from builder.run import write_atomic
 
 TOP = 10  # entries and unanswered groups shown
 # Hangul needs a font that has it (fonts-nanum); DejaVu Sans covers the rest
@@ -138,14 +139,7 @@ def _ranking(ax, items: list[tuple[str, int]], title: str, color: str) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue(), mode=0o644)
     return path

@@ -107,8 +107,7 @@ def plot_loss(log_history: list[dict], path: Path, best_step: int | None = None)
     """The training and validation loss as a PNG, written whole (a temp file beside it, then
     renamed). Drawn with matplotlib's object API, not pyplot, whose global state is not safe
     from the several threads the page draws in."""
-    import os
-    import tempfile
+    import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -130,16 +129,9 @@ def plot_loss(log_history: list[dict], path: Path, best_step: int | None = None)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(Path(path), png.getvalue(), mode=0o644)
 
 
 def library_versions() -> dict:
