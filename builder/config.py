@@ -123,6 +123,10 @@ class RagConfig:
     prompt_lookup_tokens: int = help_field(
         10, "greedy answers in transformers check up to this many tokens copied from the "
         "prompt per forward pass (prompt-lookup decoding: the same answer, faster); 0 = off")
+    shared_answers: int = help_field(
+        256, "greedy answers kept per (prompt, token limit) and shared: the same question in "
+        "the same words is answered again, or followed while it is generated, without "
+        "generating; 0 = off")
     fact_guard: bool = help_field(
         True, "never show an answer stating a number found in none of the retrieved entries; "
         "fall back to the best entry's answer")
@@ -212,6 +216,8 @@ def check(cfg: Config) -> None:
         raise UserError("rag.repetition_penalty must be 1 (off) or more")
     if cfg.rag.prompt_lookup_tokens < 0:
         raise UserError("rag.prompt_lookup_tokens must be 0 (off) or more")
+    if cfg.rag.shared_answers < 0:
+        raise UserError("rag.shared_answers must be 0 (off) or more")
     if not cfg.rag.decline_message.strip():
         raise UserError("rag.decline_message must not be empty: say where to ask instead")
     if not 0 < cfg.train.val_fraction < 1:

@@ -58,6 +58,7 @@ def test_defaults_then_yaml_then_flags(tmp_path):
         ("", ["lora.dropout=1"], "lora.dropout = 1.0"),
         ("", ["lora.dropout=-0.1"], "lora.dropout = -0.1"),
         ("", ["train.warmup_steps=-5"], "train.warmup_steps = -5"),
+        ("", ["rag.shared_answers=-1"], "rag.shared_answers must be 0 (off) or more"),
         ("model: [1, 2]\n", [], "must be a mapping"),
     ],
 )
