@@ -109,6 +109,8 @@ def test_the_engines_own_attributes_show_through():
     assert engine.name == "scripted" and engine.context_length == 512
     assert engine.encode("가") == list("가".encode())
     assert not hasattr(engine, "batch")  # the chatbot checks for it before batching
+    engine.pause_s = 0  # set on the engine that reads it
+    assert engine.inner.pause_s == 0 and "pause_s" not in vars(engine)
 
 
 def test_flags_the_engine_set_are_replayed():

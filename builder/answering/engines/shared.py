@@ -21,8 +21,8 @@ greedy answer is generated once per (prompt, max_new_tokens):
 Sampled answers (temperature > 0), a caller's logits processor and options this wrapper does
 not know are passed straight to the inner engine, as is everything when `size` is 0. Every
 other attribute (name, encode, decode, context_length, batch, warm, model, ...) is the inner
-engine's. A follower goes at its leader's pace, which is its reader's: the chatbot reads a
-stream as fast as it is generated.
+engine's, read and set. A follower goes at its leader's pace, which is its reader's: the
+chatbot reads a stream as fast as it is generated.
 """
 
 import logging
@@ -34,6 +34,7 @@ from contextlib import closing
 log = logging.getLogger(__name__)
 
 RUNNING, DONE, DROPPED, FAILED = "running", "done", "dropped", "failed"
+OWN_FIELDS = ("inner", "size", "_lock", "_kept", "_running")
 POLL_S = 0.05  # how often a waiting follower looks at its own stop_event (about one token)
 
 
@@ -83,6 +84,14 @@ class SharedAnswers:
         if name == "inner":  # not set yet (a copy being made): never recurse
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def __setattr__(self, name, value):
+        """The wrapper's own fields are its own; any other (a bench turning prompt lookup
+        off) is set on the inner engine, which reads it."""
+        if name in OWN_FIELDS:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
 
     def stream(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 0.9, stop_event: threading.Event | None = None, flags=None,
