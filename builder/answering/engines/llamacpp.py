@@ -10,8 +10,12 @@ greedy at temperature 0 and stops at the end tokens the export recorded, at the 
 stop markers and at a repeating loop. The repetition penalty is applied as transformers applies
 it (only to tokens the answer generated, never to the FAQ block in the prompt), so a GGUF at
 f16 answers what the merged model answers. Needs the `gguf` extra (llama-cpp-python).
-$BUILDER_LLAMA_THREADS sets the threads llama.cpp uses (default: every core). One answer is
-generated at a time (a Llama object is not thread-safe); others wait for the lock.
+$BUILDER_LLAMA_THREADS sets the threads llama.cpp uses (default: every core).
+
+Concurrent answers are generated together (`parallel`, default 8; llamacpp_batch.Batcher): one
+scheduler thread decodes, each step, the next token of every running answer and a chunk of the
+prompts that arrived, in one llama.cpp batch. At f16 an answer is token for token the one
+generated alone. `parallel=1` generates one answer at a time in the Llama object, under a lock.
 
 Most of an idle server's first-token time is llama.cpp reading the prompt (~450 tokens/s on 2
 cores). Prompts whose first FAQ entry is the same share their start, so the KV state of recent
@@ -32,6 +36,8 @@ from builder.errors import UserError
 
 THREADS_ENV = "BUILDER_LLAMA_THREADS"  # threads llama.cpp uses (default: every core)
 N_CTX = 4096  # tokens of prompt + answer; a FAQ prompt with 3 entries is a few hundred
+PARALLEL = 8  # answers generated together (each with N_CTX tokens of KV cache)
+TOKENIZER_CTX = 256  # the Llama object's own context when answers are generated in batches
 PREFIX_MIN = 32  # shared tokens worth restoring a kept state for (a lone header is ~6)
 PREFIX_BYTES = 512 * 2**20  # KV states kept in all; gemma-3-270m holds 18 KB per token
 INSTALL = ("llama-cpp-python is not installed: pip install -e '.[gguf]' (it builds llama.cpp, "
@@ -46,13 +52,17 @@ def import_llama():
     return llama_cpp
 
 
+def llama_threads() -> int:
+    """The threads llama.cpp uses: $BUILDER_LLAMA_THREADS, else every core (on a machine other
+    work keeps busy fewer are faster: llama.cpp's threads spin while they wait; 334 prompt
+    tokens took 4.2 s on 2 threads, 1.4 s on 1, with two other processes running on 2 cores)."""
+    return int(os.environ.get(THREADS_ENV) or 0) or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
 def load_llama(path: Path, n_ctx: int = N_CTX):
     llama_cpp = import_llama()
-    # every core by default; on a machine other work keeps busy fewer are faster (llama.cpp's
-    # threads spin while they wait: 334 prompt tokens took 4.2 s on 2 threads, 1.4 s on 1, with
-    # two other processes running on 2 cores)
-    threads = int(os.environ.get(THREADS_ENV) or 0) or (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    threads = llama_threads()
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
                            n_threads_batch=threads, verbose=False)
 
@@ -68,28 +78,32 @@ def shared_length(a, b) -> int:
 
 
 class PrefixStates:
-    """The llama.cpp KV state of recent prompts (sequence 0 only, no logits), newest last,
-    within a byte budget. llama-cpp-python reuses what is still in its context by itself;
-    this keeps more than the last prompt. Used under the bot's lock."""
+    """The llama.cpp KV state of recent prompts (one sequence's cells, no logits), newest
+    last, within a byte budget. llama-cpp-python reuses what is still in its context by itself;
+    this keeps more than the last prompt. Used under the bot's lock (one at a time) or by the
+    batch scheduler's thread."""
 
     def __init__(self, llama, budget: int = PREFIX_BYTES):
         self.llama, self.budget = llama, budget
         self.states: OrderedDict[tuple, bytes] = OrderedDict()
         self.size = 0
         self.restored = 0  # prompts started from a kept state
+        # a kept state holds a sliding-window layer's cells of the window before its last
+        # token only: it can be cut back (to where a prompt parts from it) if it is no longer
+        # than the window; a longer one only continued (gemma3: 512 tokens)
+        self.window = next((int(value) for key, value in llama.metadata.items()
+                            if key.endswith(".attention.sliding_window")), None)
 
-    def save(self) -> None:
-        """Keep the context's state (the prompt and answer just evaluated)."""
+    def keep(self, key: tuple, ctx, seq_id: int) -> None:
+        """Keep the state of sequence `seq_id` of llama.cpp context `ctx`, which holds the
+        tokens `key`."""
         import llama_cpp
 
-        llama = self.llama
-        key = tuple(int(t) for t in llama.input_ids[:llama.n_tokens])
         if len(key) < PREFIX_MIN or key in self.states:
             return
-        ctx = llama._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
         buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq_id)
         if not written or written > self.budget:
             return
         self.states[key] = bytes(buffer)[:written]
@@ -97,51 +111,87 @@ class PrefixStates:
         while self.size > self.budget:
             self.size -= len(self.states.popitem(last=False)[1])
 
-    def restore(self, prompt: list[int]) -> int:
-        """Load the kept state sharing the longest start with `prompt`, if it shares more
-        than the context holds now (and PREFIX_MIN tokens at least). The tokens shared."""
+    def closest(self, prompt: list[int], floor: int = PREFIX_MIN - 1) -> tuple[tuple | None, int]:
+        """The kept key sharing the longest start with `prompt` (more than `floor` tokens),
+        and the tokens shared; (None, floor) when none does."""
+        best, length = None, floor
+        for key in self.states:
+            n = shared_length(key, prompt)
+            if n > length and (n == len(key) or self.window is None or len(key) <= self.window):
+                best, length = key, n
+        return best, length
+
+    def load(self, key: tuple, ctx, seq_id: int) -> bool:
+        """Put the state kept under `key` into sequence `seq_id` (emptied first); False when
+        llama.cpp refuses it (the sequence is left empty)."""
         import llama_cpp
 
+        memory = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+        data = self.states[key]
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(ctx, buffer, len(data), seq_id):
+            llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+            return False
+        self.states.move_to_end(key)
+        self.restored += 1
+        return True
+
+    def save(self) -> None:
+        """Keep the Llama context's state (the prompt and answer just evaluated)."""
         llama = self.llama
-        best, length = None, max(PREFIX_MIN - 1,
-                                 shared_length(llama.input_ids[:llama.n_tokens], prompt))
-        for key in self.states:
-            if (n := shared_length(key, prompt)) > length:
-                best, length = key, n
+        self.keep(tuple(int(t) for t in llama.input_ids[:llama.n_tokens]), llama._ctx.ctx, 0)
+
+    def restore(self, prompt: list[int]) -> int:
+        """Load into the Llama context the kept state sharing the longest start with
+        `prompt`, if it shares more than the context holds now (and PREFIX_MIN tokens at
+        least). The tokens shared."""
+        llama = self.llama
+        best, length = self.closest(prompt, max(
+            PREFIX_MIN - 1, shared_length(llama.input_ids[:llama.n_tokens], prompt)))
         if best is None:
             return 0
-        data = self.states[best]
-        llama._ctx.kv_cache_seq_rm(0, -1, -1)
         llama.n_tokens = 0
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if not llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(data), 0):
-            llama._ctx.kv_cache_seq_rm(0, -1, -1)  # (not loaded: read from the start)
-            return 0
+        if not self.load(best, llama._ctx.ctx, 0):
+            return 0  # (read from the start)
         llama.input_ids[:len(best)] = best
         llama.n_tokens = len(best)  # llama.generate reads the prompt from where they part
-        self.states.move_to_end(best)
-        self.restored += 1
+        llama._requires_eval = True  # the logits are not the state's: its last token is read
         return length
 
 
 class GgufEngine:
-    """Generation with a llama.cpp GGUF."""
+    """Generation with a llama.cpp GGUF: `parallel` answers at once (1: one at a time in the
+    Llama object's own context), each with `n_ctx` tokens of prompt and answer."""
 
     name = "gguf"
 
     def __init__(self, llama, *, end_ids: set[int], stop_markers=(),
-                 repetition_penalty: float = 1.0, path: Path | None = None):
-        self.llama, self.path = llama, path
+                 repetition_penalty: float = 1.0, path: Path | None = None,
+                 parallel: int = PARALLEL, n_ctx: int | None = None):
+        if parallel < 1:
+            raise UserError(f"parallel must be 1 (one answer at a time) or more, not {parallel}")
+        self.llama, self.path, self.parallel = llama, path, parallel
         self.end_ids = set(end_ids) | {llama.token_eos()}
         self.stop_markers = tuple(stop_markers)
         self.repetition_penalty = repetition_penalty
-        self.context_length = llama.n_ctx()
+        self.context_length = n_ctx or llama.n_ctx()  # tokens of one answer's prompt + answer
         self.lock = threading.Lock()
         self.prefixes = PrefixStates(llama)
+        self.batcher = None
+        if parallel > 1:
+            from builder.answering.engines.llamacpp_batch import Batcher
+
+            self.batcher = Batcher(llama, parallel, self.context_length, self.end_ids,
+                                   repetition_penalty, self.prefixes)
 
     @classmethod
-    def load(cls, path: Path, *, n_ctx: int = N_CTX, **options) -> "GgufEngine":
-        return cls(load_llama(path, n_ctx), path=Path(path), **options)
+    def load(cls, path: Path, *, n_ctx: int = N_CTX, parallel: int = PARALLEL,
+             **options) -> "GgufEngine":
+        """The GGUF at `path`; with parallel > 1 the Llama object only tokenizes (a small
+        context of its own) and the answers share a context of parallel x n_ctx tokens."""
+        llama = load_llama(path, n_ctx if parallel == 1 else TOKENIZER_CTX)
+        return cls(llama, path=Path(path), parallel=parallel, n_ctx=n_ctx, **options)
 
     def encode(self, prompt: str) -> list[int]:
         """The prompt's ids by the GGUF's tokenizer, BOS first (special tokens in the text are
@@ -158,6 +208,17 @@ class GgufEngine:
         """Yield the answer as text deltas, as the transformers engine does (logits_processor
         is a transformers option and is ignored here)."""
         ids = self.encode(prompt)
+        if len(ids) >= self.context_length:
+            raise UserError(f"the prompt has {len(ids)} tokens: the model reads at most "
+                            f"{self.context_length} (prompt and answer); ask a shorter question")
+        if self.batcher is not None:
+            tokens = self.batcher.tokens(ids, max_new_tokens, temperature, top_p, stop_event,
+                                         flags, generated_ids)
+            try:
+                yield from answer_deltas(tokens, self.decode, self.stop_markers, self.end_ids)
+            finally:
+                tokens.close()  # frees the answer's sequence for the next one
+            return
         with self.lock:
             tokens = self._tokens(ids, max_new_tokens, temperature, top_p, stop_event, flags,
                                   generated_ids)
@@ -172,6 +233,9 @@ class GgufEngine:
         ids = self.encode(prompt)
         if len(ids) + 1 > self.context_length:
             return False
+        if self.batcher is not None:
+            self.batcher.warm(ids)
+            return True
         with self.lock:
             self.llama.reset()
             self.llama.eval(ids)
@@ -180,17 +244,13 @@ class GgufEngine:
 
     def _tokens(self, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
                 stop_event, flags, generated_ids: list[int] | None):
-        import numpy as np
+        from builder.answering.engines.llamacpp_batch import penalize
 
         penalty = self.repetition_penalty
         start = len(prompt)
 
-        def penalize(input_ids, scores):  # transformers' RepetitionPenaltyLogitsProcessor
-            seen = np.unique(np.asarray(input_ids[start:], dtype=np.int64))
-            if seen.size:
-                picked = scores[seen]
-                scores[seen] = np.where(picked < 0, picked * penalty, picked / penalty)
-            return scores
+        def penalized(input_ids, scores):
+            return penalize(scores, input_ids[start:], penalty)
 
         sampling = dict(temp=temperature, top_p=top_p, top_k=0, min_p=0.0) if temperature > 0 \
             else dict(temp=0.0)
@@ -198,7 +258,7 @@ class GgufEngine:
         self.prefixes.restore(prompt)
         stream = self.llama.generate(
             prompt, repeat_penalty=1.0, reset=True, **sampling,
-            logits_processor=[penalize] if penalty > 1 else None)
+            logits_processor=[penalized] if penalty > 1 else None)
         try:
             for token_id in stream:
                 generated.append(int(token_id))
