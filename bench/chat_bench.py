@@ -233,6 +233,7 @@ def main() -> None:
         # Load
         started = time.perf_counter()
         bot = load_chatbot(run_dir, use="merged")
+        bot.engine = getattr(bot.engine, "inner", bot.engine)  # every answer generated, timed
         load_s = time.perf_counter() - started
         device = str(bot.engine.device)
         print(f"{run_dir} on {device} ({torch.get_num_threads()} threads): "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.answering.chatbot import Chatbot, load_chatbot
+from builder.answering.chatbot import Chatbot, load_chatbot, ready
 from builder.answering.decoding import answer_deltas, fit_prompt, partial_marker_length, visible_answer
 from builder.answering.engines.transformers import TransformersEngine, load_dtype
 from builder.doors.terminal import GOODBYE, chat_loop
@@ -763,7 +763,7 @@ def test_ready_loads_what_the_first_answer_would_wait_for(tiny_bot, knowledge):
     fresh = Knowledge.build(knowledge.entries, calibrate=False)
     bot = with_template(tiny_bot, load_template("korean"), knowledge=fresh, rag=RagConfig())
     assert not fresh._per_entry and fresh._exact is None
-    bot.ready()
+    ready(bot)
     assert {"terms", "nouns"} <= set(fresh._per_entry) and fresh._exact is not None
 
 

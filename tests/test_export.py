@@ -328,9 +328,10 @@ def test_the_cli_exports_chats_through_gguf_and_names_what_is_missing(tiny_run, 
 
 def test_kept_prompt_states_give_the_answers_of_reading_each_whole_prompt(tiny_run):
     """(after the exports above, which leave tiny_run/gguf/)"""
-    from builder.answering.chatbot import load_chatbot
+    from builder.answering.chatbot import load_chatbot, warm_entries
 
-    bot = load_chatbot(tiny_run, "gguf")
+    # one answer at a time (tests/test_gguf_batching.py: batched), each generated (not shared)
+    bot = load_chatbot(tiny_run, "gguf", parallel=1, settings=["rag.shared_answers=0"])
     prefixes = bot.engine.prefixes
     asked = [row["instruction"] + " 궁금해요" for row in sample_rows(4)]  # not word for word
 
@@ -346,7 +347,7 @@ def test_kept_prompt_states_give_the_answers_of_reading_each_whole_prompt(tiny_r
     read_whole = answers()
     assert not prefixes.states and prefixes.restored == 0
     prefixes.budget = 2**30
-    assert bot.warm() == len(bot.knowledge.entries) == len(prefixes.states)
+    assert warm_entries(bot) == len(bot.knowledge.entries) == len(prefixes.states)
     assert answers() == read_whole
     assert prefixes.restored >= len(asked) - 1  # each started from its entry's state
     # the oldest states go first once the budget is spent

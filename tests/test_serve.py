@@ -151,7 +151,10 @@ def slow_distinct(tokenizer, seconds: float, calls: list):
 
 @contextmanager
 def generating(bot, make_processor):
-    """Every generate call of `bot` gets a fresh processor from `make_processor`."""
+    """Every generate call of `bot` gets a fresh processor from `make_processor` (and no
+    shared answers: a scripted model is another model)."""
+    shared = bot.engine
+    bot.engine = getattr(shared, "inner", shared)
     original = bot.engine.model.generate
 
     def generate(**kwargs):
@@ -166,6 +169,7 @@ def generating(bot, make_processor):
         yield
     finally:
         del bot.engine.model.generate
+        bot.engine = shared
 
 
 def ask(client, question, model="shop", **options):

@@ -426,3 +426,19 @@ def test_an_off_topic_question_gets_the_decline_message(embedded_run):
     bot = load_chatbot(embedded_run, use="adapter")
     reply = bot.reply("파이썬으로 리스트 정렬하는 코드 짜줘", max_new_tokens=64)
     assert reply.declined and reply.text == bot.rag.decline_message and not reply.sources
+
+
+def test_a_run_answers_from_its_faq_before_its_model_has_loaded(tiny_model, tmp_path, monkeypatch):
+    import builder.training.models
+    from builder.answering.chatbot import load_chatbot
+
+    def no_model(name, log=print):  # the base model is still being fetched or converted
+        raise UserError(f"{name}: not there yet")
+
+    monkeypatch.setattr(builder.training.models, "resolve_base_model", no_model)
+    prepared = make_prepared(tmp_path, 30)
+    with pytest.raises(UserError, match="not there yet"):
+        train(prepared, tmp_path / "run", tiny_config(tiny_model), log=lambda *_: None)
+    bot = load_chatbot(tmp_path / "run", faq_first=True)  # what was written before the model
+    question = sample_rows(30)[0]["instruction"]
+    assert not bot.trained and bot.reply(question).text == sample_rows(30)[0]["output"]

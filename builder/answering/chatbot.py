@@ -24,6 +24,11 @@ How a question is answered (a grounded run: its template has a `{faq}` slot, its
 `stream(..., reply=Reply())` fills in the sources, the prompt, whether the bot declined and
 whether the guard or the runaway check stepped in (and why, and the model's own text): the
 doors store it in the conversation log (builder.owner.log).
+
+Before the model is trained (`load_chatbot(RUN, faq_first=True)` on a run whose knowledge is
+built but whose model is not there yet) the bot has no engine: step 3 is the best entry's own
+answer, marked `reply.faq_only` so the doors can say so; builder.owner.live.follow_model puts
+the trained model in (`bot.engine = ...`) once training or the merge has written it.
 """
 
 import logging
@@ -34,19 +39,23 @@ from contextlib import closing
 from pathlib import Path
 
 from builder.answering.decoding import fit_prompt
+from builder.answering.engines.loading import load_engine, serving_rag
 from builder.answering.grounding import Grounder, Grounding
 from builder.answering.guard import Reply, combine, settle
 from builder.errors import UserError
 from builder.run import USES, Run
 
 log = logging.getLogger(__name__)
+# what the doors show under an answer given before the model was trained (reply.faq_only)
+FAQ_ONLY_NOTE = ("📚 FAQ 원문 답변입니다: 학습된 모델이 준비되면 모델이 답합니다 / the FAQ entry's "
+                 "own answer: the trained model answers once it is ready")
 
 
 class Chatbot:
     """An engine, the run's template and (for a grounded run) its knowledge, ready to answer."""
 
     def __init__(self, engine, template, *, knowledge=None, rag=None):
-        self.engine = engine
+        self.engine = engine  # None: no trained model yet, the FAQ's own answers
         self.template = template
         self._rag = rag  # the run's RagConfig (k, decline message, guard, prompt entries)
         self.knowledge = knowledge  # builder.answering.knowledge.Knowledge, or None
@@ -84,19 +93,20 @@ class Chatbot:
             return Grounding(question, context)
         return self.grounder.ground(question, context, history, exact=self.exact_answers)
 
-    def prompt(self, grounding: Grounding, max_new_tokens: int = 256) -> str:
+    def prompt(self, grounding: Grounding, max_new_tokens: int = 256, engine=None) -> str:
         """The template rendered with the grounding's FAQ block, cut so the answer's
         max_new_tokens fit the engine's context (an engine without a tokenizer here gets it
-        whole)."""
+        whole). `engine`: the one that will generate (default: the bot's)."""
+        engine = engine or self.engine
         render = self.template.render
         question, context, faq = grounding.question, grounding.context, grounding.faq
-        length = self.engine.context_length
-        if self.engine.encode is None or length is None:
+        length = engine.context_length if engine is not None else None
+        if length is None or engine.encode is None:
             return render(question, context, faq)
         budget = length - max_new_tokens  # room for the whole answer is kept
 
         def encode(q: str, c: str) -> list[int]:
-            return self.engine.encode(render(q, c, faq))
+            return engine.encode(render(q, c, faq))
 
         if len(encode("", "")) > budget:
             raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt: "
@@ -114,6 +124,21 @@ class Chatbot:
         else:
             reply.sources = list(grounding.hits)
         return grounding.settled
+
+    def faq_reply(self, grounding: Grounding, reply: Reply) -> Reply:
+        """The answer without a model: the best entry's own answer (or the word-for-word
+        entry's, or the decline message). The bot's answer before its model is trained, and
+        the evaluation's retrieval-only baseline."""
+        if not self._settled(grounding, reply):
+            best = grounding.hits[0]
+            reply.text = reply.generated = best.entry.answer
+            reply.sources, reply.faq_only = [best], True
+        return reply
+
+    @property
+    def trained(self) -> bool:
+        """Whether a model answers (False: the FAQ's own answers until one is put in)."""
+        return self.engine is not None
 
     # Answers
 
@@ -136,12 +161,15 @@ class Chatbot:
         yield from self._stream(grounding, reply, options)
 
     def _stream(self, grounding: Grounding, reply: Reply, options: dict) -> Iterator[str]:
-        question = grounding.question
+        question, engine = grounding.question, self.engine  # (one engine for the whole answer)
+        if engine is None and self.grounder is not None:
+            yield self.faq_reply(grounding, reply).text
+            return
         if self._settled(grounding, reply):
             yield reply.text
             return
-        reply.prompt = self.prompt(grounding, options.get("max_new_tokens", 256))
-        deltas = self.engine.stream(reply.prompt, flags=reply, **options)
+        reply.prompt = self.prompt(grounding, options.get("max_new_tokens", 256), engine)
+        deltas = engine.stream(reply.prompt, flags=reply, **options)
         if self.grounder is None:
             for delta in deltas:
                 reply.text += delta
@@ -211,35 +239,41 @@ class Chatbot:
             combine(reply, subs)
         return replies
 
-    # Serving
 
-    def ready(self, model: bool = True) -> None:
-        """Load now what the first answer would wait for (Kiwi, the knowledge's per-entry
-        caches and, with `model`, the engine's first step): `builder serve` calls it before it
-        listens, so the first customer is answered as fast as the next."""
-        grounding = Grounding("안녕하세요")
-        if self.grounder is not None and self.knowledge.entries:
-            question = self.knowledge.entries[0].question
-            self.knowledge.exact(question)
-            grounding = self.grounder.ground(question, exact=False)
-            if grounding.hits:
-                grounding.guard(self.rag).feed(grounding.hits[0].entry.answer[:20])
-        if model:  # a prompt as long as an answer's: the model's buffers are sized for it
-            for _ in self.engine.stream(self.prompt(grounding, 1), max_new_tokens=1):
-                pass
+def ready(bot: Chatbot, model: bool = True) -> None:
+    """Load now what the first answer would wait for (Kiwi, the knowledge's per-entry
+    caches and, with `model`, the engine's first step): `builder serve` calls it before it
+    listens, so the first customer is answered as fast as the next."""
+    grounding = Grounding("안녕하세요")
+    if bot.grounder is not None and bot.knowledge.entries:
+        question = bot.knowledge.entries[0].question
+        bot.knowledge.exact(question)
+        grounding = bot.grounder.ground(question, exact=False)
+        if grounding.hits:
+            grounding.guard(bot.rag).feed(grounding.hits[0].entry.answer[:20])
+    if model and bot.engine is not None:  # a prompt as long as an answer's: the
+        # model's buffers are sized for it
+        for _ in bot.engine.stream(bot.prompt(grounding, 1), max_new_tokens=1):
+            pass
 
-    def warm(self, stop_event: threading.Event | None = None) -> int:
-        """With the llama.cpp engine: keep a KV state for every FAQ entry as the first in a
-        prompt, so a question whose best entry it is starts there. The entries warmed."""
-        if not hasattr(self.engine, "warm"):
-            raise UserError("--warm reads the FAQ into llama.cpp: add --use gguf")
-        warmed = 0
-        for entry in self.knowledge.entries if self.knowledge is not None else []:
-            if stop_event is not None and stop_event.is_set():
-                break
-            faq = self.template.render_faq([entry])
-            warmed += self.engine.warm(self.template.render("", "", faq))
-        return warmed
+
+def warm_entries(bot: Chatbot, stop_event: threading.Event | None = None) -> int:
+    """With the llama.cpp engine: keep a KV state for every FAQ entry as the first in a
+    prompt, so a question whose best entry it is starts there. The entries warmed."""
+    if bot.engine is None:
+        return 0  # (builder serve warms the model once it is put in)
+    if not hasattr(bot.engine, "warm"):
+        raise UserError("--warm reads the FAQ into llama.cpp: add --use gguf")
+    # each state ends after its entry, where the next entry or the question follows in a
+    # prompt whose first entry it is: that prompt continues it
+    warmed, more = 0, "\x00"
+    for entry in bot.knowledge.entries if bot.knowledge is not None else []:
+        if stop_event is not None and stop_event.is_set():
+            break
+        faq = bot.template.render_faq([entry])
+        prompt = bot.template.render("", "", f"{faq}\n\n{more}")
+        warmed += bot.engine.warm(prompt[:prompt.index(more)] if more in prompt else prompt)
+    return warmed
 
 
 def generate(engine, prompts: list[str], options: dict) -> list[tuple[str, bool, bool]]:
@@ -263,52 +297,34 @@ def log_event(question: str, reply: Reply) -> None:
 
 def load_chatbot(run_dir: str | Path, use: str = "auto", *, engine: str = "local",
                  engine_model: str | None = None, device: str | None = None,
-                 gguf_file: str | Path | None = None) -> Chatbot:
+                 gguf_file: str | Path | None = None, faq_first: bool = False,
+                 settings: list[str] = (), parallel: int | None = None) -> Chatbot:
     """A run folder's chatbot. `engine` "local" generates in this process: use "auto" (merged/
     when present, else base model + adapter/), "merged", "adapter" (transformers) or "gguf"
     (llama.cpp: `gguf_file`, else the one RUN/gguf/report.json chose); a URL generates at
-    that OpenAI-compatible completion server."""
+    that OpenAI-compatible completion server. `faq_first`: a run still training (its knowledge
+    built, its model not there yet) gets a bot without an engine, answering from the FAQ.
+    `settings`: rag.KEY=VALUE for this bot only (builder serve --set); `parallel`: answers the
+    GGUF engine generates together (default its own)."""
     if use not in USES:
         raise ValueError(f"use must be one of {', '.join(USES)}, not {use!r}")
-    run = Run(run_dir).require()
-    local = engine == "local"  # what the engine needs is checked before the knowledge loads
-    weights = run.weights(use) if local and use != "gguf" else None
-    gguf = (Path(gguf_file) if gguf_file else run.gguf()) if local and use == "gguf" else None
-    template, meta = run.template(), run.meta()
-    knowledge = rag = None
+    run, waiting = Run(run_dir), False
+    if faq_first and engine == "local" and use != "gguf" and not run.has_model():
+        if not (run.template_path.is_file() and run.has_knowledge()):
+            raise UserError(f"{run.path}: no model and no FAQ knowledge yet. While `builder "
+                            "train` runs, the FAQ answers start once it has indexed the FAQ "
+                            f"(under a minute); else {run.make('train')}")
+        waiting = run.template().grounded
+    # what the engine needs is checked before the knowledge loads
+    generator = None if waiting else load_engine(run.require(), use, engine=engine,
+                                                 engine_model=engine_model, device=device,
+                                                 gguf_file=gguf_file, check=True)
+    template, rag = run.template(), serving_rag(run, settings)
+    knowledge = None
     if template.grounded:
         from builder.answering.knowledge import Knowledge
 
         knowledge = Knowledge.load(run.require_knowledge().knowledge_dir)
-        rag = run.config().rag
-    options = {"stop_markers": template.stop_markers,
-               "repetition_penalty": rag.repetition_penalty if rag is not None else 1.0}
-    if engine != "local":
-        import os
-
-        from builder.answering.engines.remote import (ENGINE_API_KEY_ENV, RemoteEngine,
-                                                      engine_model_name)
-
-        if not engine.startswith(("http://", "https://")):
-            raise UserError(f"--engine must be 'local' or a URL like http://HOST:PORT/v1, not "
-                            f"{engine!r}")
-        api_key = os.environ.get(ENGINE_API_KEY_ENV)
-        generator = RemoteEngine(engine, engine_model or engine_model_name(engine, api_key),
-                                 api_key=api_key, **options)
-    elif use == "gguf":
-        from builder.answering.engines.llamacpp import GgufEngine
-
-        generator = GgufEngine.load(gguf, end_ids=set(meta.get("end_token_ids") or []),
-                                    **options)
-    else:
-        from builder.answering.engines.transformers import TransformersEngine
-
-        model_dir, adapter_dir = weights
-        generator = TransformersEngine.load(
-            model_dir, adapter_dir, device=device, end_ids=meta.get("end_token_ids") or [],
-            # a config without max_position_embeddings: the length the run trained on
-            context_length=meta.get("config", {}).get("model", {}).get("max_seq_length"),
-            # a prompt without FAQ entries has no answer to copy: prompt lookup if grounded
-            prompt_lookup_tokens=rag.prompt_lookup_tokens if rag is not None else 0,
-            **options)
+    if generator is not None:
+        generator = generator(rag=rag, parallel=parallel)
     return Chatbot(generator, template, knowledge=knowledge, rag=rag)

@@ -46,6 +46,7 @@ class Reply:
     fallback: bool = False  # ... replaced by the best entry's own answer
     runaway: bool = False  # the runaway check ended a repeating generation
     cut: bool = False  # max_new_tokens ended it unfinished (the doors say finish_reason "length")
+    faq_only: bool = False  # the best entry's own answer: no trained model answered (yet)
     invented: list = field(default_factory=list)  # facts the model stated that no source has
     generated: str = ""  # the model's own text, before the guard
     why: str = ""  # why the guard stepped in (for the log)
@@ -58,7 +59,7 @@ def combine(reply: Reply, parts: list[Reply]) -> Reply:
     reply.sources = [h for p in parts for h in p.sources]
     for flag in ("declined", "gated", "exact"):
         setattr(reply, flag, all(getattr(p, flag) for p in parts))
-    for flag in ("guarded", "fallback", "runaway", "cut"):
+    for flag in ("guarded", "fallback", "runaway", "cut", "faq_only"):
         setattr(reply, flag, any(getattr(p, flag) for p in parts))
     reply.invented = [f for p in parts for f in p.invented]
     reply.generated = "\n".join(p.generated for p in parts)

@@ -19,15 +19,19 @@ ending with `data: [DONE]`), GET /health (no key needed, for load balancers). Ev
   and in `builder chat`. System messages are ignored (the run's template is the prompt); an
   extra `context` field fills the template's context block.
 - Replies carry extra fields that standard clients ignore: `sources` ([{"line", "question"}],
-  the FAQ rows the answer came from) and `declined`, on the message (whole answers) or on the
-  last chunk (streams).
+  the FAQ rows the answer came from), `declined`, and `faq_only` (true while the run is still
+  training: the best FAQ entry's own answer, until the trained model is put in without a
+  restart), on the message (whole answers) or on the last chunk (streams).
 - Every answer goes into the conversation log (builder.owner.log: RUN/conversations.db, or
   `--db postgresql://...` shared by replicas) with the customer as a pseudonym of the request's
   `user` field; POST /v1/feedback {"id": "chatcmpl-...", "value": 1 | -1} records their 👍/👎.
 - Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with its status.
-- At most `concurrency` answers are generated at once (1 for the in-process model: on CPU one
-  generation takes all cores) and `max_queue` more wait; beyond that 429 with Retry-After. A
-  client that leaves stops its generation after the current token and frees its place.
+- At most `concurrency` answers are generated at once (the GGUF engine's `--parallel`, 8 by
+  default, decoded together in one llama.cpp batch; 1 for the transformers engine: on CPU one
+  generation takes all cores) and `max_queue` more wait (32); beyond that 429 with
+  Retry-After. A client that leaves stops its generation after the current token and frees its
+  place. Greedy answers to the same prompt are generated once and shared (`rag.shared_answers`
+  kept; a customer asking what another is being answered follows that answer as it comes).
 - `--engine URL`: the model runs in an OpenAI-compatible completion server; the builder renders
   the prompt and asks only for its completion (POST URL/completions, streamed, with the
   template's stop markers). The server adds <bos>, as training did.
@@ -44,7 +48,7 @@ import time
 import uuid
 from pathlib import Path
 
-from builder.answering.chatbot import Chatbot, load_chatbot
+from builder.answering.chatbot import Chatbot, load_chatbot, ready, warm_entries
 from builder.answering.engines.remote import EngineError
 from builder.answering.guard import Reply
 from builder.doors.api_job import END, Gate, Job
@@ -156,7 +160,7 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
         g = gate()
         # "local" or "remote", never the engine's URL: it can carry credentials
         return {"status": "ok", "model": model, "engine": "local" if engine == "local" else
-                "remote", "running": g.running,
+                "remote", "trained": bot.trained, "running": g.running,
                 "waiting": g.waiting, "max_queue": max_queue}
 
     @app.get("/v1/models")
@@ -187,7 +191,7 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
         if job.error is not None:
             return _error_response(_failure(job.error))
         message = {"role": "assistant", "content": text, "sources": _sources(job.reply),
-                   "declined": job.reply.declined}
+                   "declined": job.reply.declined, "faq_only": job.reply.faq_only}
         return {**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": message, "finish_reason": _finish(job.reply),
              "logprobs": None}]}
@@ -274,7 +278,7 @@ async def _events(job: Job, head: dict):
             yield _sse(_failure(job.error).body())
         else:
             yield chunk({}, _finish(job.reply), sources=_sources(job.reply),
-                        declined=job.reply.declined)
+                        declined=job.reply.declined, faq_only=job.reply.faq_only)
         yield "data: [DONE]\n\n"
     finally:
         job.cancel()  # a no-op once done; when the client left, its generation stops
@@ -307,17 +311,20 @@ def check_serving(host: str, flag_key: str | None, env_key: str | None,
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-          engine: str = "local", api_key: str | None = None, max_queue: int = 8,
+          engine: str = "local", api_key: str | None = None, max_queue: int = 32,
           max_tokens_cap: int = 512, concurrency: int | None = None, use: str = "auto",
           engine_model: str | None = None, warm: bool = False, open_: bool = False,
-          db: str | None = None, shop: str | None = None, channels: dict | None = None) -> None:
+          db: str | None = None, shop: str | None = None, channels: dict | None = None,
+          settings: list[str] = (), parallel: int | None = None) -> None:
     """Load the run and serve it until Ctrl-C (`warm`: Chatbot.warm first; `open_`: off
     loopback without a key, on purpose; `db`: the conversation log, default RUN's SQLite;
     `channels`: {name: (mount, settings)} of the customer channels to add, as
-    builder.doors.commands.channel_settings makes them)."""
+    builder.doors.commands.channel_settings makes them; `settings`: rag.KEY=VALUE for this
+    server; `parallel`: answers the GGUF engine generates together)."""
     import uvicorn
 
-    from builder.owner.live import follow
+    from builder.answering.engines.llamacpp import PARALLEL
+    from builder.owner.live import follow, follow_model
     from builder.owner.log import ConversationLog
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -326,19 +333,28 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     if api_key is None and host not in LOOPBACK:
         log.warning("serving on %s without an API key (--open): anyone who reaches it can ask",
                     host)
-    if concurrency is None:  # the engine batches what arrives together; CPU does one at a time
-        concurrency = 1 if engine == "local" else 8
-    bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model)
+    if parallel is not None and parallel < 1:
+        raise UserError(f"--parallel {parallel}: give 1 or more answers generated together")
+    bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model, faq_first=True,
+                       settings=settings, parallel=parallel)
+    if concurrency is None:  # a remote engine or the GGUF engine batches what arrives
+        concurrency = 8 if engine != "local" else (  # together; transformers: one at a time
+            (parallel or PARALLEL) if use == "gguf" else 1)
     conversations = ConversationLog.for_run(run_dir, db)
     if bot.knowledge is not None:  # an FAQ row the owner adds (inbox, builder index) reaches
         follow(bot, run_dir)       # the answers within a second or two, without a restart
+    if not bot.trained:  # still training: the FAQ answers until the model is there
+        log.info("%s has no trained model yet: answering with the FAQ's own answers until it "
+                 "is there", run_dir)
+        follow_model(bot, run_dir, use, on_change=lambda b: (ready(b), warm and warm_entries(b)),
+                     parallel=parallel)
     started = time.perf_counter()
-    bot.ready(model=engine == "local")
+    ready(bot, model=engine == "local")
     log.info("ready to answer in %.1f s (retrieval%s loaded)", time.perf_counter() - started,
              " and model" if engine == "local" else "")
     if warm:
         started = time.perf_counter()
-        warmed = bot.warm()
+        warmed = warm_entries(bot)
         log.info("warmed %d FAQ entries in %.1f s", warmed, time.perf_counter() - started)
     model = Path(run_dir).resolve().name
     channels = channels or {}

@@ -242,12 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY' "
                    "(default: $BUILDER_API_KEY; prefer it, a flag shows in the process list)")
-    p.add_argument("--max-queue", type=int, default=8,
+    p.add_argument("--max-queue", type=int, default=32,
                    help="requests that may wait for the engine; more get 429 + Retry-After")
     p.add_argument("--max-tokens-cap", type=int, default=512,
                    help="the largest max_tokens a request may ask for")
     p.add_argument("--concurrency", type=int,
-                   help="answers generated at once (default 1 local, 8 with an engine URL)")
+                   help="answers generated at once (default: --parallel with --use gguf, 1 "
+                   "with the transformers engine, 8 with an engine URL)")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="with --use gguf: answers generated together in one llama.cpp batch "
+                   "(default 8; 1: one at a time)")
+    p.add_argument("--set", action="append", default=[], metavar="rag.KEY=VALUE",
+                   dest="settings", help="an answering setting for this server only, e.g. "
+                   "rag.shared_answers=0 or rag.prompt_lookup_tokens=0 (repeatable)")
     p.add_argument("--open", action="store_true",
                    help="off loopback, serve without an API key: anyone who reaches the port "
                    "can ask (without it, serving off loopback needs $BUILDER_API_KEY)")

@@ -1,6 +1,7 @@
 """What each `builder` command does once its flags are parsed (builder/doors/cli.py): call one
 library function, print the result and the next command to run."""
 
+import sys
 from pathlib import Path
 
 from builder.errors import UserError
@@ -91,24 +92,31 @@ def cmd_chat(args) -> None:
 
     from builder.owner.log import ConversationLog
 
-    bot = load_chatbot(args.run_dir, args.use, engine=args.engine, engine_model=args.engine_model)
+    from builder.owner.live import follow_model
+
+    bot = load_chatbot(args.run_dir, args.use, engine=args.engine, engine_model=args.engine_model,
+                       faq_first=True)
+    if not bot.trained:  # the run is still training: its model joins the chat when it is there
+        follow_model(bot, args.run_dir, args.use)
     chat_loop(bot, options=generation_options(args),
               conversations=ConversationLog.for_run(args.run_dir, args.db))
 
 
 def cmd_ask(args) -> None:
-    from builder.answering.chatbot import load_chatbot
+    from builder.answering.chatbot import FAQ_ONLY_NOTE, load_chatbot
     from builder.answering.guard import Reply
     from builder.doors.terminal import format_sources
 
     bot = load_chatbot(args.run_dir, args.use, engine=args.engine,
-                       engine_model=args.engine_model)
+                       engine_model=args.engine_model, faq_first=True)
     reply = Reply()
     for delta in bot.stream(args.question, args.context, reply=reply, **generation_options(args)):
         print(delta, end="", flush=True)
     print()
     if args.sources and reply.sources:
         print(format_sources(reply))
+    if reply.faq_only:
+        print(FAQ_ONLY_NOTE, file=sys.stderr)
 
 
 def cmd_eval(args) -> None:
@@ -145,7 +153,7 @@ def cmd_serve(args) -> None:
           max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
           concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
           warm=args.warm, open_=args.open, db=args.db, shop=args.shop_name,
-          channels=channel_settings(args))
+          channels=channel_settings(args), settings=args.settings, parallel=args.parallel)
 
 
 def channel_settings(args) -> dict:

@@ -218,8 +218,7 @@ class Page:
         if self.run_dir is not None and \
                 Path(self.run_dir).resolve() not in [r.resolve() for r in runs]:
             runs.insert(0, Path(self.run_dir))
-        return [(f"{r.name} ({'merged' if (r / 'merged').is_dir() else 'adapter'})", str(r))
-                for r in runs]
+        return [(f"{r.name} ({kind(r)})", str(r)) for r in runs]
 
     def default_run(self):
         choices = self.run_choices()
@@ -232,6 +231,13 @@ class Page:
         values = [value for _, value in choices]
         value = current if current in values else (values[0] if values else None)
         return gr.update(choices=choices, value=value)
+
+
+def kind(run_dir: Path) -> str:
+    """What a run answers with, for the run lists."""
+    if (run_dir / "merged").is_dir():
+        return "merged"
+    return "adapter" if uploads.has_model(run_dir) else "FAQ 답변, 학습 중 / FAQ only, training"
 
 
 def shown(message: str):

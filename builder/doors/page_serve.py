@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+from builder.answering.chatbot import FAQ_ONLY_NOTE
 from builder.answering.guard import Reply
 from builder.config import MAX_CONTEXT_CHARS, MAX_QUESTION_CHARS
 from builder.doors import uploads
@@ -111,6 +112,9 @@ def chat_tab(page: Page, app) -> None:
             replies[-1] = record(run, session, text, ctx, reply, time.monotonic() - begun)
             if sources := sources_message(reply):
                 history.append(sources)
+                replies.append(None)
+            if reply.faq_only:
+                history.append({"role": "assistant", "content": FAQ_ONLY_NOTE})
                 replies.append(None)
             yield history, "", hidden(), replies
         except UserError as err:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 
+from builder.answering.chatbot import FAQ_ONLY_NOTE
 from builder.answering.guard import Reply
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def chat_loop(bot, read: Callable[[str], str] | None = None,
         write("")
         if reply.sources:
             write(format_sources(reply))
+        if reply.faq_only:
+            write(FAQ_ONLY_NOTE)
     write(GOODBYE)
 
 

@@ -106,12 +106,21 @@ def has_model(run_dir: Path) -> bool:
         run_dir / "adapter" / "adapter_config.json").is_file()
 
 
+def answers(run_dir: Path) -> bool:
+    """The run can answer: it holds a model, or (still training) its FAQ's knowledge."""
+    from builder.run import Run
+
+    return has_model(run_dir) or ((run_dir / "template.yaml").is_file() and
+                                  Run(run_dir).has_knowledge())
+
+
 def list_runs(runs_root: str | Path) -> list[Path]:
-    """Run folders in runs_root that hold a merged model or an adapter, newest first."""
+    """Run folders in runs_root that can answer (a model, or the knowledge of one still
+    training), newest first."""
     root = Path(runs_root)
     if not root.is_dir():
         return []
-    return _newest_first(p for p in root.iterdir() if p.is_dir() and has_model(p))
+    return _newest_first(p for p in root.iterdir() if p.is_dir() and answers(p))
 
 
 class ChatbotCache:
@@ -139,13 +148,15 @@ class ChatbotCache:
             if (self._run_dir, self._use) != (run_dir, use):
                 self._following.set()
                 self._bot, self._run_dir = None, None  # free the old model before loading
-                self._bot = load_chatbot(run_dir, use)
+                self._bot = load_chatbot(run_dir, use, faq_first=True)
                 self._run_dir, self._use = run_dir, use
-                if self._bot.knowledge is not None:  # an answer from `builder inbox` or
-                    from builder.owner.live import follow  # `builder index` elsewhere
+                from builder.owner.live import follow, follow_model
 
-                    self._following = threading.Event()
-                    follow(self._bot, run_dir, stop=self._following)
+                self._following = threading.Event()
+                if self._bot.knowledge is not None:  # an answer from `builder inbox` or
+                    follow(self._bot, run_dir, stop=self._following)  # `builder index`
+                if not self._bot.trained:  # still training: the FAQ answers meanwhile
+                    follow_model(self._bot, run_dir, use, stop=self._following)
             return self._bot
 
     def loaded(self, run_dir: str | Path):

@@ -114,7 +114,7 @@ def _base_inputs(run: Run, tuned) -> dict:
     template and knowledge (taken before the tuned model is dropped)."""
     from builder.answering.engines.transformers import TransformersEngine, load_tokenizer
 
-    engine = tuned.engine
+    engine = getattr(tuned.engine, "inner", tuned.engine)  # (not the answers it shares)
     shared = {"template": tuned.template, "knowledge": tuned.knowledge, "rag": tuned.rag}
     if isinstance(engine, TransformersEngine):
         return {**shared, "tokenizer": engine.tokenizer, "end_ids": set(engine.end_ids),
@@ -168,22 +168,14 @@ def _free_memory(device) -> None:
 
 def retrieval_replies(bot, items: list[tuple[str, str]]) -> list:
     """The baseline: the best entry's answer verbatim, or the decline message under the gate,
-    through the bot's own grounding step."""
+    through the bot's own grounding step (what the bot answers before its model is trained)."""
     from builder.answering.guard import Reply, combine
-
-    def answer(g):
-        if g.exact is not None:
-            return Reply(text=g.exact.entry.answer, sources=[g.exact], exact=True,
-                         generated=g.exact.entry.answer)
-        if g.declined:
-            return Reply(text=bot.rag.decline_message, declined=True, gated=True)
-        return Reply(text=g.hits[0].entry.answer, sources=g.hits[:1],
-                     generated=g.hits[0].entry.answer)
 
     replies = []
     for item in items:
         g = bot.ground(*item)
-        replies.append(combine(Reply(), [answer(p) for p in g.parts]) if g.parts else answer(g))
+        replies.append(combine(Reply(), [bot.faq_reply(p, Reply()) for p in g.parts])
+                       if g.parts else bot.faq_reply(g, Reply()))
     return replies
 
 

@@ -14,6 +14,12 @@ rows, 2 busy cores) a full rebuild takes ~19 s, this ~0.5 s once Kiwi is loaded.
 Reading: `follow` polls RUN/knowledge/index.json (its inode, time and size change with every
 save) and assigns `bot.knowledge` once the new version is read whole; answers in flight keep
 the object they started with.
+
+A bot that answers from the FAQ alone while its run trains (`load_chatbot(RUN,
+faq_first=True)`) gets its model from `follow_model`: once the run folder holds it (the adapter
+when training ends, merged/ when the merge has renamed it into place), it is loaded beside the
+answering and put in with one assignment; with use "auto" the merged model replaces the
+adapter when it comes.
 """
 
 import logging
@@ -22,6 +28,7 @@ import time
 from pathlib import Path
 
 from builder.answering.indexing import with_rows
+from builder.errors import UserError
 from builder.run import Run, knowledge_lock  # noqa: F401 (the lock lives with the run folder)
 
 log = logging.getLogger(__name__)
@@ -107,5 +114,62 @@ def follow(bot, run_dir: str | Path, interval_s: float = 1.0,
             log.info("%s: %d FAQ entries now answered from", folder, len(knowledge.entries))
 
     thread = threading.Thread(target=loop, name=f"follow {folder}", daemon=True)
+    thread.start()
+    return thread
+
+
+# ---------------------------------------------------------------------------------------------
+# A bot answering from the FAQ while its run trains: the model is put in when it is there
+
+
+def weights_version(run: Run, use: str):
+    """What the model `use` picks is, on disk: (its folder, the time of the file that is
+    written last), or None while the run has none."""
+    try:
+        if use == "gguf":
+            folder, marker = run.gguf(), run.gguf_dir / "report.json"
+        else:
+            model_dir, adapter_dir = run.weights(use)
+            folder = adapter_dir or model_dir
+            marker = folder / ("adapter_config.json" if adapter_dir else "config.json")
+        return str(folder), marker.stat().st_mtime_ns
+    except (OSError, UserError):
+        return None
+
+
+def follow_model(bot, run_dir: str | Path, use: str = "auto", interval_s: float = 2.0,
+                 stop: threading.Event | None = None, on_change=None,
+                 **engine_options) -> threading.Thread:
+    """A daemon thread that sets `bot.engine` to the run's model once it is there, checking
+    every `interval_s` seconds; with use "auto" it keeps watching until merged/ is the one put
+    in. `on_change(bot)` runs after each change (the server makes the model's first step);
+    `engine_options` go to load_engine (parallel), the bot's rag settings with them.
+    A model that fails to load is warned about once and tried again when its files change."""
+    from builder.answering.engines.loading import load_engine
+
+    run = Run(run_dir)
+    stop = stop or threading.Event()
+
+    def loop():
+        loaded = failed = None
+        while not stop.wait(interval_s):
+            now = weights_version(run, use)
+            if now is None or now in (loaded, failed):
+                continue
+            try:
+                engine = load_engine(run, use, rag=bot.rag, **engine_options)
+            except Exception as err:  # noqa: BLE001 (never into the server: the FAQ answers)
+                log.warning("%s: the trained model did not load (%s: %s); answering from the "
+                            "FAQ until it does", run.path, type(err).__name__, err)
+                failed = now
+                continue
+            bot.engine, loaded = engine, now  # one assignment: answers in flight keep theirs
+            log.info("%s: the trained model answers from now on (%s)", run.path, now[0])
+            if on_change is not None:
+                on_change(bot)
+            if use != "auto" or run.has_merged():
+                return
+
+    thread = threading.Thread(target=loop, name=f"follow model {run.path}", daemon=True)
     thread.start()
     return thread

@@ -264,7 +264,22 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     if resume:  # a resumed run continues with the config it started with
         cfg = config_from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
     backend = pick_backend(cfg)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401 (patches transformers/trl: before anything imports them)
     template = load_template(cfg.train.template)
+
+    # The knowledge, the config and the template first: with them the run already answers
+    # from its FAQ (the FAQ entry's own answer, labelled) while the model loads and trains
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "STOP").unlink(missing_ok=True)
+    run = Run(run_dir)
+    run.write_config(cfg)
+    run.write_template(template)
+    knowledge = None
+    if template.grounded:
+        knowledge = build_knowledge(prepared_dir, run_dir, cfg, reuse=resume, log=log)
+        log(f"{run_dir} answers from its FAQ now (`builder ask {run_dir} QUESTION`, the page, "
+            "`builder serve`); the trained model takes over when it is ready")
 
     # Load model (Unsloth's import must precede trl's)
     model_path = resolve_base_model(cfg.model.name, log=log)
@@ -279,9 +294,7 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
 
     # Datasets: with a grounded template every row carries the FAQ entries retrieved for it
     train_rows, val_rows = split_validation(dataset["train"], cfg)
-    knowledge = None
-    if template.grounded:
-        knowledge = build_knowledge(prepared_dir, run_dir, cfg, reuse=resume, log=log)
+    if knowledge is not None:
         train_rows, val_rows = grounded_splits(train_rows, val_rows, knowledge, template, cfg,
                                                prepared_dir, log=log)
     eos_id = tokenizer.eos_token_id
@@ -289,11 +302,6 @@ def train(prepared_dir, run_dir, cfg: Config, *, resume: bool = False, log=print
     val_set = tokenize_split(val_rows, tokenizer, template, cfg, eos_id)
 
     # Record what this run uses before training, so a killed run can be resumed and audited
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "STOP").unlink(missing_ok=True)
-    run = Run(run_dir)
-    run.write_config(cfg)
-    run.write_template(template)
     meta = {
         "base_model": cfg.model.name,
         "base_model_path": model_path,
