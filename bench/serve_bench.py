@@ -7,8 +7,8 @@ without each speed-up, side by side in one run on the same machine.
     python bench/serve_bench.py runs/NAME --warm                   # builder serve --warm (GGUF)
 
 Configurations (CONFIGS): the transformers engine one answer at a time without and with prompt
-lookup, then with shared answers too; the GGUF engine one answer at a time (--parallel 1),
-batched (default --parallel 8), then with shared answers too (the default server). Each starts
+lookup, then with shared answers too; the GGUF engine one answer at a time (--parallel 1, the
+default on CPU) and batched (--parallel 8), each without and with shared answers. Each starts
 `builder serve RUN --port FREE` on 127.0.0.1, first asks 5 questions alone (first-token latency
 of an idle server; asked with max_tokens + 1, so what they leave in the shared answers is not
 reused under load), then lets every client ask its questions one after another, all clients at
@@ -46,8 +46,9 @@ CONFIGS = {  # name: (builder serve --use, its flags)
     "transformers+lookup": ("merged", NO_SHARING),
     "transformers+lookup+shared": ("merged", []),
     "gguf": ("gguf", NO_SHARING + ["--parallel", "1"]),
-    "gguf+batched": ("gguf", NO_SHARING),
-    "gguf+batched+shared": ("gguf", []),
+    "gguf+batched": ("gguf", NO_SHARING + ["--parallel", "8"]),
+    "gguf+shared": ("gguf", ["--parallel", "1"]),
+    "gguf+batched+shared": ("gguf", ["--parallel", "8"]),
 }
 
 

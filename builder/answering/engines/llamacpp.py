@@ -12,10 +12,14 @@ it (only to tokens the answer generated, never to the FAQ block in the prompt), 
 f16 answers what the merged model answers. Needs the `gguf` extra (llama-cpp-python).
 $BUILDER_LLAMA_THREADS sets the threads llama.cpp uses (default: every core).
 
-Concurrent answers are generated together (`parallel`, default 8; llamacpp_batch.Batcher): one
+Concurrent answers can be generated together (`parallel` N > 1; llamacpp_batch.Batcher): one
 scheduler thread decodes, each step, the next token of every running answer and a chunk of the
 prompts that arrived, in one llama.cpp batch. At f16 an answer is token for token the one
-generated alone. `parallel=1` generates one answer at a time in the Llama object, under a lock.
+generated alone. `parallel=1` generates one answer at a time in the Llama object, under a lock:
+the default on CPU, where a batch of 8 costs about 8 single steps (gemma's 262k-token output
+layer is compute-bound) and batching only moved first tokens earlier and last ones later
+(bench/serve_bench.py, 2 cores: 37.7 tokens/s one at a time, 31.8 batched). A llama.cpp built
+with GPU support puts every layer on the GPU and batches 8 by default.
 
 Most of an idle server's first-token time is llama.cpp reading the prompt (~450 tokens/s on 2
 cores). Prompts whose first FAQ entry is the same share their start, so the KV state of recent
@@ -36,7 +40,7 @@ from builder.errors import UserError
 
 THREADS_ENV = "BUILDER_LLAMA_THREADS"  # threads llama.cpp uses (default: every core)
 N_CTX = 4096  # tokens of prompt + answer; a FAQ prompt with 3 entries is a few hundred
-PARALLEL = 8  # answers generated together (each with N_CTX tokens of KV cache)
+GPU_PARALLEL = 8  # answers generated together on a GPU (each with N_CTX tokens of KV cache)
 TOKENIZER_CTX = 256  # the Llama object's own context when answers are generated in batches
 PREFIX_MIN = 32  # shared tokens worth restoring a kept state for (a lone header is ~6)
 PREFIX_BYTES = 512 * 2**20  # KV states kept in all; gemma-3-270m holds 18 KB per token
@@ -60,11 +64,22 @@ def llama_threads() -> int:
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 
+def gpu_offload() -> bool:
+    """Whether this llama.cpp was built with GPU support (CUDA, Metal, Vulkan, ...)."""
+    return bool(import_llama().llama_supports_gpu_offload())
+
+
+def default_parallel() -> int:
+    """Answers generated together by default: GPU_PARALLEL on a GPU, 1 on CPU."""
+    return GPU_PARALLEL if gpu_offload() else 1
+
+
 def load_llama(path: Path, n_ctx: int = N_CTX):
     llama_cpp = import_llama()
     threads = llama_threads()
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                           n_threads_batch=threads, verbose=False)
+                           n_threads_batch=threads, n_gpu_layers=-1 if gpu_offload() else 0,
+                           verbose=False)
 
 
 def shared_length(a, b) -> int:
@@ -168,7 +183,8 @@ class GgufEngine:
 
     def __init__(self, llama, *, end_ids: set[int], stop_markers=(),
                  repetition_penalty: float = 1.0, path: Path | None = None,
-                 parallel: int = PARALLEL, n_ctx: int | None = None):
+                 parallel: int | None = None, n_ctx: int | None = None):
+        parallel = default_parallel() if parallel is None else parallel
         if parallel < 1:
             raise UserError(f"parallel must be 1 (one answer at a time) or more, not {parallel}")
         self.llama, self.path, self.parallel = llama, path, parallel
@@ -186,10 +202,11 @@ class GgufEngine:
                                    repetition_penalty, self.prefixes)
 
     @classmethod
-    def load(cls, path: Path, *, n_ctx: int = N_CTX, parallel: int = PARALLEL,
+    def load(cls, path: Path, *, n_ctx: int = N_CTX, parallel: int | None = None,
              **options) -> "GgufEngine":
         """The GGUF at `path`; with parallel > 1 the Llama object only tokenizes (a small
         context of its own) and the answers share a context of parallel x n_ctx tokens."""
+        parallel = default_parallel() if parallel is None else parallel
         llama = load_llama(path, n_ctx if parallel == 1 else TOKENIZER_CTX)
         return cls(llama, path=Path(path), parallel=parallel, n_ctx=n_ctx, **options)
 
