@@ -3,6 +3,7 @@
     push_dataset("runs/data", "OWNER/NAME")                  # Parquet splits + CSVs + dataset card
     push_model("runs/NAME", "OWNER/NAME", what="merged")     # merged/ (or adapter/) + model card
     push_gguf("runs/NAME", "OWNER/NAME-GGUF")                 # the GGUFs export kept + its card
+    pull_run("OWNER/NAME")                                    # a pushed model as a run folder
 
 This module owns the token lookup (the token is never printed, logged, written or put in an
 error), the repo id check, the upload folder (Parquet shards written deterministically, so the
@@ -216,8 +217,71 @@ def push_model(run_dir, repo_id: str, *, what: str = "merged", private: bool = F
         files.update((f"knowledge/{p.relative_to(knowledge).as_posix()}", p)
                      for p in sorted(knowledge.rglob("*")) if p.is_file())
     files["README.md"] = card.encode()  # replaces the stub card peft writes into adapter/
+    files.update(serving_files(run_dir))
     message = f"Upload {what} model from {run_dir.name}"
     return _commit(repo_id, "model", files, message, private, token, stale="*.safetensors")
+
+
+def serving_files(run_dir: Path) -> dict:
+    """What `builder serve OWNER/NAME` needs besides the weights and knowledge, under builder/:
+    the template, the config (the answering settings, the decline message) and the end
+    tokens; never the run's local paths."""
+    from builder.run import Run
+
+    run = Run(run_dir)
+    if not run.template_path.is_file():
+        return {}
+    files = {"builder/template.yaml": run.template_path}
+    try:
+        meta, config = run.meta(), run.config().to_dict()
+    except UserError as err:  # (the weights still go up; the server uses default settings)
+        log.warning("%s: the run's settings are not pushed: %s", run_dir, err)
+        return files
+    serving = {"base_model": meta.get("base_model"), "end_token_ids": meta.get("end_token_ids"),
+               "config": config}
+    files["builder/meta.json"] = json.dumps(serving, ensure_ascii=False, indent=2).encode()
+    return files
+
+
+def pull_run(repo_id: str, token: str | None = None, root: Path | None = None) -> Path:
+    """A model repo the push button published (merged weights, knowledge/, builder/), downloaded
+    once (huggingface_hub's cache; again only when the repo changed) and laid out as a run
+    folder ROOT/OWNER/NAME: merged/ is the download, knowledge/ a copy (the inbox writes to it),
+    template.yaml and meta.json from builder/. Returns the run folder."""
+    import shutil
+
+    from builder.embedded import cache_root
+    from builder.run import Run, write_atomic
+
+    check_repo_id(repo_id)
+    token = resolve_token(token)
+    from huggingface_hub import snapshot_download
+
+    with _hub_errors(repo_id, token or "\0"):
+        snapshot = Path(snapshot_download(repo_id, repo_type="model", token=token))
+    if not (snapshot / "builder" / "template.yaml").is_file():
+        raise UserError(f"{repo_id}: not a model the builder pushed with its template (no "
+                        "builder/template.yaml); push it again with `builder push-model`")
+    run = Run((root or cache_root() / "hub-runs") / repo_id)
+    run.path.mkdir(parents=True, exist_ok=True)
+    merged = run.merged_dir
+    if merged.is_symlink() and merged.resolve() != snapshot.resolve():
+        merged.unlink()
+    if not merged.exists():
+        merged.symlink_to(snapshot, target_is_directory=True)
+    write_atomic(run.template_path, (snapshot / "builder" / "template.yaml").read_bytes())
+    meta = snapshot / "builder" / "meta.json"
+    write_atomic(run.meta_path, meta.read_bytes() if meta.is_file() else b"{}")
+    seen = run.path / ".pulled"
+    if (snapshot / "knowledge").is_dir() and (not seen.is_file() or
+                                              seen.read_text() != str(snapshot)):
+        staging = run.path / ".knowledge-pulling"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(snapshot / "knowledge", staging)
+        shutil.rmtree(run.knowledge_dir, ignore_errors=True)
+        staging.rename(run.knowledge_dir)
+        write_atomic(seen, str(snapshot))
+    return run.path
 
 
 # ---------------------------------------------------------------------------------------------

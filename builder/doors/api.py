@@ -128,10 +128,12 @@ def _sources(reply: Reply) -> list[dict]:
 
 def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue: int = 8,
               max_tokens_cap: int = 512, concurrency: int = 1, engine: str = "local",
-              conversations=None, channels=(), shop: str = "", channel_settings=None):
+              conversations=None, channels=(), shop: str = "", channel_settings=None,
+              gate: Gate | None = None):
     """The FastAPI app serving `bot` as `model`; every answer goes into `conversations` (a
     builder.owner.log.ConversationLog) when given. `channels`: the mount functions of the
-    customer channels to add (builder.doors.channels), sharing the API's queue."""
+    customer channels to add (builder.doors.channels), sharing the API's queue; `gate`: a
+    queue shared with other shops' apps (builder.doors.api_shops)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.background import BackgroundTask
@@ -139,7 +141,7 @@ def build_app(bot: Chatbot, model: str, *, api_key: str | None = None, max_queue
 
     app = FastAPI(title="builder serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Door, api_key=api_key)
-    app.state.gate = None  # made in the server's event loop, on the first request
+    app.state.gate = gate  # (else made in the server's event loop, on the first request)
     created = int(time.time())
 
     def gate() -> Gate:
@@ -323,7 +325,6 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     server; `parallel`: answers the GGUF engine generates together)."""
     import uvicorn
 
-    from builder.answering.engines.llamacpp import PARALLEL
     from builder.owner.live import follow, follow_model
     from builder.owner.log import ConversationLog
 
@@ -337,9 +338,11 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
         raise UserError(f"--parallel {parallel}: give 1 or more answers generated together")
     bot = load_chatbot(run_dir, use, engine=engine, engine_model=engine_model, faq_first=True,
                        settings=settings, parallel=parallel)
+    from builder.answering.engines.llamacpp import default_parallel
+
     if concurrency is None:  # a remote engine or the GGUF engine batches what arrives
         concurrency = 8 if engine != "local" else (  # together; transformers: one at a time
-            (parallel or PARALLEL) if use == "gguf" else 1)
+            (parallel or default_parallel()) if use == "gguf" else 1)
     conversations = ConversationLog.for_run(run_dir, db)
     if bot.knowledge is not None:  # an FAQ row the owner adds (inbox, builder index) reaches
         follow(bot, run_dir)       # the answers within a second or two, without a restart

@@ -10,6 +10,7 @@ A `UserError` is printed as one line (no traceback) and exits with code 2.
 import argparse
 import sys
 
+from builder.doors.cli_owner import add_owner_commands, db_flag
 from builder.doors.commands import (
     cmd_app,
     cmd_ask,
@@ -20,6 +21,7 @@ from builder.doors.commands import (
     cmd_generate,
     cmd_index,
     cmd_inspect,
+    cmd_keys,
     cmd_merge,
     cmd_merge_models,
     cmd_plan,
@@ -30,7 +32,6 @@ from builder.doors.commands import (
     cmd_serve,
     cmd_train,
 )
-from builder.doors.cli_owner import add_owner_commands, db_flag
 from builder.errors import UserError
 
 
@@ -236,8 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_app)
 
     p = commands.add_parser("serve", help="an OpenAI-compatible API over a run's chatbot "
-                            "(/v1/chat/completions, /v1/models, /health)")
-    p.add_argument("run_dir")
+                            "(/v1/chat/completions, /v1/models, /health), or over many shops")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN",
+                   help="a run folder; several, or a folder of runs (every run in it), or a "
+                   "pushed model repo OWNER/NAME: one server for many shops, the request's "
+                   "`model` picks the shop")
+    p.add_argument("--keys", metavar="FILE", help="many shops: the API keys file (`builder "
+                   "keys add`), each key limited to its shops")
+    p.add_argument("--memory-gb", type=float, metavar="GB", help="many shops: the models kept "
+                   "in memory (least recently asked dropped first; default half the memory)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="key clients must send as 'Authorization: Bearer KEY' "
@@ -251,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with the transformers engine, 8 with an engine URL)")
     p.add_argument("--parallel", type=int, metavar="N",
                    help="with --use gguf: answers generated together in one llama.cpp batch "
-                   "(default 8; 1: one at a time)")
+                   "(default 8 with a GPU build of llama.cpp; 1 on CPU, where batching measured "
+                   "slower)")
     p.add_argument("--set", action="append", default=[], metavar="rag.KEY=VALUE",
                    dest="settings", help="an answering setting for this server only, e.g. "
                    "rag.shared_answers=0 or rag.prompt_lookup_tokens=0 (repeatable)")
@@ -286,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     use_flag(p)
     db_flag(p)
     p.set_defaults(run=cmd_serve)
+
+    p = commands.add_parser("keys", help="API keys for a server of many shops: add (prints "
+                            "the key once), list, remove")
+    p.add_argument("action", choices=["add", "list", "remove"])
+    p.add_argument("file", help="the keys file (JSON of the keys' hashes)")
+    p.add_argument("name", nargs="?", help="who uses the key (add, remove)")
+    p.add_argument("--shop", action="append", default=[], dest="shops",
+                   help="a shop the key may ask for (repeatable; '*' for every shop)")
+    p.set_defaults(run=cmd_keys)
 
     p = commands.add_parser("generate", help="with an OpenAI-compatible chat endpoint: FAQ "
                             "pairs from the shop's documents (DOCS... --out faq.csv), or "

@@ -89,10 +89,8 @@ def generation_options(args) -> dict:
 def cmd_chat(args) -> None:
     from builder.answering.chatbot import load_chatbot
     from builder.doors.terminal import chat_loop
-
-    from builder.owner.log import ConversationLog
-
     from builder.owner.live import follow_model
+    from builder.owner.log import ConversationLog
 
     bot = load_chatbot(args.run_dir, args.use, engine=args.engine, engine_model=args.engine_model,
                        faq_first=True)
@@ -148,12 +146,48 @@ def cmd_app(args) -> None:
 
 def cmd_serve(args) -> None:
     from builder.doors.api import serve
+    from builder.doors.shops import can_answer
 
-    serve(args.run_dir, host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
-          max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
-          concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
-          warm=args.warm, open_=args.open, db=args.db, shop=args.shop_name,
-          channels=channel_settings(args), settings=args.settings, parallel=args.parallel)
+    options = dict(host=args.host, port=args.port, engine=args.engine, api_key=args.api_key,
+                   max_queue=args.max_queue, max_tokens_cap=args.max_tokens_cap,
+                   concurrency=args.concurrency, use=args.use, engine_model=args.engine_model,
+                   open_=args.open, db=args.db, channels=channel_settings(args),
+                   settings=args.settings, parallel=args.parallel)
+    one = args.run_dirs[0]
+    if len(args.run_dirs) == 1 and not args.keys and (not Path(one).is_dir() or
+                                                       can_answer(Path(one))):
+        if one.count("/") == 1 and not Path(one).exists():  # a pushed model: OWNER/NAME
+            from builder.deploy.hub import pull_run
+
+            one = pull_run(one)
+        serve(one, warm=args.warm, shop=args.shop_name, **options)
+        return
+    from builder.doors.api_shops import serve_shops
+
+    if args.warm or args.shop_name:
+        raise UserError("--warm and --shop-name are for one run; a server of many shops loads "
+                        "each shop on its first question, under its folder's name")
+    serve_shops(args.run_dirs, keys_file=args.keys, memory_gb=args.memory_gb, **options)
+
+
+def cmd_keys(args) -> None:
+    from builder.doors.keys import add_key, read_keys, remove_key
+
+    path = Path(args.file)
+    if args.action == "list":
+        for key in read_keys(path):
+            print(f"{key['name']}: {', '.join(key['shops'])} (since {key.get('created', '?')})")
+        return
+    if not args.name:
+        raise UserError(f"builder keys {args.action} FILE NAME: say which key")
+    if args.action == "remove":
+        remove_key(path, args.name)
+        print(f"removed {args.name!r} from {path}; a running server refuses it from now on")
+        return
+    key = add_key(path, args.name, args.shops)
+    print(key)
+    print(f"(the key above is shown once: {path} keeps only its hash; {args.name!r} may ask "
+          f"{', '.join(sorted(set(args.shops)))})", file=sys.stderr)
 
 
 def channel_settings(args) -> dict:

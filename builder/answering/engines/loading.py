@@ -63,12 +63,12 @@ def load_engine(run: Run, use: str = "auto", *, engine: str = "local",
 
         if parallel is not None:
             options["parallel"] = parallel
-        return shared(GgufEngine.load(gguf, end_ids=set(meta.get("end_token_ids") or []),
+        return shared_answers(GgufEngine.load(gguf, end_ids=set(meta.get("end_token_ids") or []),
                                       **options), rag)
     from builder.answering.engines.transformers import TransformersEngine
 
     model_dir, adapter_dir = weights
-    return shared(TransformersEngine.load(
+    return shared_answers(TransformersEngine.load(
         model_dir, adapter_dir, device=device, end_ids=meta.get("end_token_ids") or [],
         # a config without max_position_embeddings: the length the run trained on
         context_length=meta.get("config", {}).get("model", {}).get("max_seq_length"),
@@ -77,7 +77,7 @@ def load_engine(run: Run, use: str = "auto", *, engine: str = "local",
         **options), rag)
 
 
-def shared(engine, rag):
+def shared_answers(engine, rag):
     """A local engine whose greedy answers many customers share (rag.shared_answers kept;
     builder.answering.engines.shared), for a grounded run."""
     if rag is None or not rag.shared_answers:

@@ -180,8 +180,11 @@ class TransformersEngine:
 
     def __init__(self, model, tokenizer, *, end_ids: set[int], stop_markers=(),
                  repetition_penalty: float = 1.0, context_length: int | None = None,
-                 prompt_lookup_tokens: int = 0):
+                 prompt_lookup_tokens: int = 0, adapter: str | None = None, lock=None):
         self.model, self.tokenizer = model, tokenizer
+        # a PEFT model holding several shops' adapters (builder.answering.engines.adapters):
+        # this engine generates with `adapter`'s, one generation at a time under `lock`
+        self.adapter, self.lock = adapter, lock or threading.Lock()
         self.end_ids, self.stop_markers = set(end_ids), tuple(stop_markers)
         self.repetition_penalty = repetition_penalty
         self.prompt_lookup_tokens = prompt_lookup_tokens  # 0: one token per forward pass
@@ -240,7 +243,8 @@ class TransformersEngine:
 
         def work():
             try:
-                self.model.generate(**kwargs, streamer=tokens)
+                with self.lock:
+                    self.model.generate(**kwargs, streamer=tokens)
             except BaseException as err:  # handed to the reader, which re-raises it
                 errors.append(err)
             finally:
@@ -262,7 +266,8 @@ class TransformersEngine:
         """The answer from one generate() call without a streamer, cut by the same rules.
         Options: max_new_tokens, temperature, top_p, logits_processor (as for stream)."""
         kwargs = self._generate_kwargs(prompt, [], **options)
-        self.model.generate(**kwargs)
+        with self.lock:
+            self.model.generate(**kwargs)
         answer_end = kwargs["stopping_criteria"][0]  # it has seen every step: it holds the answer
         return visible_answer(self.decode(self._until_end(answer_end.generated)),
                               self.stop_markers)
@@ -298,12 +303,13 @@ class TransformersEngine:
         if self.repetition_penalty > 1:
             processors.append(RepetitionPenaltyLogitsProcessor(
                 self.repetition_penalty, prompt_ignore_length=width))
-        with torch.inference_mode():
+        with torch.inference_mode(), self.lock:
             output = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                 eos_token_id=sorted(self.end_ids), pad_token_id=self.pad_id,
                 stopping_criteria=StoppingCriteriaList([stop]), logits_processor=processors,
-                repetition_penalty=1.0, **_sampling(temperature, top_p))
+                repetition_penalty=1.0, **_sampling(temperature, top_p),
+                **self._adapters(len(encoded)))
         answers = []
         for row, row_ids in enumerate(output[:, width:].tolist()):
             text = self.decode(self._until_end(row_ids))
@@ -338,7 +344,12 @@ class TransformersEngine:
             logits_processor=LogitsProcessorList(processors), repetition_penalty=1.0,
             **_sampling(temperature, top_p),
             **self._lookup(temperature, logits_processor),
+            **self._adapters(1),
         )
+
+    def _adapters(self, rows: int) -> dict:
+        """PEFT's per-request adapters: each row generated with this engine's."""
+        return {"adapter_names": [self.adapter] * rows} if self.adapter else {}
 
     def _lookup(self, temperature: float, logits_processor) -> dict:
         """generate's prompt-lookup option, for greedy answers only: sampled ones would stay
