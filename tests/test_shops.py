@@ -191,3 +191,19 @@ def test_a_pushed_model_is_served_from_the_hub(hub_server, shops_root, tmp_path)
     assert served.text != run.joinpath("config.yaml").read_text()  # (a real answer)
     assert hub.pull_run("tester/bakery-bot", token=hub_server.token, root=tmp_path / "hub") \
         == pulled  # again: from the cache
+
+
+def test_each_shop_has_its_own_web_chat_under_its_path(shops_root):
+    from builder.doors.channels import webchat
+
+    shops = Shops(find_runs([str(shops_root)]), settings=NO_SHARING)
+    client = TestClient(ShopsDoor(shops, channels=[webchat.mount]))
+    page = client.get("/shops/tea/chat")
+    assert page.status_code == 200 and "<title>tea</title>" in page.text
+    assert shops.loaded() == ["tea"]
+    question = sample_rows(30)[19]["instruction"]  # tea's FAQ question, word for word
+    events = client.post("/shops/tea/chat/api/answer", json={
+        "session": "session-1", "messages": [{"role": "user", "content": question}]}).text
+    assert sample_rows(30)[19]["output"][:20] in events
+    assert [r["channel"] for r in shops.log("tea").rows()] == ["web"]
+    assert client.get("/shops/juice/chat").json()["error"]["code"] == "model_not_found"
