@@ -33,9 +33,9 @@ class ShopsDoor:
                  channel_settings=None):
         self.shops, self.keys = shops, keys  # keys: builder.doors.keys.Keys, or None (open)
         self.gate = Gate(concurrency, max_queue)
-        self.options = dict(max_queue=max_queue, max_tokens_cap=max_tokens_cap,
-                            concurrency=concurrency, engine=engine, channels=list(channels),
-                            channel_settings=dict(channel_settings or {}))
+        self.options = {"max_queue": max_queue, "max_tokens_cap": max_tokens_cap,
+                        "concurrency": concurrency, "engine": engine, "channels": list(channels),
+                        "channel_settings": dict(channel_settings or {})}
         self.apps: dict[str, object] = {}  # shop -> its app, over the bot it was made with
         self._loading = asyncio.Lock()
 
@@ -86,7 +86,11 @@ class ShopsDoor:
             self.shops.leave(name)
 
     async def _app(self, name: str):
-        """The shop's app over its bot in memory (loaded in a thread, one load at a time)."""
+        """The shop's app over its bot in memory (loaded in a thread, one load at a time;
+        a shop in memory is not held up by another one loading)."""
+        made = self.apps.get(name)
+        if made is not None and self.shops.in_memory_bot(name) is made[0]:
+            return made[1]
         async with self._loading:
             bot = await asyncio.to_thread(self.shops.bot, name)
             made = self.apps.get(name)
@@ -99,15 +103,20 @@ class ShopsDoor:
 
     # Keys
 
-    def _check_key(self, scope, shop: str) -> None:
-        if self.keys is None:
-            return
+    def _allowed(self, scope) -> set[str]:
+        """The shops the request's key may ask for ({"*"}: every one); 401 without one."""
         sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, key = sent.partition(" ")
         shops = self.keys.shops_of(key.strip()) if scheme.lower() == "bearer" else None
         if shops is None:
             raise ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
                            code="invalid_api_key")
+        return shops
+
+    def _check_key(self, scope, shop: str) -> None:
+        if self.keys is None:
+            return
+        shops = self._allowed(scope)
         if "*" not in shops and shop not in shops:
             raise ApiError(403, f"this API key may not ask shop {shop!r}", param="model",
                            type="permission_error", code="shop_not_allowed")
@@ -115,12 +124,7 @@ class ShopsDoor:
     def _models(self, scope) -> dict:
         names = self.shops.names()
         if self.keys is not None:
-            sent = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            scheme, _, key = sent.partition(" ")
-            allowed = self.keys.shops_of(key.strip()) if scheme.lower() == "bearer" else None
-            if allowed is None:
-                raise ApiError(401, "missing or wrong API key (send Authorization: Bearer "
-                               "KEY)", code="invalid_api_key")
+            allowed = self._allowed(scope)
             names = [n for n in names if "*" in allowed or n in allowed]
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "builder"}
                                            for n in names]}

@@ -107,20 +107,28 @@ class Shops:
 
         if not runs:
             raise UserError("no shops to serve")
+        self.given = list(runs)
         self.shops = OrderedDict((name, Shop(name, Path(path))) for name, path in runs.items())
         self.use, self.engine, self.engine_model = use, engine, engine_model
         self.settings, self.parallel, self.db = list(settings), parallel, db
         self.share_base = share_base and engine == "local" and use in ("auto", "adapter")
         self.budget = int((memory_gb or default_memory_gb()) * 2**30)
         self.bases = SharedBases()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # loading and dropping
+        self._order = threading.Lock()  # the least-recently-asked order
         self._logs: dict[str, object] = {}
 
     def names(self) -> list[str]:
-        return list(self.shops)
+        """Every shop, in the order given."""
+        return list(self.given)
 
     def loaded(self) -> list[str]:
-        return [s.name for s in self.shops.values() if s.bot is not None]
+        """The shops in memory, least recently asked first."""
+        return [s.name for s in self._all() if s.bot is not None]
+
+    def _all(self) -> list[Shop]:
+        with self._order:
+            return list(self.shops.values())
 
     def __contains__(self, name) -> bool:
         return name in self.shops
@@ -129,11 +137,22 @@ class Shops:
         """The shop's Chatbot, loaded now if it is not in memory (the least recently used
         others are dropped first when it would not fit the budget)."""
         shop = self.shops[name]
+        self._asked(name)
         with self._lock:
-            self.shops.move_to_end(name)
             if shop.bot is None:
                 self._load(shop)
             return shop.bot
+
+    def in_memory_bot(self, name: str):
+        """The shop's bot if it is in memory (now counted as asked), else None."""
+        bot = self.shops[name].bot
+        if bot is not None:
+            self._asked(name)
+        return bot
+
+    def _asked(self, name: str) -> None:
+        with self._order:
+            self.shops.move_to_end(name)
 
     def log(self, name: str):
         from builder.owner.log import ConversationLog
@@ -151,10 +170,9 @@ class Shops:
 
     def in_memory(self) -> int:
         """Estimated bytes of the loaded shops' models (a shared base counted once)."""
-        bases = {s.base: self._base_bytes(s) for s in self.shops.values()
-                 if s.bot is not None and s.base is not None}
-        return sum(s.bytes for s in self.shops.values() if s.bot is not None) + sum(
-            bases.values())
+        loaded = [s for s in self._all() if s.bot is not None]
+        bases = {s.base: self._base_bytes(s) for s in loaded if s.base is not None}
+        return sum(s.bytes for s in loaded) + sum(bases.values())
 
     # Loading and dropping (under the lock)
 
@@ -164,7 +182,7 @@ class Shops:
         shop.bytes, shop.base = footprint(run, self.use, shared)
         new_base = shop.base is not None and shop.base not in self.bases.bases
         need = shop.bytes + (self._base_bytes(shop) if new_base else 0)
-        for other in [s for s in self.shops.values() if s.bot is not None and s is not shop]:
+        for other in [s for s in self._all() if s.bot is not None and s is not shop]:
             if self.in_memory() + need <= self.budget:
                 break
             if other.busy == 0:
