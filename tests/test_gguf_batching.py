@@ -175,3 +175,41 @@ def test_a_warmed_prompt_is_read_from_its_kept_state_and_answers_the_same(one, t
     assert alone(engine, prompt, max_new_tokens=20) == expected == alone(one, prompt,
                                                                          max_new_tokens=20)
     assert engine.prefixes.restored == 2
+
+
+def test_a_failure_in_the_scheduler_reaches_the_readers_and_the_next_answer_is_served(
+        batched, one, monkeypatch):
+    import builder.answering.engines.llamacpp_batch as batch_module
+
+    real, failures = batch_module.pick, []
+
+    def pick_once_failing(*args):
+        if not failures:
+            failures.append(1)
+            raise FloatingPointError("logits were NaN")
+        return real(*args)
+
+    monkeypatch.setattr(batch_module, "pick", pick_once_failing)
+    prompt = prompts()[0]
+    with pytest.raises(FloatingPointError):
+        alone(batched, prompt, max_new_tokens=6)
+    assert batched.batcher.thread is None and len(batched.batcher.free) == 4
+    assert alone(batched, prompt, max_new_tokens=6) == alone(one, prompt, max_new_tokens=6)
+
+
+def test_a_prompt_that_cuts_back_a_context_begun_from_a_kept_state_is_read_again(tiny_gguf):
+    """The tiny model's sliding window is 64 tokens. A kept state longer than that holds the
+    window's cells only: a later prompt sharing just the template's start with the context it
+    began must not reuse cells that were never there."""
+    from builder.answering.engines.llamacpp import GgufEngine
+
+    fresh = GgufEngine.load(tiny_gguf, parallel=1, **OPTIONS)
+    prompt, then = prompts()[1], prompts()[0]
+    expected = alone(fresh, then, max_new_tokens=6)
+    engine = GgufEngine.load(tiny_gguf, parallel=1, **OPTIONS)
+    faq_block = prompt[:prompt.index("### 질문")]
+    assert engine.warm(faq_block) and len(engine.encode(faq_block)) > engine.prefixes.window
+    engine.llama.reset()  # (a context that holds something else)
+    alone(engine, prompt, max_new_tokens=20)  # begun from the warmed state
+    assert engine.prefixes.restored == 1
+    assert alone(engine, then, max_new_tokens=6) == expected

@@ -194,6 +194,7 @@ class GgufEngine:
         self.context_length = n_ctx or llama.n_ctx()  # tokens of one answer's prompt + answer
         self.lock = threading.Lock()
         self.prefixes = PrefixStates(llama)
+        self._partial = False  # the context began as a kept state longer than the window
         self.batcher = None
         if parallel > 1:
             from builder.answering.engines.llamacpp_batch import Batcher
@@ -255,9 +256,21 @@ class GgufEngine:
             return True
         with self.lock:
             self.llama.reset()
+            self._partial = False
             self.llama.eval(ids)
             self.prefixes.save()
         return True
+
+    def _forget_unless_continued(self, prompt: list[int]) -> None:
+        """Empty the context when it was started from a kept state longer than the sliding
+        window and `prompt` would cut it back: such a state holds a sliding-window layer's
+        cells of its last window only, so the cells before are missing, and llama-cpp-python,
+        reusing the shared start, gave wrong answers from there."""
+        llama = self.llama
+        if self._partial and shared_length(llama.input_ids[:llama.n_tokens], prompt) \
+                < llama.n_tokens:
+            llama.reset()
+            self._partial = False
 
     def _tokens(self, prompt: list[int], max_new_tokens: int, temperature: float, top_p: float,
                 stop_event, flags, generated_ids: list[int] | None):
@@ -272,7 +285,10 @@ class GgufEngine:
         sampling = dict(temp=temperature, top_p=top_p, top_k=0, min_p=0.0) if temperature > 0 \
             else dict(temp=0.0)
         generated: list[int] = []
-        self.prefixes.restore(prompt)
+        self._forget_unless_continued(prompt)
+        window = self.prefixes.window
+        if self.prefixes.restore(prompt) and window is not None and self.llama.n_tokens > window:
+            self._partial = True
         stream = self.llama.generate(
             prompt, repeat_penalty=1.0, reset=True, **sampling,
             logits_processor=[penalized] if penalty > 1 else None)

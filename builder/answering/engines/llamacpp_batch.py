@@ -172,17 +172,28 @@ class Batcher:
     # The scheduler's side
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self.changed:
+                    for answer in [a for a in self.running if a.left]:
+                        self._finish(answer, keep=True)
+                    while self.free and self.waiting:
+                        if not (answer := self.waiting.popleft()).left:
+                            self._admit(answer)
+                    if not self.running:
+                        self.thread = None
+                        return
+                self._step()
+        except BaseException as err:  # noqa: BLE001 (every reader gets it; none waits forever)
             with self.changed:
-                for answer in [a for a in self.running if a.left]:
-                    self._finish(answer, keep=True)
-                while self.free and self.waiting:
-                    if not (answer := self.waiting.popleft()).left:
-                        self._admit(answer)
-                if not self.running:
-                    self.thread = None
-                    return
-            self._step()
+                for answer in list(self.running) + list(self.waiting):
+                    answer.out.put(err)
+                    if answer in self.running:
+                        llama_cpp.llama_memory_seq_rm(self.memory, answer.seq_id, -1, -1)
+                        self.running.remove(answer)
+                        self.free.append(answer.seq_id)
+                self.waiting.clear()
+                self.thread = None  # the next answer starts the scheduler again
 
     def _admit(self, answer: Answer) -> None:
         """Give `answer` a sequence, started from the closest kept prefix state if any."""
