@@ -81,7 +81,8 @@ def test_two_shops_answer_as_their_own_servers_over_one_base(shops_root):
         assert response.status_code == 200, response.text
         served[shop, question] = response.json()["choices"][0]["message"]
     # one base model holds both shops' adapters
-    assert list(shops.bases.holding().values()) == [["coffee", "tea"]]
+    names = shops.bases.adapter_name
+    assert list(shops.bases.holding().values()) == [sorted([names("coffee"), names("tea")])]
 
     for (shop, question), message in served.items():  # the single-run server's answers
         alone = load_chatbot(shops_root / shop, "adapter", settings=NO_SHARING)
@@ -144,7 +145,7 @@ def test_shops_load_on_their_first_question_within_the_memory_budget(shops_root)
     first = shops.bot("coffee").reply(question, max_new_tokens=8).text
     shops.bot("tea")
     assert shops.loaded() == ["tea"]  # coffee, asked least recently, was dropped
-    assert list(shops.bases.holding().values()) == [["tea"]]
+    assert list(shops.bases.holding().values()) == [[shops.bases.adapter_name("tea")]]
     assert shops.bot("coffee").reply(question, max_new_tokens=8).text == first
     assert shops.loaded() == ["coffee"]
 
@@ -169,7 +170,7 @@ def test_what_a_server_of_many_shops_is_given(shops_root, tmp_path):
         find_runs([str(shops_root), str(twin)])
 
 
-def test_a_pushed_model_is_served_from_the_hub(hub_server, shops_root, tmp_path):
+def test_a_pushed_model_is_served_from_the_hub(hub_server, shops_root, tmp_path, caplog):
     from builder.deploy import hub
     from builder.training.merge import merge
 
@@ -192,6 +193,17 @@ def test_a_pushed_model_is_served_from_the_hub(hub_server, shops_root, tmp_path)
     assert hub.pull_run("tester/bakery-bot", token=hub_server.token, root=tmp_path / "hub") \
         == pulled  # again: from the cache
 
+    # the owner changed the FAQ here (the inbox), then the Hub got a newer push: kept
+    import os
+
+    index = pulled / "knowledge" / "index.json"
+    os.utime(index, ns=(index.stat().st_atime_ns, index.stat().st_mtime_ns + 10**9))
+    (run / "knowledge" / "note.txt").write_text("newer push")
+    hub.push_model(run, "tester/bakery-bot", token=hub_server.token)
+    hub.pull_run("tester/bakery-bot", token=hub_server.token, root=tmp_path / "hub")
+    assert not (pulled / "knowledge" / "note.txt").exists()
+    assert "the FAQ was changed here since the last pull; kept" in caplog.text
+
 
 def test_each_shop_has_its_own_web_chat_under_its_path(shops_root):
     from builder.doors.channels import webchat
@@ -208,3 +220,48 @@ def test_each_shop_has_its_own_web_chat_under_its_path(shops_root):
     last = shops.log("tea").rows()[-1]
     assert (last["channel"], last["question"]) == ("web", question)
     assert client.get("/shops/juice/chat").json()["error"]["code"] == "model_not_found"
+
+
+def test_keys_files_that_are_missing_or_removed_refuse(tmp_path, caplog):
+    with pytest.raises(UserError, match="no such keys file"):
+        Keys(tmp_path / "keys.json")
+    key = add_key(tmp_path / "keys.json", "site", ["coffee"])
+    keys = Keys(tmp_path / "keys.json")
+    assert keys.allows(key, "coffee") and not keys.allows(key, "tea")
+    assert keys.shops_of("sk-é") is None  # (a header that is not ASCII: no error)
+    (tmp_path / "keys.json").write_text("{broken")
+    assert keys.allows(key, "coffee") and "not read" in caplog.text  # the last good ones
+    (tmp_path / "keys.json").unlink()
+    assert not keys.allows(key, "coffee")  # removing the file revokes its keys
+
+
+def test_a_shop_named_with_a_dot_still_training_and_its_feedback(shops_root, tmp_path):
+    import shutil
+    import time
+
+    runs = tmp_path / "runs"
+    shutil.copytree(shops_root / "tea", runs / "tea.v2", symlinks=True,
+                    ignore=shutil.ignore_patterns("conversations.db*", "log-salt"))
+    shutil.copytree(shops_root / "coffee", runs / "coffee", symlinks=True,
+                    ignore=shutil.ignore_patterns("adapter", "conversations.db*", "log-salt"))
+    shops = Shops(find_runs([str(runs)]), settings=NO_SHARING)
+    client = TestClient(ShopsDoor(shops))
+    tea_q = sample_rows(30)[19]["instruction"] + " 알려줘요"
+    answered = ask(client, "tea.v2", tea_q)
+    assert answered.status_code == 200, answered.text
+    coffee_q = sample_rows(30)[0]["instruction"] + " 알려줘요"
+    message = ask(client, "coffee", coffee_q).json()["choices"][0]["message"]
+    assert message["faq_only"] is True  # coffee is still training: its FAQ answers
+    shutil.copytree(shops_root / "coffee" / "adapter", runs / "coffee" / ".adapter-staging")
+    (runs / "coffee" / ".adapter-staging").rename(runs / "coffee" / "adapter")
+    deadline = time.monotonic() + 60
+    while not shops.bot("coffee").trained:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert ask(client, "coffee", coffee_q).json()["choices"][0]["message"]["faq_only"] is False
+    # a 👍 without the shop's name reaches the shop whose answer it was
+    vote = client.post("/v1/feedback", json={"id": answered.json()["id"], "value": 1})
+    assert vote.status_code == 200, vote.text
+    assert [r["feedback"] for r in shops.log("tea.v2").rows()] == [1]
+    assert client.post("/v1/feedback", json={"id": "chatcmpl-none", "value": 1}
+                       ).status_code == 404

@@ -237,7 +237,13 @@ def serving_files(run_dir: Path) -> dict:
     except UserError as err:  # (the weights still go up; the server uses default settings)
         log.warning("%s: the run's settings are not pushed: %s", run_dir, err)
         return files
-    serving = {"base_model": meta.get("base_model"), "end_token_ids": meta.get("end_token_ids"),
+    for section in config.values():  # a local folder (a base model, an embedder) is no
+        for key, value in section.items():  # one else's: its name only
+            if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
+                section[key] = Path(value).name
+    base = meta.get("base_model")
+    serving = {"base_model": Path(base).name if isinstance(base, str) and "/" in base and
+               Path(base).exists() else base, "end_token_ids": meta.get("end_token_ids"),
                "config": config}
     files["builder/meta.json"] = json.dumps(serving, ensure_ascii=False, indent=2).encode()
     return files
@@ -248,17 +254,24 @@ def pull_run(repo_id: str, token: str | None = None, root: Path | None = None) -
     once (huggingface_hub's cache; again only when the repo changed) and laid out as a run
     folder ROOT/OWNER/NAME: merged/ is the download, knowledge/ a copy (the inbox writes to it),
     template.yaml and meta.json from builder/. Returns the run folder."""
-    import shutil
-
     from builder.embedded import cache_root
-    from builder.run import Run, write_atomic
+    from builder.run import Run, knowledge_lock, write_atomic
 
     check_repo_id(repo_id)
     token = resolve_token(token)
     from huggingface_hub import snapshot_download
 
-    with _hub_errors(repo_id, token or "\0"):
-        snapshot = Path(snapshot_download(repo_id, repo_type="model", token=token))
+    try:
+        with _hub_errors(repo_id, token or "\0"):
+            snapshot = Path(snapshot_download(repo_id, repo_type="model", token=token))
+    except UserError as err:  # offline: the copy downloaded before, if there is one
+        try:
+            snapshot = Path(snapshot_download(repo_id, repo_type="model", token=token,
+                                              local_files_only=True))
+        except Exception:  # noqa: BLE001 (never downloaded: the first error says why)
+            raise err from None
+        log.warning("%s: the Hub did not answer (%s); serving the copy downloaded before",
+                    repo_id, err)
     if not (snapshot / "builder" / "template.yaml").is_file():
         raise UserError(f"{repo_id}: not a model the builder pushed with its template (no "
                         "builder/template.yaml); push it again with `builder push-model`")
@@ -272,16 +285,43 @@ def pull_run(repo_id: str, token: str | None = None, root: Path | None = None) -
     write_atomic(run.template_path, (snapshot / "builder" / "template.yaml").read_bytes())
     meta = snapshot / "builder" / "meta.json"
     write_atomic(run.meta_path, meta.read_bytes() if meta.is_file() else b"{}")
-    seen = run.path / ".pulled"
-    if (snapshot / "knowledge").is_dir() and (not seen.is_file() or
-                                              seen.read_text() != str(snapshot)):
-        staging = run.path / ".knowledge-pulling"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(snapshot / "knowledge", staging)
-        shutil.rmtree(run.knowledge_dir, ignore_errors=True)
-        staging.rename(run.knowledge_dir)
-        write_atomic(seen, str(snapshot))
+    with knowledge_lock(run.path):
+        _pull_knowledge(run, snapshot)
     return run.path
+
+
+def _pull_knowledge(run, snapshot: Path) -> None:
+    """The repo's knowledge/ into the run, unless the FAQ was changed here since the last pull
+    (rows the owner added from the inbox): that one is kept, with a warning."""
+    import shutil
+
+    from builder.run import write_atomic
+
+    seen = run.path / ".pulled"
+    try:
+        pulled = json.loads(seen.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pulled = {}
+    index = run.knowledge_dir / "index.json"
+    local = index.stat().st_mtime_ns if index.is_file() else None
+    if not (snapshot / "knowledge").is_dir() or pulled.get("snapshot") == str(snapshot):
+        return
+    if local is not None and pulled.get("index_mtime_ns") not in (None, local):
+        log.warning("%s: the FAQ was changed here since the last pull; kept (the Hub's newer "
+                    "one is not used: `builder index %s FAQ_FILE` to replace it)", run.path,
+                    run.path)
+        return
+    staging = run.path / ".knowledge-pulling"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(snapshot / "knowledge", staging)
+    old = run.knowledge_dir.with_name("knowledge.old")  # (read while the new one is renamed)
+    shutil.rmtree(old, ignore_errors=True)
+    if run.knowledge_dir.exists():
+        run.knowledge_dir.rename(old)
+    staging.rename(run.knowledge_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    write_atomic(seen, json.dumps({"snapshot": str(snapshot),
+                                   "index_mtime_ns": index.stat().st_mtime_ns}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class ShopsDoor:
                 return await _json(send, 200, self._models(scope))
             if path in ("/v1/chat/completions", "/v1/feedback"):
                 body = await _body(receive)
+                if path == "/v1/feedback" and not _named(body) and len(self.shops.names()) > 1:
+                    return await _json(send, 200, await self._feedback(scope, body))
                 name = _model_of(body, self.shops)
                 self._check_key(scope, name)
                 return await self._forward(name, scope, _replay(body, receive), send)
@@ -73,14 +75,15 @@ class ShopsDoor:
         if name not in self.shops:
             raise ApiError(404, f"no shop {name!r} here; GET /v1/models lists them",
                            param="model", code="model_not_found")
+        self.shops.enter(name)  # (before it is loaded: a shop in use is never dropped)
         try:
-            app = await self._app(name)
-        except UserError as err:
-            log.error("shop %s could not be loaded: %s", name, err)
-            raise ApiError(503, f"shop {name!r} cannot answer now: {err}",
-                           type="server_error", code="shop_unavailable") from None
-        self.shops.enter(name)
-        try:
+            try:
+                app = await self._app(name)
+            except Exception as err:
+                log.error("shop %s could not be loaded", name, exc_info=err)
+                reason = str(err) if isinstance(err, UserError) else "see the server log"
+                raise ApiError(503, f"shop {name!r} cannot answer now: {reason}",
+                               type="server_error", code="shop_unavailable") from None
             await app(scope, receive, send)
         finally:
             self.shops.leave(name)
@@ -93,6 +96,9 @@ class ShopsDoor:
             return made[1]
         async with self._loading:
             bot = await asyncio.to_thread(self.shops.bot, name)
+            for other, (kept, _) in list(self.apps.items()):  # (dropped shops leave memory)
+                if self.shops.in_memory_bot(other) is not kept:
+                    del self.apps[other]
             made = self.apps.get(name)
             if made is None or made[0] is not bot:  # (dropped and loaded again since)
                 conversations = await asyncio.to_thread(self.shops.log, name)
@@ -129,11 +135,33 @@ class ShopsDoor:
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "builder"}
                                            for n in names]}
 
+    async def _feedback(self, scope, body: bytes) -> dict:
+        """A 👍/👎 without the shop's name: the shop whose log holds the answer (of those the
+        key may ask for)."""
+        from builder.doors.api_request import read_feedback
+
+        reply_id, value = read_feedback(json.loads(body))
+        allowed = self._allowed(scope) if self.keys is not None else {"*"}
+        for name in self.shops.names():
+            if ("*" in allowed or name in allowed) and await asyncio.to_thread(
+                    self.shops.log(name).feedback, reply_id, value):
+                return {"id": reply_id, "value": value}
+        raise ApiError(404, f"no answer {reply_id!r} in the log", param="id", code="not_found")
+
     def _health(self) -> dict:
-        return {"status": "ok", "shops": len(self.shops.names()), "loaded": self.shops.loaded(),
+        return {"status": "ok", "shops": len(self.shops.names()),
+                "loaded": len(self.shops.loaded()),
                 "models_mb": round(self.shops.in_memory() / 2**20),
                 "running": self.gate.running, "waiting": self.gate.waiting,
                 "max_queue": self.gate.max_queue}
+
+
+def _named(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return True  # (said by _model_of)
+    return not isinstance(data, dict) or bool(data.get("model"))
 
 
 def _model_of(body: bytes, shops) -> str:

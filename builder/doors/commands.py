@@ -156,7 +156,9 @@ def cmd_serve(args) -> None:
     one = args.run_dirs[0]
     if len(args.run_dirs) == 1 and not args.keys and (not Path(one).is_dir() or
                                                        can_answer(Path(one))):
-        if one.count("/") == 1 and not Path(one).exists():  # a pushed model: OWNER/NAME
+        from builder.doors.shops import is_hub_repo
+
+        if is_hub_repo(one):  # a pushed model: OWNER/NAME
             from builder.deploy.hub import pull_run
 
             one = pull_run(one)

@@ -18,15 +18,17 @@ key added or removed takes effect without a restart.
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from builder.errors import UserError
 from builder.run import write_atomic
 
 EVERY_SHOP = "*"
+log = logging.getLogger(__name__)
 
 
 def digest(key: str) -> str:
@@ -86,35 +88,51 @@ def remove_key(path: Path, name: str) -> None:
 
 class Keys:
     """The keys a server accepts: a keys file (re-read when it changes) and/or one key for
-    every shop ($BUILDER_API_KEY)."""
+    every shop ($BUILDER_API_KEY). A keys file removed while serving accepts no key from it
+    (removing it revokes them); one made unreadable keeps the keys read last, with a warning."""
 
     def __init__(self, path: Path | None = None, every_shop_key: str | None = None):
         self.path, self.every_shop_key = (Path(path) if path else None), every_shop_key
         self._lock = threading.Lock()
         self._seen, self._keys = None, []
         if self.path is not None:
-            self._reload()
+            self._keys = read_keys(self.path)  # (a missing or broken file: said at start)
+            self._seen = self._version()
+
+    def _version(self):
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
     def _reload(self) -> None:
-        stat = self.path.stat()
-        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if seen != self._seen:
-            self._keys, self._seen = read_keys(self.path), seen
+        seen = self._version()
+        if seen == self._seen:
+            return
+        self._seen = seen
+        if seen is None:
+            self._keys = []
+            log.warning("%s was removed: its keys are refused from now on", self.path)
+            return
+        try:
+            self._keys = read_keys(self.path)
+        except UserError as err:
+            log.warning("%s: not read (%s); the keys read before it changed still apply",
+                        self.path, err)
 
     def shops_of(self, key: str) -> set[str] | None:
         """The shops `key` may ask for ({"*"}: every one), or None for a key not accepted."""
-        if self.every_shop_key is not None and hmac.compare_digest(key, self.every_shop_key):
+        if self.every_shop_key is not None and hmac.compare_digest(
+                key.encode(), self.every_shop_key.encode()):
             return {EVERY_SHOP}
         if self.path is None:
             return None
         with self._lock:
-            try:
-                self._reload()
-            except (OSError, UserError):  # (mid-replace or broken: the keys read last)
-                pass
+            self._reload()
             hashed = digest(key)
             for entry in self._keys:
-                if hmac.compare_digest(entry["sha256"], hashed):
+                if hmac.compare_digest(entry["sha256"].encode(), hashed.encode()):
                     return set(entry["shops"])
         return None
 

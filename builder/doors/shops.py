@@ -31,6 +31,13 @@ def can_answer(folder: Path) -> bool:
     return run.template_path.is_file() and (run.has_model() or run.has_knowledge())
 
 
+def is_hub_repo(place: str) -> bool:
+    """OWNER/NAME that is not a local path (a mistyped runs/shop is not sent to the Hub)."""
+    path = Path(place)
+    return (place.count("/") == 1 and not path.exists() and not path.parent.exists()
+            and not place.startswith((".", "/", "~")))
+
+
 def find_runs(places: list[str]) -> dict[str, Path]:
     """{shop name: run folder} from run folders, folders of runs and Hub repos (OWNER/NAME,
     downloaded once: builder.deploy.hub.pull_run). A shop's name is its folder's name."""
@@ -44,7 +51,7 @@ def find_runs(places: list[str]) -> dict[str, Path]:
             if not found:
                 raise UserError(f"{path}: neither a run folder nor a folder of runs (no "
                                 "subfolder holds a trained run or its FAQ)")
-        elif place.count("/") == 1 and not path.exists():
+        elif is_hub_repo(place):
             from builder.deploy.hub import pull_run
 
             found = [pull_run(place)]
@@ -188,12 +195,20 @@ class Shops:
             if other.busy == 0:
                 self._drop(other)
         started = time.perf_counter()
-        shop.bot = self._chatbot(shop, run, shared)
-        if shop.bot.knowledge is not None:
-            from builder.owner.live import follow
+        try:
+            shop.bot = self._chatbot(shop, run, shared)
+        except BaseException:
+            if shared:
+                self.bases.release(shop.name)
+            raise
+        from builder.owner.live import follow, follow_model
 
-            shop.following = threading.Event()
+        shop.following = threading.Event()
+        if shop.bot.knowledge is not None:
             follow(shop.bot, shop.run_dir, stop=shop.following)
+        if not shop.bot.trained:  # still training: its model is put in when it is there
+            follow_model(shop.bot, shop.run_dir, self.use, stop=shop.following,
+                         parallel=self.parallel)
         log.info("shop %s loaded in %.1f s (%s; %.0f MB of models in memory)", shop.name,
                  time.perf_counter() - started, "shared base + adapter" if shared else self.use,
                  self.in_memory() / 2**20)

@@ -14,6 +14,8 @@ shared by its engines): on CPU one generation takes every core, and PEFT's adapt
 is a hook on the shared layers for the length of a generate call.
 """
 
+import hashlib
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,8 @@ class SharedBases:
 
         base_dir, adapter_dir = run.weights("adapter")
         with self._lock:
-            base = self._base_with(str(Path(base_dir).resolve()), adapter_dir, name)
+            base = self._base_with(str(Path(base_dir).resolve()), adapter_dir,
+                                   self.adapter_name(name))
         tokenizer = load_tokenizer(adapter_dir if (adapter_dir / "tokenizer_config.json").is_file()
                                    else base_dir)
         meta = run.meta()
@@ -60,10 +63,16 @@ class SharedBases:
             repetition_penalty=rag.repetition_penalty if rag is not None else 1.0,
             context_length=meta.get("config", {}).get("model", {}).get("max_seq_length"),
             prompt_lookup_tokens=rag.prompt_lookup_tokens if rag is not None else 0,
-            adapter=name, lock=base.lock, **options)
+            adapter=self.adapter_name(name), lock=base.lock, **options)
 
-    def release(self, name: str) -> None:
-        """Take `name`'s adapter out of its base; the base leaves memory with its last one."""
+    def adapter_name(self, shop: str) -> str:
+        """The shop's adapter name in PEFT (a module name: no dots), one per shop."""
+        digest = hashlib.sha256(shop.encode()).hexdigest()[:8]  # (two names, one spelling)
+        return f"shop_{re.sub(r'[^0-9A-Za-z_]', '_', shop)}_{digest}"
+
+    def release(self, shop: str) -> None:
+        """Take the shop's adapter out of its base; the base leaves memory with its last one."""
+        name = self.adapter_name(shop)
         with self._lock:
             for key, base in list(self.bases.items()):
                 if name not in base.adapters:
@@ -96,5 +105,5 @@ class SharedBases:
         return base
 
     def holding(self) -> dict[str, list[str]]:
-        """{base folder: its shops' adapters} (for /health and the tests)."""
+        """{base folder: the adapter names loaded into it} (see adapter_name)."""
         return {key: sorted(base.adapters) for key, base in self.bases.items()}
