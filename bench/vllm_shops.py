@@ -56,7 +56,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import ask, free_port, percentile, questions  # noqa: E402
+from serve_bench import ask, free_port, percentile, questions
 
 PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 DEFAULT_VENV = Path.home() / ".cache" / "ko-chatbot-builder" / "vllm-venv"
@@ -341,7 +341,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(shops["base"])
     version = subprocess.run([str(args.venv / "bin" / "python"), "-c",
                               "import vllm, torch; print(vllm.__version__, torch.__version__)"],
-                             capture_output=True, text=True).stdout.split()
+                             capture_output=True, text=True, check=True).stdout.split()
     report = {"run": str(args.run), "shops": shops, "vllm": version[:1], "torch": version[1:],
               "dtype": args.dtype, "cpu_cores": os.cpu_count(), "load_before": os.getloadavg(),
               "clients": args.clients, "questions": args.questions,
