@@ -539,6 +539,8 @@ def test_an_engine_url_completes_the_rendered_prompt(runs, shop_bot, engine):
     assert sent["prompt"] == bot.template.render(ON_TOPIC, "", faq)
     assert sent["stop"] == ["### 질문", "### 참고", "### 답변", "### FAQ"]
     assert sent["model"] == "scripted-gemma" and sent["stream"] is True
+    # the run's end tokens; no penalty on the prompt's FAQ (a server's counts it)
+    assert sent["stop_token_ids"] == [1, 106] and sent["repetition_penalty"] == 1.0
     assert (sent["max_tokens"], sent["temperature"]) == (40, 0.2)
     assert engine.requests[1]["temperature"] == 0.0
 

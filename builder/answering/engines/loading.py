@@ -57,7 +57,7 @@ def load_engine(run: Run, use: str = "auto", *, engine: str = "local",
                             f"{engine!r}")
         api_key = os.environ.get(ENGINE_API_KEY_ENV)
         return RemoteEngine(engine, engine_model or engine_model_name(engine, api_key),
-                            api_key=api_key, **options)
+                            api_key=api_key, end_ids=meta.get("end_token_ids") or [], **options)
     if use == "gguf":
         from builder.answering.engines.llamacpp import GgufEngine
 

@@ -47,13 +47,14 @@ class RemoteEngine:
     context_length = None
 
     def __init__(self, url: str, model: str, *, stop_markers=(), repetition_penalty: float = 1.0,
-                 api_key: str | None = None, timeout_s: float = 120.0):
+                 api_key: str | None = None, timeout_s: float = 120.0, end_ids=()):
         if not url.startswith(("http://", "https://")):
             raise UserError(f"--engine must be 'local' or a URL like http://HOST:PORT/v1, not "
                             f"{url!r}")
         self.url, self.model = url.rstrip("/"), model
         self.stop_markers = tuple(stop_markers)
-        self.repetition_penalty = repetition_penalty
+        self.repetition_penalty = repetition_penalty  # (the run's; not asked of the server)
+        self.end_ids = sorted(set(end_ids))
         self.api_key, self.timeout_s = api_key, timeout_s
 
     def stream(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -64,8 +65,14 @@ class RemoteEngine:
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "stop": list(self.stop_markers),
                 "stream": True}
-        if self.repetition_penalty > 1:
-            body["repetition_penalty"] = self.repetition_penalty  # vLLM, TGI; others ignore it
+        # A server's repetition penalty also counts the prompt's tokens (vLLM 0.32 penalises
+        # prompt and output alike), so it would keep the answer from copying the FAQ; the
+        # local engines' answer-only penalty has no equivalent there: none is asked (1.0
+        # overrides a generation_config default). With the run's penalty at 1.0 both sides,
+        # vLLM gave the transformers engine's greedy answers 14/14 (bench/vllm_shops.py).
+        body["repetition_penalty"] = 1.0  # vLLM, TGI; others ignore it
+        if self.end_ids:  # the run's end tokens (<end_of_turn> too): vLLM's extension
+            body["stop_token_ids"] = self.end_ids
         # text pieces instead of token ids: "decoding" a list of pieces is joining them
         with closing(self._pieces(body, stop_event, flags)) as pieces:
             yield from answer_deltas(pieces, "".join, self.stop_markers, set())
