@@ -419,8 +419,11 @@ def test_cached_base_answers_are_keyed_by_all_the_code_that_decides_them():
     # not on the base model's path: other engines, and rewrites (the gate's figures are keyed)
     # (indexing.py: where entries come from; the knowledge's entries_sha256 keys them)
     # (shared.py: the served answers many customers share, not the eval's batches)
+    # (loading.py and adapters.py: how the served engines are built; the base model's is
+    # built by the eval itself)
     elsewhere = {"answering/engines/llamacpp.py", "answering/engines/llamacpp_batch.py",
                  "answering/engines/shared.py", "answering/engines/remote.py",
+                 "answering/engines/loading.py", "answering/engines/adapters.py",
                  "answering/rewrite.py", "answering/indexing.py",
                  "answering/related.py"}  # (the buttons under an answer, not the answer)
     assert answering - elsewhere <= set(ANSWERING_CODE)

@@ -398,9 +398,9 @@ def test_an_updated_faq_replaces_the_knowledge_and_the_loaded_bot_answers_from_i
     shutil.copy(CONFIG, run / "config.yaml")
     shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
     loads = []  # a bot stand-in: only its knowledge matters here, the model is not loaded
-    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto", **_:
                         loads.append(run_dir) or SimpleNamespace(
-                            knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
+                            trained=True, knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
     bots = uploads.ChatbotCache()
 
     result = uploads.index_upload(make_faq(tmp_path / "faq.csv", 12), run, 1, bots)
@@ -442,8 +442,9 @@ def test_a_faq_update_beside_answers_never_gives_them_a_half_replaced_knowledge(
     run.mkdir(parents=True)
     shutil.copy(CONFIG, run / "config.yaml")
     shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
-    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
-                        SimpleNamespace(knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto", **_:
+                        SimpleNamespace(trained=True,
+                                        knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
     bots = uploads.ChatbotCache()
     files = [make_faq(tmp_path / "faq-12.csv", 12), make_faq(tmp_path / "faq-30.csv", 30)]
     uploads.index_upload(files[0], run, 1, bots)
@@ -485,8 +486,9 @@ def test_reloading_knowledge_leaves_other_runs_and_bots_without_knowledge_alone(
     bots = uploads.ChatbotCache()
     assert bots.reload_knowledge(tmp_path) is False  # nothing loaded: the next load reads it
     kept = object()
-    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
-                        SimpleNamespace(knowledge=kept if Path(run_dir).name == "grounded" else None))
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto", **_:
+                        SimpleNamespace(trained=True, knowledge=kept if Path(run_dir).name ==
+                                        "grounded" else None))
     (tmp_path / "grounded").mkdir()
     (tmp_path / "plain").mkdir()
     bot = bots.get(tmp_path / "grounded")
@@ -537,7 +539,7 @@ def test_the_pages_bot_follows_an_update_made_elsewhere(tmp_path, monkeypatch):
     shutil.copy(ROOT / "prompts" / "korean.yaml", run / "template.yaml")
     bots = uploads.ChatbotCache()
     uploads.index_upload(make_faq(tmp_path / "faq-12.csv", 12), run, 1, bots)
-    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto":
+    monkeypatch.setattr(builder.answering.chatbot, "load_chatbot", lambda run_dir, use="auto", **_:
                         Chatbot(None, load_template("korean"), rag=Config().rag,
                                 knowledge=Knowledge.load(Path(run_dir) / "knowledge")))
     bot = bots.get(run)
