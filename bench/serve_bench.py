@@ -65,12 +65,17 @@ def questions() -> list[str]:
 
 def start_server(run_dir: Path, use: str, flags: list[str], max_queue: int, log_path: Path,
                  warm: bool = False):
+    return start_serve([str(run_dir), "--max-queue", str(max_queue), "--use", use, *flags]
+                       + (["--warm"] if warm else []), log_path)
+
+
+def start_serve(args: list[str], log_path: Path):
+    """`builder serve ARGS --port FREE` on loopback, once /health answers: (process, URL)."""
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "builder", "serve", str(run_dir), "--port", str(port),
-               "--max-queue", str(max_queue), "--use", use, *flags] + (["--warm"] if warm else [])
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log_path.open("w"),
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "serve", *args, "--port",
+                             str(port)], cwd=ROOT, stdout=log_path.open("w"),
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

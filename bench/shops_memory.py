@@ -13,21 +13,14 @@ and VmHWM, the peak). Writes bench/results/shops_memory.json.
 import argparse
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from serve_bench import start_serve  # (bench/ is not a package)
 QUESTION = "배송비는 얼마예요?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shop_copies(run: Path, n: int, root: Path) -> list[Path]:
@@ -44,26 +37,8 @@ def shop_copies(run: Path, n: int, root: Path) -> list[Path]:
     return shops
 
 
-def start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "builder", "serve", *args, "--port",
-                             str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            sys.exit(f"builder serve {' '.join(args)} exited with {proc.returncode}")
-        try:
-            httpx.get(f"{url}/health", timeout=2).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                sys.exit("builder serve did not start in 300 s")
-            time.sleep(0.5)
+def start(args: list[str]):
+    return start_serve(args, ROOT / "bench" / "results" / "shops_memory-serve.log")
 
 
 def ask(url: str, model: str) -> None:
