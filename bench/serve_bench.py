@@ -131,6 +131,28 @@ def ask(url: str, model: str, question: str, max_tokens: int) -> dict:
                 "refused": refused}
 
 
+def under_load(url: str, model_of, asked: list[str], args) -> tuple[list[dict], float]:
+    """Every client at once, each asking its questions one after another (client i asks
+    model_of(i)): (the results, wall seconds)."""
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        for j in range(args.questions):
+            result = ask(url, model_of(i), asked[(i * args.questions + j) % len(asked)],
+                         args.max_tokens)
+            with lock:
+                results.append(result)
+
+    begun = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - begun
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -149,24 +171,7 @@ def bench_config(run_dir: Path, name: str, args, tokenizer) -> dict:
         # Alone: an idle server's first token
         alone = [ask(url, model, q, args.max_tokens + 1) for q in asked[:5]]
 
-        # Under load: every client at once, each asking its questions one after another
-        results: list[dict] = []
-        lock = threading.Lock()
-
-        def client(i: int) -> None:
-            for j in range(args.questions):
-                result = ask(url, model, asked[(i * args.questions + j) % len(asked)],
-                             args.max_tokens)
-                with lock:
-                    results.append(result)
-
-        begun = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - begun
+        results, wall = under_load(url, lambda i: model, asked, args)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -50,13 +50,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import ask, free_port, percentile, questions
+from serve_bench import ask, free_port, percentile, questions, under_load
 
 PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 DEFAULT_VENV = Path.home() / ".cache" / "ko-chatbot-builder" / "vllm-venv"
@@ -216,23 +215,7 @@ def load(url: str, args, tokenizer) -> dict:
     clients ask shop_a, odd ones shop_b."""
     asked = questions()
     alone = [ask(url, SHOPS[i % 2], q, args.max_tokens + 1) for i, q in enumerate(asked[:4])]
-    results: list[dict] = []
-    lock = threading.Lock()
-
-    def client(i: int) -> None:
-        for j in range(args.questions):
-            result = ask(url, SHOPS[i % 2], asked[(i * args.questions + j) % len(asked)],
-                         args.max_tokens)
-            with lock:
-                results.append(result)
-
-    begun = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - begun
+    results, wall = under_load(url, lambda i: SHOPS[i % 2], asked, args)
     answered = [r for r in results if "error" not in r]
     tokens = [len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in answered]
     firsts = [r["first_s"] for r in answered if r["first_s"] is not None]
